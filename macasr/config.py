@@ -1,0 +1,392 @@
+"""The TOML schema: frozen dataclasses, validated once at load, written back with comments.
+
+Config flows one way: TOML → `load` → frozen dataclasses → builders. Every field carries a help
+text (`option(default, help)`) that becomes the comment above it in `config init` output and in
+docs/config.md. Validation gathers *every* problem (unknown keys with a did-you-mean, wrong
+types, cross-field rules) into one `ConfigError`, one line each, with the file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from macasr.errors import ConfigError
+from macasr.model.connectors import CONNECTORS, ConnectorConfig, MLPConnectorConfig
+from macasr.model.encoders import ENCODERS, EncoderConfig, WhisperEncoderConfig
+from macasr.registry import ComponentConfig, Registry, option
+
+DEFAULT_PREFIX = "Transcribe the following audio to text.\n\nAudio:"
+DEFAULT_SUFFIX = "\n\nTranscription:"
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+    path: str = option("Qwen/Qwen3-1.7B", "Causal LM: Hugging Face id or local folder (AutoModelForCausalLM).")
+    train: bool = option(False, "Fine-tune all LLM weights (false keeps the LLM frozen).")
+    attn_implementation: str = option("sdpa", "Attention kernel passed to from_pretrained: sdpa, eager, flash_attention_2.")
+    trust_remote_code: bool = option(False, "Run model code shipped with the checkpoint. Only for sources you trust.")
+
+    def validate(self) -> list[str]:
+        return [] if self.path else ["[model.llm] path: must name a model id or folder"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    encoder: EncoderConfig = option(WhisperEncoderConfig(), "Speech encoder.", registry="ENCODERS")
+    connector: ConnectorConfig = option(MLPConnectorConfig(), "Trainable projection into the LLM.", registry="CONNECTORS")
+    llm: LLMConfig = option(LLMConfig(), "Decoder-only language model.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+    prefix: str = option(DEFAULT_PREFIX, "Text before the speech embeddings.")
+    suffix: str = option(DEFAULT_SUFFIX, "Text after the speech embeddings; the transcript follows it.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train: list[str] = option([], "Training manifests (JSON Lines: audio, text, duration).")
+    valid: list[str] = option([], "Validation manifests, decoded every valid_every steps for WER.")
+    batch_size: int = option(16, "Utterances per micro-batch (per process).")
+    max_batch_seconds: float = option(0.0, "Also cap a micro-batch's total audio seconds (0 = no cap).")
+    max_duration: float = option(0.0, "Drop training clips longer than this many seconds (0 = keep all).")
+    num_workers: int = option(2, "DataLoader worker processes that read and featurize audio.")
+    on_bad_clip: Literal["skip", "error"] = option("skip", "A missing or unreadable clip: skip and report it, or stop with its path.")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.batch_size < 1:
+            problems.append("[data] batch_size: must be at least 1")
+        if self.num_workers < 0:
+            problems.append("[data] num_workers: must be 0 or more")
+        if self.max_batch_seconds < 0 or self.max_duration < 0:
+            problems.append("[data] max_batch_seconds and max_duration: must be 0 (off) or positive")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    name: str = option("default", "Run name; the run folder is output_dir/name.")
+    output_dir: str = option("runs", "Folder that holds run folders.")
+    seed: int = option(0, "Seed for weights, data order and dropout.")
+    max_steps: int = option(20_000, "Optimizer steps to train for.")
+    lr: float = option(1e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and norms).")
+    warmup_steps: int = option(1_000, "Linear warmup, in optimizer steps.")
+    min_lr_ratio: float = option(0.0, "Cosine decays to lr * min_lr_ratio at max_steps.")
+    grad_accum: int = option(1, "Micro-batches per optimizer step.")
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0 = off).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "auto = bf16 on CUDA GPUs that support it, fp32 elsewhere.")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    valid_every: int = option(1_000, "Validate (decode the valid set, WER) every this many optimizer steps.")
+    patience: int = option(5, "Stop after this many validations without a better WER (0 = never stop early).")
+
+    def validate(self) -> list[str]:
+        checks = {
+            "max_steps": self.max_steps >= 1,
+            "lr": self.lr > 0,
+            "warmup_steps": 0 <= self.warmup_steps <= self.max_steps,
+            "grad_accum": self.grad_accum >= 1,
+            "grad_clip": self.grad_clip >= 0,
+            "valid_every": self.valid_every >= 1,
+            "patience": self.patience >= 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+        }
+        rules = {
+            "max_steps": "must be at least 1",
+            "lr": "must be positive",
+            "warmup_steps": f"must be between 0 and max_steps ({self.max_steps})",
+            "grad_accum": "must be at least 1",
+            "grad_clip": "must be 0 (off) or positive",
+            "valid_every": "must be at least 1",
+            "patience": "must be 0 (off) or positive",
+            "min_lr_ratio": "must be between 0 and 1",
+        }
+        return [f"[train] {key}: {rules[key]}, got {getattr(self, key)!r}" for key, ok in checks.items() if not ok]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    normalizer: Literal["whisper", "basic", "none"] = option("whisper", "Text normalization before WER: whisper (English), basic, none.")
+    batch_size: int = option(16, "Utterances decoded together.")
+    max_tokens_per_second: float = option(15.0, "Cap on new tokens per second of audio, so a looping decode stops.")
+    max_tokens_base: int = option(16, "Tokens allowed on top of the per-second cap.")
+    valid_max_utterances: int = option(0, "Decode at most this many validation utterances (0 = all).")
+    datasets: dict[str, str] = option({}, "Named test manifests for `macasr eval --dataset NAME`.")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.batch_size < 1:
+            problems.append("[eval] batch_size: must be at least 1")
+        if self.max_tokens_per_second <= 0 or self.max_tokens_base < 1:
+            problems.append("[eval] max_tokens_per_second and max_tokens_base: must be positive")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    log_every: int = option(10, "Write a metrics line every this many optimizer steps.")
+    wandb: bool = option(False, "Also log to Weights & Biases (pip install 'macasr[wandb]').")
+    wandb_project: str = option("macasr", "wandb project name.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = option(ModelConfig(), "Encoder, connector and LLM.")
+    prompt: PromptConfig = option(PromptConfig(), "Prompt around the speech embeddings.")
+    data: DataConfig = option(DataConfig(), "Manifests and batching.")
+    train: TrainConfig = option(TrainConfig(), "Optimisation and the run folder.")
+    eval: EvalConfig = option(EvalConfig(), "Decoding and scoring.")
+    logging: LoggingConfig = option(LoggingConfig(), "Metrics and wandb.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.output_dir) / self.train.name
+
+
+_REGISTRIES: dict[str, Registry[Any]] = {"ENCODERS": ENCODERS, "CONNECTORS": CONNECTORS}
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+class _Errors:
+    """Collects problems; each knows its dotted key so the file line can be found."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []  # (dotted key, message)
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append((key, message))
+
+
+def _table(key: str) -> str:
+    return "[" + key.rsplit(".", 1)[0] + "]" if "." in key else "the top level"
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _convert(tp: Any, value: Any, key: str, errors: _Errors, registry: str | None = None) -> Any:
+    """Check `value` against annotation `tp`; return the converted value or None on error."""
+    origin = typing.get_origin(tp)
+    if registry is not None or (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+        return _parse_table(tp, value, key, errors, _REGISTRIES.get(registry or ""))
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        errors.add(key, f"`{key}`: expected one of {', '.join(map(repr, choices))}, got {_describe(value)}")
+        return None
+    if origin in (list, tuple):
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(v, str) for v in items):
+            return list(items)
+        errors.add(key, f"`{key}`: expected a list of strings, got {_describe(value)}")
+        return None
+    if origin is dict:
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
+        errors.add(key, f"`{key}`: expected a table of name = \"string\" entries, got {_describe(value)}")
+        return None
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+    ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if ok:
+        return value
+    errors.add(key, f"`{key}`: expected {expected}, got {_describe(value)}")
+    return None
+
+
+def _parse_table(cls: type, data: Any, key: str, errors: _Errors, registry: Registry[Any] | None) -> Any:
+    if not isinstance(data, dict):
+        errors.add(key, f"[{key}]: expected a table, got {_describe(data)}")
+        return None
+    if registry is not None:
+        name = data.get("name")
+        if name not in registry.names():
+            hint = f"; choose one of: {', '.join(registry.names())}"
+            errors.add(f"{key}.name", f"`{key}.name`: unknown {registry.kind} {name!r}{hint}")
+            return None
+        cls = registry.config_type(name)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for unknown in sorted(set(data) - set(fields)):
+        close = difflib.get_close_matches(unknown, fields, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(fields)}"
+        errors.add(f"{key}.{unknown}", f"unknown key `{unknown}` in [{key}]{hint}")
+    kwargs = {}
+    before = len(errors.items)
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{key}.{name}", errors, f.metadata.get("registry"))
+    if len(errors.items) > before:
+        return None
+    obj = cls(**kwargs)
+    for problem in getattr(obj, "validate", lambda: [])():
+        errors.add(key, problem)
+    return obj
+
+
+def _line_of(text: str, dotted: str) -> int | None:
+    """Best-effort line number of `dotted` (e.g. train.lr) in TOML text, for error messages."""
+    table, _, leaf = dotted.rpartition(".")
+    current = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = re.match(r"\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
+        if header:
+            current = header.group(1).strip()
+            if current == dotted:
+                return number
+        elif current == table and re.match(rf"\s*{re.escape(leaf)}\s*=", line):
+            return number
+    return None
+
+
+def from_dict(data: dict[str, Any], source: str | None = None, text: str | None = None) -> Config:
+    """Validate a raw TOML dict; raise one `ConfigError` listing every problem."""
+    errors = _Errors()
+    cfg = _parse_table(Config, data, "", errors, None)
+    if errors.items:
+        problems = []
+        for key, message in errors.items:
+            line = _line_of(text, key.lstrip(".")) if text else None
+            problems.append(f"line {line}: {message}" if line else message)
+        raise ConfigError([p.replace("[]", "the top level").replace("`.", "`") for p in problems], source)
+    return cfg
+
+
+def loads(text: str, source: str | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"TOML syntax error: {e}", source) from None
+    return from_dict(data, source, text)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config: {e.strerror or e}", str(path)) from None
+    return loads(text, str(path))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict of a config (what checkpoints store)."""
+    return dataclasses.asdict(cfg)
+
+
+def _render(obj: Any, key: str, registry: Registry[Any] | None = None) -> list[str]:
+    lines = [f"[{key}]"]
+    nested = []
+    if registry is not None:
+        lines.append(f"# Choices: {', '.join(registry.names())}.")
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            nested.append((value, f"{key}.{f.name}", _REGISTRIES.get(f.metadata.get("registry", ""))))
+            continue
+        lines.append(f"# {f.metadata.get('help', '')}")
+        if isinstance(value, dict):
+            lines.append(f"{f.name} = {{ {', '.join(tomli_w.dumps({k: v}).strip() for k, v in value.items())} }}")
+        else:
+            lines.append(tomli_w.dumps({f.name: value}).strip())
+    out = lines + [""] if len(lines) > 1 else []
+    for value, sub, reg in nested:
+        out += _render(value, sub, reg)
+    return out
+
+
+def dumps(cfg: Config) -> str:
+    """A complete TOML file: every field, its help text as a comment."""
+    header = ["# macasr configuration. Every key is shown with its default or chosen value.", ""]
+    body: list[str] = []
+    for f in dataclasses.fields(cfg):
+        body += _render(getattr(cfg, f.name), f.name)
+    return "\n".join(header + body)
+
+
+def dump(cfg: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(cfg), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- presets
+
+PRESET_PACKAGE = "macasr.configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> Config:
+    names = preset_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise ConfigError(f"unknown preset `{name}`; {hint}choose one of: {', '.join(names)}")
+    return loads(resources.files(PRESET_PACKAGE).joinpath(f"{name}.toml").read_text("utf-8"), f"preset {name}")
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """`dataclasses.replace` with dotted keys: replace(cfg, **{"train.lr": 1e-3})."""
+    grouped: dict[str, dict[str, Any]] = {}
+    direct = {}
+    for dotted, value in changes.items():
+        head, _, rest = dotted.partition(".")
+        if rest:
+            grouped.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, sub in grouped.items():
+        direct[head] = replace(getattr(cfg, head), **sub)
+    return dataclasses.replace(cfg, **direct)
+
+
+def resolve_paths(cfg: Config, base: Path | None = None) -> Config:
+    """Make relative paths that exist under `base` (default: cwd) absolute, so a run's config and
+    checkpoints keep working from any folder. Hub ids and not-yet-existing paths stay as written."""
+    base = base or Path.cwd()
+
+    def fix(p: str) -> str:
+        candidate = base / p
+        return str(candidate.resolve()) if p and not Path(p).is_absolute() and candidate.exists() else p
+
+    return replace(
+        cfg,
+        **{
+            "model.encoder.path": fix(cfg.model.encoder.path),
+            "model.llm.path": fix(cfg.model.llm.path),
+            "data.train": [fix(p) for p in cfg.data.train],
+            "data.valid": [fix(p) for p in cfg.data.valid],
+            "eval.datasets": {k: fix(v) for k, v in cfg.eval.datasets.items()},
+        },
+    )
+
+
+__all__ = [
+    "Config", "ModelConfig", "LLMConfig", "PromptConfig", "DataConfig", "TrainConfig", "EvalConfig",
+    "LoggingConfig", "ComponentConfig", "load", "loads", "from_dict", "dump", "dumps", "to_dict",
+    "load_preset", "preset_names", "replace", "resolve_paths",
+]

@@ -1,0 +1,309 @@
+"""Synthetic spoken-English corpus from espeak-ng, for the demo and the tests.
+
+Why: a real ASR corpus is large and licensed; the demo and the tests need one that builds offline
+in seconds and whose every clip has an exact transcript. espeak-ng (shipped as a wheel by
+`espeakng-loader`) is driven through `ctypes`, so no system package is needed.
+
+espeak keeps hidden state between utterances (pitch flutter, wave phase), so the same text can
+come out a few samples different depending on what was spoken before. `build_corpus` therefore
+synthesizes fixed chunks of clips in fresh worker processes: the same seed gives byte-identical
+WAVs no matter what the calling process has done. `synthesize` alone carries no such guarantee.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from macasr.errors import DataError
+
+SAMPLE_RATE = 16_000  # Hz, rate of the WAV files written
+TRIM_PAD_S = 0.1  # seconds of silence before and after the speech (espeak's own is trimmed first)
+SILENCE_REL = 0.01  # fraction of the clip's peak below which a sample counts as silence
+RATE_WPM = (140, 200)  # words per minute, inclusive range drawn per clip
+PITCH = (30, 70)  # espeak base pitch (0-100), inclusive range drawn per clip
+CHUNK_CLIPS = 100  # clips per worker process; fixed so output never depends on the CPU count
+MAX_WORKERS = 8  # processes
+_MAX_MISSES = 2_000  # consecutive duplicate draws after which the grammar counts as exhausted
+_INSTALL_HINT = "pip install 'macasr[demo]'"
+
+TRAIN_VOICES: tuple[str, ...] = (
+    "en-us", "en-us+f2", "en-us+m3", "en+m1", "en+f4",
+    "en-gb-scotland+m4", "en-gb-x-rp+f1", "en-us-nyc+m6", "en+klatt", "en-029+m2",
+)
+UNSEEN_VOICE = "en-gb-x-gbclan+f5"  # accent and variant both absent from TRAIN_VOICES
+
+# ---------------------------------------------------------------- grammar
+_WORDS: dict[str, tuple[str, ...]] = {
+    "colour": ("red", "blue", "green", "yellow", "black", "white", "brown", "purple"),
+    "qual": ("lazy", "quick", "happy", "little", "big", "old", "young", "clever", "sleepy", "noisy"),
+    "animal": ("fox", "dog", "cat", "bird", "horse", "rabbit", "mouse", "duck"),
+    "moves": ("jumps", "runs", "walks", "looks", "flies"),
+    "prep": ("over", "under", "near", "behind"),
+    "thing": ("fence", "table", "box", "house", "tree", "bridge", "wall", "door"),
+    "name": ("john", "mary", "peter", "susan", "david", "anna", "tom", "lucy", "james", "emma"),
+    "number": ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+               "eleven", "twelve"),
+    "many": ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twenty"),
+    "day": ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
+    "place": ("school", "park", "station", "market", "library", "office", "beach", "hospital"),
+    "fruit": ("apples", "oranges", "bananas", "grapes", "pears", "lemons", "cherries"),
+    "pronoun": ("we", "they", "i", "you"),
+    "did": ("found", "painted", "cleaned", "moved", "bought", "sold", "opened", "lost"),
+    "do": ("open", "move", "paint", "clean", "touch", "close"),
+    "vehicle": ("car", "bus", "train", "boat", "bike", "truck"),
+    "vehicles": ("cars", "buses", "trains", "boats", "bikes", "trucks"),
+    "state": ("fast", "slow", "new", "late", "early", "clean", "broken", "ready"),
+    "time": ("morning", "afternoon", "evening", "night"),
+    "side": ("left", "right"),
+}
+_PATTERNS: tuple[str, ...] = (
+    "the {qual} {animal} {moves} {prep} the {colour} {thing}",
+    "please call {name} at {number}",
+    "{pronoun} have {many} {colour} {fruit}",
+    "{name} went to the {place} on {day}",
+    "meet me at the {place} at {number}",
+    "the {colour} {vehicle} is {state}",
+    "{name} and {name} {did} the {colour} {thing}",
+    "how many {fruit} did {name} buy",
+    "the {place} opens at {number} in the {time}",
+    "see you on {day} {time}",
+    "turn {side} at the {colour} {thing}",
+    "{name} lives near the {place}",
+    "do not {do} the {qual} {thing}",
+    "put the {fruit} in the {colour} {thing}",
+    "{name} saw {many} {colour} {vehicles} on {day}",
+    "the {animal} is {prep} the {thing}",
+)
+VOCABULARY: frozenset[str] = frozenset(
+    w for p in _PATTERNS for w in p.split() if not w.startswith("{")
+) | frozenset(w for words in _WORDS.values() for w in words)
+
+
+def _expand(pattern: str, rng: random.Random) -> str:
+    """Fill every {slot} of `pattern`; a class used twice (two names) gets two different words."""
+    out: list[str] = []
+    for token in pattern.split():
+        if token.startswith("{"):
+            choices = [w for w in _WORDS[token[1:-1]] if w not in out]
+            out.append(rng.choice(choices))
+        else:
+            out.append(token)
+    return " ".join(out)
+
+
+def make_sentences(rng: random.Random, n: int, exclude: set[str] = frozenset()) -> list[str]:
+    """n distinct sentences (lower-case words, no punctuation) from a small grammar, none in `exclude`.
+
+    Only if the grammar runs out of new sentences are already-drawn ones repeated (never excluded ones).
+    """
+    seen: set[str] = set()
+    out: list[str] = []
+    misses = 0
+    while len(out) < n and misses < _MAX_MISSES:
+        s = _expand(rng.choice(_PATTERNS), rng)
+        if s in seen or s in exclude:
+            misses += 1
+            continue
+        misses = 0
+        seen.add(s)
+        out.append(s)
+    if not out and n > 0:
+        raise DataError(f"the sentence grammar has no sentence left outside the {len(exclude)} excluded")
+    return out + [rng.choice(out) for _ in range(n - len(out))]
+
+
+# ---------------------------------------------------------------- espeak via ctypes
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000
+_BUFFER_MS = 500  # length of the chunks espeak hands the callback, milliseconds
+_RATE, _PITCH = 1, 3  # espeak_PARAMETER ids
+_POS_CHARACTER, _CHARS_UTF8 = 1, 1
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _Espeak:
+    """One initialised libespeak-ng; the library is process-global, so use it under `_LOCK`."""
+
+    def __init__(self) -> None:
+        try:
+            import espeakng_loader
+
+            self.data_path = Path(espeakng_loader.get_data_path())
+            lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        except (ImportError, OSError, RuntimeError) as e:
+            raise DataError(f"cannot load espeak-ng ({e}); run: {_INSTALL_HINT}") from None
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS,
+                                          str(self.data_path).encode(), _INITIALIZE_DONT_EXIT)
+        if self.rate <= 0:
+            raise DataError(f"espeak-ng failed to initialise from {self.data_path}; run: {_INSTALL_HINT}")
+        self.chunks: list[np.ndarray] = []
+        self.callback = _CALLBACK(self._collect)  # keep a reference: espeak holds a raw pointer
+        lib.espeak_SetSynthCallback(self.callback)
+        self.seed = getattr(lib, "espeak_ng_SetRandSeed", None)
+        self.lib = lib
+        self.voices: set[str] = set()
+
+    def _collect(self, wav: ctypes.POINTER(ctypes.c_short), n: int, _events: int) -> int:
+        if wav and n > 0:
+            self.chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        return 0  # 0 = carry on synthesizing
+
+    def _set_voice(self, voice: str) -> None:
+        base, _, variant = voice.partition("+")
+        known = voice in self.voices or (not variant or (self.data_path / "voices" / "!v" / variant).is_file())
+        if not known or self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise DataError(f"espeak-ng has no voice {voice!r}; use a language like 'en-us' plus an "
+                            f"optional variant from {self.data_path / 'voices' / '!v'}, e.g. 'en-us+f3'")
+        self.voices.add(voice)
+
+    def speak(self, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
+        """int16 samples at `self.rate` Hz."""
+        self._set_voice(voice)
+        self.lib.espeak_SetParameter(_RATE, rate_wpm, 0)
+        self.lib.espeak_SetParameter(_PITCH, pitch, 0)
+        if self.seed is not None:
+            self.seed(0)
+        self.chunks = []
+        buf = text.encode() + b"\0"
+        if self.lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None) != 0:
+            raise DataError(f"espeak-ng failed to synthesize {text!r}")
+        self.lib.espeak_Synchronize()
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+
+
+_LOCK = threading.Lock()
+_ENGINE: _Espeak | None = None
+
+
+def _engine() -> _Espeak:
+    """The process's espeak instance, initialised on first use."""
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = _Espeak()
+    return _ENGINE
+
+
+def _trim(x: np.ndarray, sr: int) -> np.ndarray:
+    """Cut leading/trailing silence and pad with exactly TRIM_PAD_S of zeros on each side."""
+    loud = np.flatnonzero(np.abs(x) > SILENCE_REL * float(np.abs(x).max(initial=0.0)))
+    if loud.size == 0:
+        return x
+    pad = int(TRIM_PAD_S * sr)
+    return np.pad(x[loud[0]: loud[-1] + 1], pad)
+
+
+def synthesize(text: str, voice: str, rate_wpm: int = 175, pitch: int = 50) -> np.ndarray:
+    """float32 mono waveform at 16 kHz (espeak's 22.05 kHz output resampled with soxr), leading/trailing silence trimmed to ~0.1 s."""
+    with _LOCK:
+        engine = _engine()
+        raw = engine.speak(text, voice, rate_wpm, pitch)
+    if raw.size == 0:
+        raise DataError(f"espeak-ng produced no audio for {text!r} with voice {voice!r}")
+    x = soxr.resample(raw.astype(np.float32) / 32768.0, engine.rate, SAMPLE_RATE, quality="HQ")
+    return _trim(np.clip(x, -1.0, 32767 / 32768), SAMPLE_RATE).astype(np.float32)
+
+
+# ---------------------------------------------------------------- corpus
+_SPLITS = ("train", "valid", "test", "test_unseen_voice")
+_Job = tuple[str, str, str, int, int]  # (wav path, text, voice, rate_wpm, pitch)
+
+
+def _synth_chunk(jobs: list[_Job]) -> list[int]:
+    """Worker: write each job's WAV in order; return the sample counts."""
+    lengths = []
+    for path, text, voice, rate_wpm, pitch in jobs:
+        audio = synthesize(text, voice, rate_wpm, pitch)
+        sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        lengths.append(len(audio))
+    return lengths
+
+
+def _run_jobs(jobs: list[_Job], progress: Callable[[int, int], None] | None) -> list[int]:
+    """Run `jobs` in fresh spawned processes, CHUNK_CLIPS per process; return sample counts in order."""
+    chunks = [jobs[i: i + CHUNK_CLIPS] for i in range(0, len(jobs), CHUNK_CLIPS)]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(cpus, MAX_WORKERS, len(chunks)))
+    lengths: list[list[int]] = [[] for _ in chunks]
+    done = 0
+    with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+        for i, result in pool.imap_unordered(_indexed_chunk, list(enumerate(chunks))):
+            lengths[i] = result
+            done += len(result)
+            if progress is not None:
+                progress(done, len(jobs))
+    return [n for chunk in lengths for n in chunk]
+
+
+def _indexed_chunk(item: tuple[int, list[_Job]]) -> tuple[int, list[int]]:
+    return item[0], _synth_chunk(item[1])
+
+
+def _draw_texts(rng: random.Random, counts: dict[str, int]) -> dict[str, list[str]]:
+    """Held-out splits first, mutually disjoint; train avoids all of them."""
+    texts: dict[str, list[str]] = {}
+    held: set[str] = set()
+    for split in _SPLITS[1:] + _SPLITS[:1]:
+        texts[split] = make_sentences(rng, counts[split], exclude=held)
+        if split != "train":
+            held.update(texts[split])
+    return texts
+
+
+def build_corpus(out_dir: Path, *, n_train: int = 1200, n_valid: int = 100, n_test: int = 200,
+                 n_unseen: int = 200, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
+    """Writes out_dir/audio/<split>/<id>.wav (16 kHz mono PCM_16) and out_dir/<split>.jsonl for
+    split in train, valid, test, test_unseen_voice. Returns {split: manifest path}."""
+    out_dir = Path(out_dir)
+    manifests = {split: out_dir / f"{split}.jsonl" for split in _SPLITS}
+    params = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "n_unseen": n_unseen, "seed": seed}
+    marker = out_dir / ".complete"
+    if marker.is_file() and all(p.is_file() for p in manifests.values()):
+        try:
+            if json.loads(marker.read_text()) == params:
+                return manifests
+        except json.JSONDecodeError:
+            pass
+    with _LOCK:
+        _engine()  # fail early, in this process, with the install hint
+    marker.unlink(missing_ok=True)
+    counts = dict(zip(_SPLITS, (n_train, n_valid, n_test, n_unseen)))
+    rng = random.Random(seed)
+    texts = _draw_texts(rng, counts)
+    rows: list[tuple[str, str, str]] = []  # (split, relative path, voice)
+    jobs: list[_Job] = []
+    for split in _SPLITS:
+        shutil.rmtree(out_dir / "audio" / split, ignore_errors=True)
+        (out_dir / "audio" / split).mkdir(parents=True)
+        voices = (UNSEEN_VOICE,) if split == "test_unseen_voice" else TRAIN_VOICES
+        for i, text in enumerate(texts[split], start=1):
+            rel = f"audio/{split}/{i:06d}.wav"
+            voice = rng.choice(voices)
+            jobs.append((str(out_dir / rel), text, voice, rng.randint(*RATE_WPM), rng.randint(*PITCH)))
+            rows.append((split, rel, voice))
+    lengths = _run_jobs(jobs, progress)
+    lines: dict[str, list[str]] = {split: [] for split in _SPLITS}
+    for (split, rel, voice), job, n in zip(rows, jobs, lengths):
+        row = {"audio": rel, "text": job[1], "duration": round(n / SAMPLE_RATE, 3), "voice": voice}
+        lines[split].append(json.dumps(row) + "\n")
+    for split, path in manifests.items():
+        path.write_text("".join(lines[split]))
+    marker.write_text(json.dumps(params))
+    return manifests

@@ -1,0 +1,193 @@
+"""Word and character error rates, per dataset and overall.
+
+Error counts, not rates, are what get summed: the overall WER of several datasets is total
+errors over total reference words, not a mean of per-dataset rates. Rates are fractions
+(0.05 = 5 %); reports turn them into percentages.
+
+Alignment is jiwer's (Levenshtein via rapidfuzz). Pairs where either side is empty are counted
+here instead, because some jiwer versions refuse empty references and the answer is trivial:
+an empty reference against a k-word hypothesis is k insertions, a k-word reference against an
+empty hypothesis is k deletions. Characters are counted the jiwer way: after whitespace is
+collapsed, the single space between two words is a character too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import jiwer
+
+from macasr.evaluate.normalize import get_normalizer
+
+
+@dataclass(frozen=True)
+class ErrorCounts:
+    """Edit-distance counts against the reference; add two to pool them."""
+
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    hits: int = 0
+    ref_words: int = 0
+    char_errors: int = 0
+    ref_chars: int = 0
+
+    @property
+    def word_errors(self) -> int:
+        """Substitutions + deletions + insertions."""
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def wer(self) -> float:
+        """Word error rate as a fraction; an empty reference counts as one word (never inf)."""
+        return self.word_errors / max(self.ref_words, 1)
+
+    @property
+    def cer(self) -> float:
+        """Character error rate as a fraction; an empty reference counts as one character."""
+        return self.char_errors / max(self.ref_chars, 1)
+
+    def __add__(self, other: object) -> ErrorCounts:
+        if not isinstance(other, ErrorCounts):
+            return NotImplemented
+        return ErrorCounts(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+
+@dataclass(frozen=True)
+class UtteranceResult:
+    """One scored utterance: raw and normalized text, and its word errors (S + D + I)."""
+
+    id: str
+    reference: str
+    hypothesis: str
+    ref_norm: str
+    hyp_norm: str
+    errors: int
+
+
+@dataclass(frozen=True)
+class DatasetScore:
+    """Scores of one dataset (or of several pooled, see `overall`)."""
+
+    name: str
+    utterances: int
+    hours: float
+    counts: ErrorCounts
+    per_utterance: tuple[UtteranceResult, ...] = ()
+
+    @property
+    def wer(self) -> float:
+        return self.counts.wer
+
+    @property
+    def cer(self) -> float:
+        return self.counts.cer
+
+
+def _collapse(text: str) -> str:
+    """Single-space words so that jiwer's splitting and ours agree on what a word is."""
+    return " ".join(text.split())
+
+
+def _check_lengths(**sequences: Sequence[object]) -> None:
+    """A length mismatch means a misaligned hypothesis file: fail loudly, never zip-truncate."""
+    lengths = {name: len(seq) for name, seq in sequences.items()}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{name}={n}" for name, n in lengths.items())
+        raise ValueError(f"sequences to score differ in length: {detail}")
+
+
+def _empty_pair_counts(ref: str, hyp: str) -> tuple[ErrorCounts, int]:
+    """Counts for a pair where at least one side is empty (both already collapsed)."""
+    ref_words, hyp_words = len(ref.split()), len(hyp.split())
+    counts = ErrorCounts(
+        deletions=ref_words,
+        insertions=hyp_words,
+        ref_words=ref_words,
+        char_errors=len(ref) + len(hyp),
+        ref_chars=len(ref),
+    )
+    return counts, ref_words + hyp_words
+
+
+def _chunk_errors(alignment: Sequence[jiwer.AlignmentChunk]) -> int:
+    """Word errors of one aligned pair: each non-equal chunk costs its longer side."""
+    return sum(
+        max(c.ref_end_idx - c.ref_start_idx, c.hyp_end_idx - c.hyp_start_idx)
+        for c in alignment
+        if c.type != "equal"
+    )
+
+
+def _align(refs: Sequence[str], hyps: Sequence[str]) -> tuple[ErrorCounts, list[int]]:
+    """Total counts and per-utterance word errors; one jiwer call for all non-empty pairs."""
+    _check_lengths(refs=refs, hyps=hyps)
+    refs = [_collapse(r) for r in refs]
+    hyps = [_collapse(h) for h in hyps]
+    per_utt = [0] * len(refs)
+    total = ErrorCounts()
+    both = [i for i, (r, h) in enumerate(zip(refs, hyps, strict=True)) if r and h]
+    for i in sorted(set(range(len(refs))) - set(both)):
+        counts, per_utt[i] = _empty_pair_counts(refs[i], hyps[i])
+        total += counts
+    if not both:
+        return total, per_utt
+    ref_sub, hyp_sub = [refs[i] for i in both], [hyps[i] for i in both]
+    words = jiwer.process_words(ref_sub, hyp_sub)
+    chars = jiwer.process_characters(ref_sub, hyp_sub)
+    for i, alignment in zip(both, words.alignments, strict=True):
+        per_utt[i] = _chunk_errors(alignment)
+    char_errors = chars.substitutions + chars.deletions + chars.insertions
+    total += ErrorCounts(
+        substitutions=words.substitutions,
+        deletions=words.deletions,
+        insertions=words.insertions,
+        hits=words.hits,
+        ref_words=words.substitutions + words.deletions + words.hits,
+        char_errors=char_errors,
+        ref_chars=chars.substitutions + chars.deletions + chars.hits,
+    )
+    return total, per_utt
+
+
+def count_errors(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
+    """Pooled error counts of already-normalized reference/hypothesis pairs."""
+    return _align(refs, hyps)[0]
+
+
+def score(
+    name: str,
+    ids: Sequence[str],
+    refs: Sequence[str],
+    hyps: Sequence[str],
+    durations: Sequence[float],
+    normalizer: str,
+) -> DatasetScore:
+    """Normalize with `normalizer`, then score one dataset; `durations` are in seconds."""
+    _check_lengths(ids=ids, refs=refs, hyps=hyps, durations=durations)
+    normalize = get_normalizer(normalizer)
+    ref_norm = [normalize(r) for r in refs]
+    hyp_norm = [normalize(h) for h in hyps]
+    counts, errors = _align(ref_norm, hyp_norm)
+    per_utterance = tuple(
+        UtteranceResult(str(i), r, h, rn, hn, e)
+        for i, r, h, rn, hn, e in zip(ids, refs, hyps, ref_norm, hyp_norm, errors, strict=True)
+    )
+    hours = float(sum(durations)) / 3600.0
+    return DatasetScore(name, len(ids), hours, counts, per_utterance)
+
+
+def overall(scores: Sequence[DatasetScore]) -> DatasetScore:
+    """Pool several datasets by summing counts (a micro-average); no per-utterance detail."""
+    counts = ErrorCounts()
+    for s in scores:
+        counts += s.counts
+    return DatasetScore(
+        name="overall",
+        utterances=sum(s.utterances for s in scores),
+        hours=sum(s.hours for s in scores),
+        counts=counts,
+    )

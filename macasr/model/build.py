@@ -1,0 +1,55 @@
+"""Config → SpeechLLM: look components up by name, load weights, freeze, place on a device."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from macasr.model.connectors import CONNECTORS
+from macasr.model.encoders import ENCODERS
+from macasr.model.llm import hidden_size, load_llm, prompt_tokens
+from macasr.model.speech_llm import SpeechLLM
+
+if TYPE_CHECKING:
+    from macasr.config import Config
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto → bf16 on CUDA GPUs that support it, fp32 elsewhere (CPU bf16 is slow and lossy)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def build_model(cfg: Config, device: torch.device | str = "cpu", precision: str = "fp32") -> SpeechLLM:
+    """Frozen parts are loaded in the compute dtype; trainable parts stay fp32 (autocast does the rest)."""
+    device = torch.device(device)
+    compute = DTYPES[precision]
+    enc_cfg, llm_cfg = cfg.model.encoder, cfg.model.llm
+    encoder = ENCODERS.build(enc_cfg, dtype=torch.float32 if enc_cfg.train else compute)
+    llm, tokenizer = load_llm(llm_cfg, dtype=torch.float32 if llm_cfg.train else compute)
+    connector = CONNECTORS.build(cfg.model.connector, encoder.output_dim, hidden_size(llm))
+    encoder.requires_grad_(enc_cfg.train)
+    llm.requires_grad_(llm_cfg.train)
+    model = SpeechLLM(encoder, connector, llm, tokenizer, prompt_tokens(tokenizer, cfg.prompt))
+    return model.to(device)
+
+
+def parameter_counts(model: SpeechLLM) -> dict[str, tuple[int, int]]:
+    """{part: (total, trainable)} for the encoder, connector and LLM."""
+    counts = {}
+    for part in ("encoder", "connector", "llm"):
+        params = list(getattr(model, part).parameters())
+        counts[part] = (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
+    return counts

@@ -1,0 +1,97 @@
+"""SpeechLLM: encoder → connector → LLM, with exactly two entry points, `forward` and `generate`.
+
+Symbols: B batch, N speech embeddings, P/S prefix/suffix tokens, M target tokens, H LLM width.
+
+Each row is laid out as [prefix | speech | suffix | target] and left-padded, in training and in
+generation alike, so the prompt a model is trained on is token for token the one it decodes
+from. Position ids count from each row's first real token.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from macasr.model.decoding import DecodingOptions, greedy_search
+from macasr.model.llm import PromptTokens
+
+if TYPE_CHECKING:
+    from macasr.data.collate import Batch
+
+IGNORE_INDEX = -100
+
+
+class SpeechLLM(nn.Module):
+    def __init__(self, encoder: nn.Module, connector: nn.Module, llm: Any, tokenizer: Any, prompt: PromptTokens) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.connector = connector
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.register_buffer("prefix_ids", torch.tensor(prompt.prefix, dtype=torch.long), persistent=False)
+        self.register_buffer("suffix_ids", torch.tensor(prompt.suffix, dtype=torch.long), persistent=False)
+
+    def train(self, mode: bool = True) -> SpeechLLM:
+        """Frozen parts stay in eval mode (no dropout) while the trainable parts train."""
+        super().train(mode)
+        for part in (self.encoder, self.llm):
+            if not any(p.requires_grad for p in part.parameters()):
+                part.eval()
+        return self
+
+    def encode_speech(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, C, L) → speech embeddings (B, N, H) and their lengths (B,)."""
+        frames, frame_lengths = self.encoder(features, lengths)
+        embeds, embed_lengths = self.connector(frames, frame_lengths)
+        return embeds, embed_lengths
+
+    def _layout(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor, target_embeds: torch.Tensor | None = None,
+        target_lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded [prefix | speech | suffix | target] → embeds (B, L, H), mask, position ids (B, L)."""
+        embed = self.llm.get_input_embeddings()
+        prefix, suffix = embed(self.prefix_ids), embed(self.suffix_ids)  # (P, H), (S, H)
+        dtype = prefix.dtype
+        rows = []
+        for i, n in enumerate(speech_lengths.tolist()):
+            parts = [prefix, speech[i, :n].to(dtype), suffix]
+            if target_embeds is not None:
+                parts.append(target_embeds[i, : int(target_lengths[i])])
+            rows.append(torch.cat(parts))
+        width = max(r.shape[0] for r in rows)
+        embeds = prefix.new_zeros(len(rows), width, prefix.shape[-1])
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=prefix.device)
+        for i, row in enumerate(rows):
+            embeds[i, width - row.shape[0] :] = row
+            mask[i, width - row.shape[0] :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return embeds, mask, positions
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Mean cross-entropy over target tokens (the transcript and its end token) only."""
+        speech, speech_lengths = self.encode_speech(batch.features, batch.feature_lengths)
+        targets, lengths = batch.targets, batch.target_lengths  # (B, M), (B,)
+        target_embeds = self.llm.get_input_embeddings()(targets)
+        embeds, mask, positions = self._layout(speech, speech_lengths, target_embeds, lengths)
+        width = targets.shape[1]
+        # Logits only where a target token is predicted: the last M+1 columns, minus the last one.
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                          logits_to_keep=width + 1).logits[:, :-1]  # (B, M, V)
+        labels = torch.full_like(targets, IGNORE_INDEX)
+        for i, m in enumerate(lengths.tolist()):
+            labels[i, width - m :] = targets[i, :m]  # right-aligned, like the left-padded rows
+        return nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, options: DecodingOptions | None = None) -> list[str]:
+        """Batched greedy transcription; each row equals decoding that clip alone."""
+        options = options or DecodingOptions()
+        speech, speech_lengths = self.encode_speech(batch.features, batch.feature_lengths)
+        embeds, mask, positions = self._layout(speech, speech_lengths)
+        caps = options.max_new_tokens(batch.durations)
+        tokens = greedy_search(self.llm, embeds, mask, positions, caps, self.prompt.end_id)
+        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
