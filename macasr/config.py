@@ -86,7 +86,7 @@ class TrainConfig:
     min_lr_ratio: float = option(0.0, "Cosine decays to lr * min_lr_ratio at max_steps.")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
     grad_clip: float = option(1.0, "Clip the global gradient norm to this (0 = off).")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "auto = bf16 on CUDA GPUs that support it, fp32 elsewhere.")
+    precision: Literal["auto", "bf16", "fp32"] = option("auto", "auto = bf16 on CUDA GPUs that support it, fp32 elsewhere.")
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
     valid_every: int = option(1_000, "Validate (decode the valid set, WER) every this many optimizer steps.")
     patience: int = option(5, "Stop after this many validations without a better WER (0 = never stop early).")
@@ -170,8 +170,8 @@ class _Errors:
         self.items.append((key, message))
 
 
-def _table(key: str) -> str:
-    return "[" + key.rsplit(".", 1)[0] + "]" if "." in key else "the top level"
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
 
 
 def _describe(value: Any) -> str:
@@ -218,7 +218,7 @@ def _parse_table(cls: type, data: Any, key: str, errors: _Errors, registry: Regi
         name = data.get("name")
         if name not in registry.names():
             hint = f"; choose one of: {', '.join(registry.names())}"
-            errors.add(f"{key}.name", f"`{key}.name`: unknown {registry.kind} {name!r}{hint}")
+            errors.add(_join(key, "name"), f"`{_join(key, 'name')}`: unknown {registry.kind} {name!r}{hint}")
             return None
         cls = registry.config_type(name)
     hints = typing.get_type_hints(cls)
@@ -226,12 +226,12 @@ def _parse_table(cls: type, data: Any, key: str, errors: _Errors, registry: Regi
     for unknown in sorted(set(data) - set(fields)):
         close = difflib.get_close_matches(unknown, fields, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(fields)}"
-        errors.add(f"{key}.{unknown}", f"unknown key `{unknown}` in [{key}]{hint}")
+        errors.add(_join(key, unknown), f"unknown key `{unknown}` in {f'[{key}]' if key else 'the top level'}{hint}")
     kwargs = {}
     before = len(errors.items)
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], f"{key}.{name}", errors, f.metadata.get("registry"))
+            kwargs[name] = _convert(hints[name], data[name], _join(key, name), errors, f.metadata.get("registry"))
     if len(errors.items) > before:
         return None
     obj = cls(**kwargs)
@@ -260,11 +260,12 @@ def from_dict(data: dict[str, Any], source: str | None = None, text: str | None 
     errors = _Errors()
     cfg = _parse_table(Config, data, "", errors, None)
     if errors.items:
+        where = source or "config"
         problems = []
         for key, message in errors.items:
-            line = _line_of(text, key.lstrip(".")) if text else None
-            problems.append(f"line {line}: {message}" if line else message)
-        raise ConfigError([p.replace("[]", "the top level").replace("`.", "`") for p in problems], source)
+            line = _line_of(text, key) if text else None
+            problems.append(f"{where}:{line}: {message}" if line else f"{where}: {message}")
+        raise ConfigError(problems)
     return cfg
 
 

@@ -14,7 +14,7 @@ from macasr.model.speech_llm import SpeechLLM
 if TYPE_CHECKING:
     from macasr.config import Config
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,3 +53,8 @@ def parameter_counts(model: SpeechLLM) -> dict[str, tuple[int, int]]:
         params = list(getattr(model, part).parameters())
         counts[part] = (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
     return counts
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA; a no-op context in fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

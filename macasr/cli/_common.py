@@ -1,0 +1,51 @@
+"""Shared pieces of the CLI: consoles, option aliases and the one place errors become messages."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from macasr.errors import MacasrError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+CheckpointOpt = Annotated[Path, typer.Option("--ckpt", help="Training checkpoint (best.pt, last.pt).", show_default=False)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Clips decoded together (default: [eval] batch_size).", min=1, show_default=False)]
+
+
+def debug() -> bool:
+    return os.environ.get("MACASR_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one red line per message line to stderr; return the Exit(1) to raise."""
+    for line in message.splitlines() or [message]:
+        err_console.print(f"[red]error:[/] {escape(line)}", soft_wrap=True)
+    return typer.Exit(1)
+
+
+def handle_errors(command: F) -> F:
+    """A MacasrError (bad config, data or checkpoint) becomes red lines and exit status 1;
+    the traceback shows only with MACASR_DEBUG=1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MacasrError as e:
+            if debug():
+                raise
+            raise fail(str(e)) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,46 @@
+"""`macasr config init|check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from macasr import config as config_module
+from macasr.cli._common import console, fail, handle_errors
+
+app = typer.Typer(no_args_is_help=True, help="Write a complete, commented config, or check one.")
+
+
+@app.command("init")
+@handle_errors
+def init(
+    path: Annotated[Path | None, typer.Argument(help="Where to write (default: print to stdout).", show_default=False)] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Start from a preset in configs/ (e.g. demo).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a config with every field, its value and its help text as a comment."""
+    cfg = config_module.load_preset(preset) if preset else config_module.Config()
+    if path is None:
+        typer.echo(config_module.dumps(cfg))
+        return
+    if path.exists() and not force:
+        raise fail(f"{path} exists; pass --force to overwrite it")
+    config_module.dump(cfg, path)
+    console.print(f"wrote {path}" + (f" (preset {preset})" if preset else ""))
+
+
+@app.command("check")
+@handle_errors
+def check(config: Annotated[Path, typer.Argument(help="TOML config to validate.")]) -> None:
+    """Validate a config and report every problem at once."""
+    config_module.load(config)
+    console.print(f"[green]ok[/] {config}")
+
+
+@app.command("presets")
+def presets() -> None:
+    """List the presets `config init --preset` accepts."""
+    for name in config_module.preset_names():
+        typer.echo(name)

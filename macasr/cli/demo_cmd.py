@@ -1,0 +1,22 @@
+"""`macasr demo`: synthesize speech, build tiny models, train, evaluate; no downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from macasr.cli._common import console, handle_errors
+
+
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Run folder for data, models and checkpoints.")] = Path("runs/demo"),
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default: the demo preset's).", min=1, show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the corpus and the models.")] = 0,
+) -> None:
+    """Train and evaluate a tiny speech-LLM on a synthetic spoken corpus, on CPU, in minutes."""
+    from macasr.demo import run_demo
+
+    run_demo(out, console, steps, seed)

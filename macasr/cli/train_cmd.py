@@ -1,0 +1,25 @@
+"""`macasr train CONFIG`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from macasr.cli._common import console, handle_errors
+
+
+@handle_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="TOML config (see `macasr config init`).")],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last.pt.")] = False,
+) -> None:
+    """Train a connector (and whatever else the config unfreezes); writes runs/<name>/."""
+    from macasr import config as config_module
+    from macasr.train.run import train as run_training
+
+    cfg = config_module.load(config)
+    result = run_training(cfg, console, resume=resume)
+    best = "n/a" if result.best_wer is None else f"{100 * result.best_wer:.2f} % at step {result.best_step}"
+    console.print(f"done: {result.steps} steps, best valid WER {best}; checkpoints in {result.run_dir}")

@@ -1,0 +1,42 @@
+"""`macasr transcribe AUDIO... --ckpt best.pt`."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from macasr.cli._common import BatchSizeOpt, CheckpointOpt, DeviceOpt, err_console, handle_errors
+
+
+class Format(str, Enum):
+    txt = "txt"
+    json = "json"
+
+
+@handle_errors
+def transcribe(
+    audio: Annotated[list[Path], typer.Argument(help="Audio files: WAV, FLAC, OGG, MP3; any rate and channels.", show_default=False)],
+    ckpt: CheckpointOpt,
+    output_format: Annotated[Format, typer.Option("--format", help="txt: the transcript (path<TAB>text for several files); json: one object per line.")] = Format.txt,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Print one transcript per file; exit status 1 if any file failed."""
+    from macasr.infer.transcribe import Transcriber
+
+    transcriber = Transcriber.from_checkpoint(ckpt, device)
+    results = transcriber.transcribe(audio, batch_size)
+    for r in results:
+        if r.error is not None:
+            err_console.print(f"[red]error:[/] {escape(r.error)}", soft_wrap=True)
+        elif output_format is Format.json:
+            typer.echo(json.dumps({"audio": r.path, "text": r.text, "duration": r.duration}, ensure_ascii=False))
+        else:
+            typer.echo(r.text if len(audio) == 1 else f"{r.path}\t{r.text}")
+    if any(r.error is not None for r in results):
+        raise typer.Exit(1)

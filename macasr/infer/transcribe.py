@@ -1,0 +1,81 @@
+"""Transcribe audio files with a trained checkpoint; the `Transcriber` public API.
+
+Files are read in batches; a file that is missing, empty or undecodable gets an error naming it
+and why, and the others are still transcribed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from macasr.audio import audio_duration
+from macasr.config import Config
+from macasr.data.loader import build_loader
+from macasr.data.manifest import Utterance
+from macasr.errors import DataError
+from macasr.evaluate.run import decoding_options
+from macasr.infer.decode import decode_loader
+from macasr.model.speech_llm import SpeechLLM
+
+
+@dataclasses.dataclass(frozen=True)
+class Transcript:
+    path: str
+    text: str | None  # None when the file could not be transcribed
+    error: str | None = None
+    duration: float = 0.0  # seconds
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Transcriber:
+    """A trained model ready to turn audio files into text."""
+
+    def __init__(self, model: SpeechLLM, cfg: Config, device: torch.device, precision: str) -> None:
+        self.model, self.cfg, self.device, self.precision = model, cfg, device, precision
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Transcriber:
+        from macasr.train.checkpoint import restore_model
+
+        restored = restore_model(path, device)
+        return cls(restored.model, restored.config, restored.device, restored.precision)
+
+    def transcribe(self, paths: Sequence[str | Path], batch_size: int | None = None) -> list[Transcript]:
+        """One Transcript per path, in order; errors are reported per file, never raised."""
+        errors: dict[int, str] = {}
+        utterances: list[Utterance] = []
+        owners: list[int] = []
+        for i, path in enumerate(map(str, paths)):
+            try:
+                duration = audio_duration(path) if Path(path).is_file() else None
+                if duration is None:
+                    raise DataError(f"{path}: no such audio file")
+                if duration <= 0:
+                    raise DataError(f"{path}: audio is empty")
+            except DataError as e:
+                errors[i] = str(e)
+                continue
+            utterances.append(Utterance(id=path, audio=str(Path(path).resolve()), text="", duration=duration))
+            owners.append(i)
+        hyps: dict[int, str] = {}
+        skipped: list[str] = []
+        if utterances:
+            loader = build_loader(utterances, self.model.encoder.featurizer, shuffle=False, on_bad_clip="skip",
+                                  batch_size=batch_size or self.cfg.eval.batch_size)
+            hyps, skipped = decode_loader(self.model, loader, decoding_options(self.cfg), self.device, self.precision)
+        for j, i in enumerate(owners):
+            if j not in hyps:
+                path = utterances[j].audio
+                errors[i] = next((s for s in skipped if s.startswith(path)), f"{paths[i]}: could not be decoded")
+        by_index = dict(zip(owners, range(len(owners))))
+        return [
+            Transcript(str(p), None, errors[i]) if i in errors
+            else Transcript(str(p), hyps[by_index[i]], None, round(utterances[by_index[i]].duration, 3))
+            for i, p in enumerate(paths)
+        ]
