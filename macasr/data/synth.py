@@ -6,19 +6,23 @@ in seconds and whose every clip has an exact transcript. espeak-ng (shipped as a
 
 espeak keeps hidden state between utterances (pitch flutter, wave phase), so the same text can
 come out a few samples different depending on what was spoken before. `build_corpus` therefore
-synthesizes fixed chunks of clips in fresh worker processes: the same seed gives byte-identical
-WAVs no matter what the calling process has done. `synthesize` alone carries no such guarantee.
+synthesizes fixed chunks of clips, each in a fresh `python -c` worker: the same seed gives
+byte-identical WAVs whatever the calling process did before. `synthesize` alone cannot promise that.
 """
 
 from __future__ import annotations
 
 import ctypes
+import io
 import json
-import multiprocessing
 import os
+import queue
 import random
 import shutil
+import subprocess
+import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 
@@ -158,7 +162,6 @@ class _Espeak:
         lib.espeak_SetSynthCallback(self.callback)
         self.seed = getattr(lib, "espeak_ng_SetRandSeed", None)
         self.lib = lib
-        self.voices: set[str] = set()
 
     def _collect(self, wav: ctypes.POINTER(ctypes.c_short), n: int, _events: int) -> int:
         if wav and n > 0:
@@ -166,12 +169,11 @@ class _Espeak:
         return 0  # 0 = carry on synthesizing
 
     def _set_voice(self, voice: str) -> None:
-        base, _, variant = voice.partition("+")
-        known = voice in self.voices or (not variant or (self.data_path / "voices" / "!v" / variant).is_file())
+        variant = voice.partition("+")[2]  # espeak silently ignores an unknown variant: check it
+        known = not variant or (self.data_path / "voices" / "!v" / variant).is_file()
         if not known or self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise DataError(f"espeak-ng has no voice {voice!r}; use a language like 'en-us' plus an "
                             f"optional variant from {self.data_path / 'voices' / '!v'}, e.g. 'en-us+f3'")
-        self.voices.add(voice)
 
     def speak(self, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
         """int16 samples at `self.rate` Hz."""
@@ -210,7 +212,8 @@ def _trim(x: np.ndarray, sr: int) -> np.ndarray:
 
 
 def synthesize(text: str, voice: str, rate_wpm: int = 175, pitch: int = 50) -> np.ndarray:
-    """float32 mono waveform at 16 kHz (espeak's 22.05 kHz output resampled with soxr), leading/trailing silence trimmed to ~0.1 s."""
+    """float32 mono waveform at 16 kHz (espeak's 22.05 kHz output resampled with soxr),
+    leading/trailing silence trimmed to ~0.1 s. Raises DataError for an unknown voice."""
     with _LOCK:
         engine = _engine()
         raw = engine.speak(text, voice, rate_wpm, pitch)
@@ -223,36 +226,62 @@ def synthesize(text: str, voice: str, rate_wpm: int = 175, pitch: int = 50) -> n
 # ---------------------------------------------------------------- corpus
 _SPLITS = ("train", "valid", "test", "test_unseen_voice")
 _Job = tuple[str, str, str, int, int]  # (wav path, text, voice, rate_wpm, pitch)
+_ROOT = str(Path(__file__).resolve().parents[2])  # folder holding the macasr package, for workers
+_WORKER_CODE = "from macasr.data.synth import _worker_main; _worker_main()"
 
 
-def _synth_chunk(jobs: list[_Job]) -> list[int]:
-    """Worker: write each job's WAV in order; return the sample counts."""
+def _worker_main() -> None:
+    """Child process: read a JSON list of jobs on stdin, write each WAV in order, print its length."""
+    try:
+        for path, text, voice, rate_wpm, pitch in json.load(sys.stdin):
+            audio = synthesize(text, voice, rate_wpm, pitch)
+            buf = io.BytesIO()  # one write() per file: libsndfile's own small writes are slower
+            sf.write(buf, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+            Path(path).write_bytes(buf.getvalue())
+            sys.stdout.write(f"{len(audio)}\n")
+            sys.stdout.flush()
+    except DataError as e:
+        sys.exit(str(e))  # one line on stderr, exit status 1
+
+
+def _run_chunk(chunk: list[_Job], ticks: queue.Queue[int]) -> list[int]:
+    """Synthesize `chunk` in a fresh interpreter (fresh espeak state); put 1 on `ticks` per clip."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))}
+    proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdin and proc.stdout and proc.stderr
+    proc.stdin.write(json.dumps(chunk))
+    proc.stdin.close()
     lengths = []
-    for path, text, voice, rate_wpm, pitch in jobs:
-        audio = synthesize(text, voice, rate_wpm, pitch)
-        sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        lengths.append(len(audio))
+    for line in proc.stdout:
+        lengths.append(int(line))
+        ticks.put(1)
+    err = proc.stderr.read().strip().splitlines()
+    if proc.wait() != 0 or len(lengths) != len(chunk):
+        raise DataError(f"espeak worker failed: {err[-1] if err else f'exit code {proc.returncode}'}")
     return lengths
 
 
 def _run_jobs(jobs: list[_Job], progress: Callable[[int, int], None] | None) -> list[int]:
-    """Run `jobs` in fresh spawned processes, CHUNK_CLIPS per process; return sample counts in order."""
+    """Run `jobs` in worker processes, CHUNK_CLIPS per process; return sample counts in job order."""
     chunks = [jobs[i: i + CHUNK_CLIPS] for i in range(0, len(jobs), CHUNK_CLIPS)]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(1, min(cpus, MAX_WORKERS, len(chunks)))
-    lengths: list[list[int]] = [[] for _ in chunks]
+    ticks: queue.Queue[int] = queue.Queue()
     done = 0
-    with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-        for i, result in pool.imap_unordered(_indexed_chunk, list(enumerate(chunks))):
-            lengths[i] = result
-            done += len(result)
+    with ThreadPoolExecutor(max(1, min(cpus, MAX_WORKERS, len(chunks)))) as pool:
+        futures = [pool.submit(_run_chunk, chunk, ticks) for chunk in chunks]
+        while done < len(jobs):
+            failed = next((f for f in futures if f.done() and f.exception()), None)
+            if failed is not None:
+                pool.shutdown(cancel_futures=True)
+                raise failed.exception()  # type: ignore[misc]
+            try:
+                done += ticks.get(timeout=0.05)
+            except queue.Empty:
+                continue
             if progress is not None:
                 progress(done, len(jobs))
-    return [n for chunk in lengths for n in chunk]
-
-
-def _indexed_chunk(item: tuple[int, list[_Job]]) -> tuple[int, list[int]]:
-    return item[0], _synth_chunk(item[1])
+        return [n for f in futures for n in f.result()]
 
 
 def _draw_texts(rng: random.Random, counts: dict[str, int]) -> dict[str, list[str]]:
@@ -271,7 +300,7 @@ def build_corpus(out_dir: Path, *, n_train: int = 1200, n_valid: int = 100, n_te
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
     """Writes out_dir/audio/<split>/<id>.wav (16 kHz mono PCM_16) and out_dir/<split>.jsonl for
     split in train, valid, test, test_unseen_voice. Returns {split: manifest path}."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     manifests = {split: out_dir / f"{split}.jsonl" for split in _SPLITS}
     params = {"n_train": n_train, "n_valid": n_valid, "n_test": n_test, "n_unseen": n_unseen, "seed": seed}
     marker = out_dir / ".complete"
@@ -287,21 +316,21 @@ def build_corpus(out_dir: Path, *, n_train: int = 1200, n_valid: int = 100, n_te
     counts = dict(zip(_SPLITS, (n_train, n_valid, n_test, n_unseen)))
     rng = random.Random(seed)
     texts = _draw_texts(rng, counts)
-    rows: list[tuple[str, str, str]] = []  # (split, relative path, voice)
-    jobs: list[_Job] = []
+    splits: list[str] = []
+    jobs: list[_Job] = []  # the WAV path is absolute; the manifest keeps it relative to out_dir
     for split in _SPLITS:
         shutil.rmtree(out_dir / "audio" / split, ignore_errors=True)
         (out_dir / "audio" / split).mkdir(parents=True)
         voices = (UNSEEN_VOICE,) if split == "test_unseen_voice" else TRAIN_VOICES
         for i, text in enumerate(texts[split], start=1):
-            rel = f"audio/{split}/{i:06d}.wav"
-            voice = rng.choice(voices)
-            jobs.append((str(out_dir / rel), text, voice, rng.randint(*RATE_WPM), rng.randint(*PITCH)))
-            rows.append((split, rel, voice))
+            wav = str(out_dir / "audio" / split / f"{i:06d}.wav")
+            jobs.append((wav, text, rng.choice(voices), rng.randint(*RATE_WPM), rng.randint(*PITCH)))
+            splits.append(split)
     lengths = _run_jobs(jobs, progress)
     lines: dict[str, list[str]] = {split: [] for split in _SPLITS}
-    for (split, rel, voice), job, n in zip(rows, jobs, lengths):
-        row = {"audio": rel, "text": job[1], "duration": round(n / SAMPLE_RATE, 3), "voice": voice}
+    for split, (wav, text, voice, _, _), n in zip(splits, jobs, lengths):
+        rel = Path(wav).relative_to(out_dir).as_posix()
+        row = {"audio": rel, "text": text, "duration": round(n / SAMPLE_RATE, 3), "voice": voice}
         lines[split].append(json.dumps(row) + "\n")
     for split, path in manifests.items():
         path.write_text("".join(lines[split]))
