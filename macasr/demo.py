@@ -20,6 +20,7 @@ from macasr.config import Config
 from macasr.data.manifest import load_manifest
 
 DEMO_DIR = Path("runs/demo")
+N_TRAIN = 2000  # clips; valid, test and unseen-voice sets keep the defaults
 VOCAB_SIZE = 300
 ENCODER_WIDTH = 64
 LLM_WIDTH = 64
@@ -31,7 +32,7 @@ def synthesize_corpus(out: Path, console: Console, seed: int) -> dict[str, Path]
     with Progress(TextColumn("[bold]synthesizing speech"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("synth", total=None)
-        return synth.build_corpus(out, seed=seed, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        return synth.build_corpus(out, n_train=N_TRAIN, seed=seed, progress=lambda done, total: progress.update(task, completed=done, total=total))
 
 
 def build_models(out: Path, train_manifest: Path, seed: int) -> tuple[Path, Path]:

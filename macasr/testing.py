@@ -16,6 +16,7 @@ from macasr.config import DEFAULT_PREFIX, DEFAULT_SUFFIX
 
 END_TOKEN = "<|endoftext|>"
 UNK_TOKEN = "<unk>"
+PROMPT_WEIGHT = 1_000  # times the prompt strings count in tokenizer training
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 300):
@@ -34,7 +35,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 300):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[END_TOKEN, UNK_TOKEN], initial_alphabet=alphabet, show_progress=False
     )
-    tok.train_from_iterator([*texts, DEFAULT_PREFIX, DEFAULT_SUFFIX], trainer=trainer)
+    # The prompt is in every example, so weight it like a frequent phrase: its words become
+    # single tokens, as they are in real LLM vocabularies, instead of ~50 characters.
+    tok.train_from_iterator([*texts, *[DEFAULT_PREFIX, DEFAULT_SUFFIX] * PROMPT_WEIGHT], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END_TOKEN, pad_token=END_TOKEN, unk_token=UNK_TOKEN)
 
 

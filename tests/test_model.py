@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import noise
 from macasr.data.collate import Example, collate
 from macasr.model.build import build_model
-from macasr.model.decoding import DecodingOptions
+from macasr.model.decoding import DecodingOptions, greedy_search
 from macasr.model.llm import TargetTokenizer
 from macasr.model.speech_llm import IGNORE_INDEX
 from macasr.train import checkpoint
@@ -77,6 +76,21 @@ def test_prompt_tokens_are_identical_in_training_and_generation(model) -> None:
         assert torch.allclose(train_row, gen_embeds[i, -prompt_len:], atol=1e-6)
 
 
+def test_layout_places_prompt_speech_and_target_left_padded(model) -> None:
+    batch = make_batch(model)
+    embed = model.llm.get_input_embeddings()
+    speech, lengths = model.encode_speech(batch.features, batch.feature_lengths)
+    targets = embed(batch.targets)
+    embeds, mask, positions = model._layout(speech, lengths, targets, batch.target_lengths)
+    for i in range(len(batch)):
+        n, m = int(lengths[i]), int(batch.target_lengths[i])
+        row = torch.cat([embed(model.prefix_ids), speech[i, :n], embed(model.suffix_ids), targets[i, :m]])
+        pad = embeds.shape[1] - row.shape[0]
+        torch.testing.assert_close(embeds[i, pad:], row)
+        assert embeds[i, :pad].abs().sum() == 0 and mask[i].tolist() == [0] * pad + [1] * row.shape[0]
+        assert positions[i, pad:].tolist() == list(range(row.shape[0]))
+
+
 def test_prompt_strings_become_the_configured_tokens(model) -> None:
     tok = model.tokenizer
     assert list(model.prompt.prefix) == tok("Transcribe the following audio to text.\n\nAudio:", add_special_tokens=False).input_ids
@@ -115,13 +129,14 @@ def _examples(model):
     return [Example(i, f"u{i}", t, s, model.encoder.featurizer(noise(s, seed=i)), target(t)) for i, (t, s) in enumerate(zip(TEXTS, SECONDS))]
 
 
-def test_new_tokens_are_capped_by_audio_duration(model) -> None:
-    options = DecodingOptions(max_tokens_per_second=2.0, max_tokens_base=1)
-    assert options.max_new_tokens([1.0, 2.5]) == [3, 6]
+def test_new_tokens_are_capped_per_clip(model) -> None:
+    assert DecodingOptions(max_tokens_per_second=2.0, max_tokens_base=1).max_new_tokens([1.0, 2.5]) == [3, 6]
     batch = make_batch(model)
-    texts = model.generate(batch, options)
-    for text, seconds in zip(texts, SECONDS):
-        assert len(model.tokenizer(text, add_special_tokens=False).input_ids) <= 1 + int(np.ceil(2 * seconds)) + 1
+    speech, lengths = model.encode_speech(batch.features, batch.feature_lengths)
+    embeds, mask, positions = model._layout(speech, lengths)
+    tokens = greedy_search(model.llm, embeds, mask, positions, [3, 1, 5], model.prompt.end_id)
+    assert [len(t) for t in tokens] <= [3, 1, 5] and all(len(t) <= c for t, c in zip(tokens, [3, 1, 5]))
+    assert len(tokens[1]) <= 1 and max(map(len, tokens)) > 0
 
 
 def test_a_few_training_steps_lower_the_loss(tiny_config) -> None:

@@ -44,3 +44,9 @@ def presets() -> None:
     """List the presets `config init --preset` accepts."""
     for name in config_module.preset_names():
         typer.echo(name)
+
+
+@app.command("docs")
+def docs() -> None:
+    """Print the Markdown configuration reference (docs/config.md)."""
+    typer.echo(config_module.reference_markdown(), nl=False)

@@ -52,24 +52,28 @@ class SpeechLLM(nn.Module):
         self, speech: torch.Tensor, speech_lengths: torch.Tensor, target_embeds: torch.Tensor | None = None,
         target_lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded [prefix | speech | suffix | target] → embeds (B, L, H), mask, position ids (B, L)."""
+        """Left-padded [prefix | speech | suffix | target] → embeds (B, L, H), mask, position ids (B, L).
+
+        One gather from a bank [prefix | all speech | suffix | all targets] (B, P+N+S+M, H), so the
+        layout costs the same for any batch size.
+        """
         embed = self.llm.get_input_embeddings()
         prefix, suffix = embed(self.prefix_ids), embed(self.suffix_ids)  # (P, H), (S, H)
-        dtype = prefix.dtype
-        rows = []
-        for i, n in enumerate(speech_lengths.tolist()):
-            parts = [prefix, speech[i, :n].to(dtype), suffix]
-            if target_embeds is not None:
-                parts.append(target_embeds[i, : int(target_lengths[i])])
-            rows.append(torch.cat(parts))
-        width = max(r.shape[0] for r in rows)
-        embeds = prefix.new_zeros(len(rows), width, prefix.shape[-1])
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=prefix.device)
-        for i, row in enumerate(rows):
-            embeds[i, width - row.shape[0] :] = row
-            mask[i, width - row.shape[0] :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return embeds, mask, positions
+        batch, frames = speech.shape[:2]
+        if target_embeds is None:
+            target_embeds = prefix.new_zeros(batch, 0, prefix.shape[-1])
+            target_lengths = torch.zeros_like(speech_lengths)
+        p, s, n, m = len(prefix), len(suffix), speech_lengths[:, None], target_lengths[:, None]  # n, m: (B, 1)
+        bank = torch.cat([prefix.expand(batch, -1, -1), speech.to(prefix.dtype), suffix.expand(batch, -1, -1), target_embeds], 1)
+        total = p + n + s + m  # (B, 1) real tokens per row
+        width = int(total.max())
+        pos = torch.arange(width, device=bank.device)[None, :] - (width - total)  # (B, L), < 0 on padding
+        index = pos  # prefix, then speech: the bank holds both where the row does
+        index = torch.where(pos >= p + n, p + frames + (pos - p - n), index)  # suffix
+        index = torch.where(pos >= p + n + s, p + frames + s + (pos - p - n - s), index)  # target
+        mask = (pos >= 0).long()
+        embeds = bank.gather(1, (index * mask)[..., None].expand(-1, -1, bank.shape[-1])) * mask[..., None].to(bank.dtype)
+        return embeds, mask, pos.clamp(min=0)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over target tokens (the transcript and its end token) only."""

@@ -1,0 +1,91 @@
+"""The CLI as users run it: help everywhere, one clear line per bad input, exit status 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from conftest import noise
+from macasr import config as config_module
+from macasr.cli import app
+from macasr.model.build import build_model
+from macasr.train import checkpoint
+
+runner = CliRunner()
+
+COMMANDS = [[], ["train"], ["eval"], ["transcribe"], ["demo"], ["config"], ["config", "init"], ["config", "check"]]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_config, tmp_path_factory) -> Path:
+    model = build_model(tiny_config)
+    payload = {"config": config_module.to_dict(tiny_config), "model": checkpoint.trainable_state(model), "step": 0, "metrics": {}}
+    return checkpoint.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", payload)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "macasr")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("macasr 0.")
+
+
+def test_transcribe_reports_each_bad_file_and_keeps_going(ckpt: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.wav"
+    sf.write(good, noise(1.0), 16_000)
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, noise(0.0), 16_000)
+    garbage = tmp_path / "garbage.flac"
+    garbage.write_bytes(b"this is not audio at all" * 20)
+    missing = tmp_path / "missing.wav"
+    result = runner.invoke(app, ["transcribe", str(good), str(missing), str(empty), str(garbage), "--ckpt", str(ckpt), "--format", "json"])
+    assert result.exit_code == 1
+    assert len(result.stdout.splitlines()) == 1 and '"audio": "' + str(good) in result.stdout
+    errors = result.stderr.splitlines()
+    assert len(errors) == 3, result.stderr
+    for path, reason in ((missing, "no such audio file"), (empty, "empty"), (garbage, "cannot")):
+        assert any(str(path) in line and reason in line for line in errors), (path, errors)
+
+
+def test_transcribe_txt_prints_only_the_transcript_for_one_file(ckpt: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.wav"
+    sf.write(good, noise(1.0), 16_000)
+    result = runner.invoke(app, ["transcribe", str(good), "--ckpt", str(ckpt)])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) <= 1 and str(good) not in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["missing", "foreign"])
+def test_a_bad_checkpoint_is_one_line(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "x.pt"
+    if kind == "foreign":
+        torch.save({"weights": torch.zeros(2)}, path)
+    audio = tmp_path / "a.wav"
+    sf.write(audio, noise(0.5), 16_000)
+    result = runner.invoke(app, ["transcribe", str(audio), "--ckpt", str(path)])
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and str(path) in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_manifest_line_is_named(ckpt: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio": "a.wav", "text": "hi", "duration": 1.0}\n{"audio": "b.wav", "text": "x"}\n')
+    result = runner.invoke(app, ["eval", "--ckpt", str(ckpt), "--manifest", str(manifest)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {manifest}:2: missing key `duration` (expected audio, text, duration)"
+
+
+def test_eval_needs_something_to_score(ckpt: Path) -> None:
+    result = runner.invoke(app, ["eval", "--ckpt", str(ckpt)])
+    assert result.exit_code == 1 and "--manifest" in result.stderr
