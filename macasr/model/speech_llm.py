@@ -98,4 +98,5 @@ class SpeechLLM(nn.Module):
         embeds, mask, positions = self._layout(speech, speech_lengths)
         caps = options.max_new_tokens(batch.durations)
         tokens = greedy_search(self.llm, embeds, mask, positions, caps, self.prompt.end_id)
-        return [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        # A transcript is one line: runs of whitespace (newlines included) become one space.
+        return [" ".join(text.split()) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
