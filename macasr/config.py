@@ -62,6 +62,7 @@ class DataConfig:
     max_duration: float = option(0.0, "Drop training clips longer than this many seconds (0 = keep all).")
     num_workers: int = option(2, "DataLoader worker processes that read and featurize audio.")
     on_bad_clip: Literal["skip", "error"] = option("skip", "A missing or unreadable clip: skip and report it, or stop with its path.")
+    spec_augment: bool = option(False, "Mask random frequency bands and time spans of training features (SpecAugment).")
 
     def validate(self) -> list[str]:
         problems = []

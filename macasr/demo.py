@@ -20,7 +20,7 @@ from macasr.config import Config
 from macasr.data.manifest import load_manifest
 
 DEMO_DIR = Path("runs/demo")
-N_TRAIN = 2000  # clips; valid, test and unseen-voice sets keep the defaults
+N_TRAIN = 6000  # clips; valid, test and unseen-voice sets keep the defaults
 VOCAB_SIZE = 300
 ENCODER_WIDTH = 64
 LLM_WIDTH = 64

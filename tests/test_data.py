@@ -77,3 +77,20 @@ def test_resume_position_skips_consumed_batches() -> None:
     sampler = DurationBatchSampler(durations, 4, seed=0)
     sampler.set_epoch(0, start=3)
     assert list(sampler) == full[3:]
+
+
+def test_spec_augment_masks_bands_and_spans_without_touching_the_input() -> None:
+    import torch
+
+    from macasr.data.augment import spec_augment
+
+    torch.manual_seed(0)
+    features = torch.randn(80, 200)
+    original = features.clone()
+    masked = [spec_augment(features) for _ in range(20)]
+    assert torch.equal(features, original)  # the input is not modified
+    changed = [(m != features) for m in masked]
+    assert all(m.shape == features.shape for m in masked)
+    assert any(c.all(dim=1).any() for c in changed)  # a whole frequency band masked
+    assert any(c.all(dim=0).any() for c in changed)  # a whole time span masked
+    assert all(c.float().mean() < 0.5 for c in changed)  # most of the signal survives

@@ -50,6 +50,7 @@ def test_checkpoints_hold_only_tensors_and_plain_types(trained_run) -> None:
     assert best["step"] in (3, 6) and last["step"] == 6
     assert set(best["model"]) == set(last["model"]) and all(k.startswith("connector.") for k in best["model"])
     assert {"optimizer", "scheduler", "rng"} <= set(last) and "optimizer" not in best
+    assert last["scheduler"]["last_epoch"] == 6  # one scheduler step per optimizer step, not per micro-batch
     assert config_module.from_dict(best["config"]).train.max_steps == 6
 
 
@@ -88,3 +89,17 @@ def test_resume_continues_from_last(trained_run) -> None:
     assert "resumed from" in result.stdout and "done: 6 steps" in result.stdout
     after = torch.load(run / "last.pt", weights_only=True)
     assert after["step"] == before["step"] == 6
+
+
+def test_early_stopping_after_patience_runs_out(tiny_config, corpus, tmp_path) -> None:
+    cfg = config_module.replace(tiny_config, **{
+        "data.train": [str(corpus["train"])], "data.valid": [str(corpus["valid"])],
+        "train.output_dir": str(tmp_path), "train.name": "stop", "train.max_steps": 50, "train.warmup_steps": 0,
+        "train.lr": 1e-12, "train.valid_every": 1, "train.patience": 2,  # WER cannot improve at this lr
+    })
+    result = runner.invoke(app, ["train", str(config_module.dump(cfg, tmp_path / "stop.toml"))])
+    assert result.exit_code == 0, result.output
+    assert "early stop" in result.stdout and "done: 3 steps" in result.stdout
+    records = [json.loads(line) for line in (tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "valid_wer" in r] == [1, 2, 3]
+    assert torch.load(tmp_path / "stop" / "best.pt", weights_only=True)["step"] == 1

@@ -29,11 +29,13 @@ class SpeechDataset(Dataset):
         featurizer: Callable[[Any], torch.Tensor],
         tokenize: Callable[[str], list[int]] | None = None,
         on_bad_clip: str = "skip",
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.utterances = list(utterances)
         self.featurizer = featurizer
         self.tokenize = tokenize
         self.on_bad_clip = on_bad_clip
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -46,9 +48,12 @@ class SpeechDataset(Dataset):
             if self.on_bad_clip == "error":
                 raise
             return str(e)
+        features = self.featurizer(wave)
+        if self.augment is not None:
+            features = self.augment(features)
         return Example(
             index=index, id=u.id, text=u.text, duration=len(wave) / SAMPLE_RATE,
-            features=self.featurizer(wave), targets=self.tokenize(u.text) if self.tokenize else [],
+            features=features, targets=self.tokenize(u.text) if self.tokenize else [],
         )
 
 
@@ -121,8 +126,9 @@ def build_loader(
     utterances: Sequence[Utterance], featurizer: Callable[[Any], torch.Tensor], *,
     tokenize: Callable[[str], list[int]] | None = None, batch_size: int, max_batch_seconds: float = 0.0,
     shuffle: bool, seed: int = 0, num_workers: int = 0, on_bad_clip: str = "skip", rank: int = 0, world_size: int = 1,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> DataLoader[Batch]:
-    dataset = SpeechDataset(utterances, featurizer, tokenize, on_bad_clip)
+    dataset = SpeechDataset(utterances, featurizer, tokenize, on_bad_clip, augment)
     sampler = DurationBatchSampler(
         [u.duration for u in utterances], batch_size, max_batch_seconds, shuffle, seed, rank, world_size
     )

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from macasr import config as config_module
 from macasr.config import Config
+from macasr.data.augment import spec_augment
 from macasr.data.collate import Batch
 from macasr.data.loader import build_loader
 from macasr.data.manifest import Utterance
@@ -68,6 +69,7 @@ class Trainer:
             train_set, model.encoder.featurizer, tokenize=TargetTokenizer(model.tokenizer, model.prompt.end_id),
             batch_size=cfg.data.batch_size, max_batch_seconds=cfg.data.max_batch_seconds, shuffle=True,
             seed=t.seed, num_workers=cfg.data.num_workers, on_bad_clip=cfg.data.on_bad_clip,
+            augment=spec_augment if cfg.data.spec_augment else None,
         )
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
