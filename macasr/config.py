@@ -237,7 +237,8 @@ def _parse_table(cls: type, data: Any, key: str, errors: _Errors, registry: Regi
         return None
     obj = cls(**kwargs)
     for problem in getattr(obj, "validate", lambda: [])():
-        errors.add(key, problem)
+        named = re.match(r"\[([\w.]+)\] (\w+):", problem)  # "[train] lr: ..." points at train.lr's line
+        errors.add(f"{named.group(1)}.{named.group(2)}" if named else key, problem)
     return obj
 
 

@@ -89,3 +89,24 @@ def test_a_bad_manifest_line_is_named(ckpt: Path, tmp_path: Path) -> None:
 def test_eval_needs_something_to_score(ckpt: Path) -> None:
     result = runner.invoke(app, ["eval", "--ckpt", str(ckpt)])
     assert result.exit_code == 1 and "--manifest" in result.stderr
+
+
+def test_debug_mode_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from macasr.errors import ConfigError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlr = -1\n")
+    monkeypatch.setenv("MACASR_DEBUG", "1")
+    result = runner.invoke(app, ["config", "check", str(bad)])
+    assert result.exit_code == 1 and isinstance(result.exception, ConfigError)
+    monkeypatch.delenv("MACASR_DEBUG")
+    result = runner.invoke(app, ["config", "check", str(bad)])
+    assert result.exit_code == 1 and result.stderr.strip() == f"error: {bad}:2: [train] lr: must be positive, got -1.0"
+
+
+def test_python_dash_m_macasr_runs_the_cli() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "macasr", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("macasr ")
