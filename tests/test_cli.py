@@ -110,3 +110,12 @@ def test_python_dash_m_macasr_runs_the_cli() -> None:
 
     out = subprocess.run([sys.executable, "-m", "macasr", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("macasr ")
+
+
+def test_a_missing_model_folder_is_one_line(tiny_config, tmp_path: Path) -> None:
+    cfg = config_module.replace(tiny_config, **{"model.llm.path": str(tmp_path / "no-such-model"), "data.train": [str(tmp_path / "t.jsonl")]})
+    (tmp_path / "t.jsonl").write_text('{"audio": "a.wav", "text": "x", "duration": 1}\n')
+    result = runner.invoke(app, ["train", str(config_module.dump(cfg, tmp_path / "c.toml"))])
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: [model.llm] path: cannot load") and "no-such-model" in lines[0]

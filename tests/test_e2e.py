@@ -103,3 +103,19 @@ def test_early_stopping_after_patience_runs_out(tiny_config, corpus, tmp_path) -
     records = [json.loads(line) for line in (tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "valid_wer" in r] == [1, 2, 3]
     assert torch.load(tmp_path / "stop" / "best.pt", weights_only=True)["step"] == 1
+
+
+def test_same_seed_gives_identical_weights(tiny_config, corpus, tmp_path) -> None:
+    from macasr.train.run import train
+
+    weights = []
+    for name in ("a", "b"):
+        cfg = config_module.replace(tiny_config, **{
+            "data.train": [str(corpus["train"])], "train.output_dir": str(tmp_path), "train.name": name,
+            "train.max_steps": 3, "train.warmup_steps": 1, "train.valid_every": 3, "data.spec_augment": True,
+            "model.connector.dropout": 0.1,
+        })
+        train(cfg)
+        weights.append(torch.load(tmp_path / name / "last.pt", weights_only=True)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

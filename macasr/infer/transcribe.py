@@ -29,9 +29,6 @@ class Transcript:
     error: str | None = None
     duration: float = 0.0  # seconds
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 class Transcriber:
     """A trained model ready to turn audio files into text."""

@@ -12,13 +12,12 @@ are encoded window by window and the frames joined, never cut.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
 from torch import nn
 
-from macasr.model._hf import quiet_loading
+from macasr.model._hf import loading
 from macasr.registry import ComponentConfig, Registry, option
 
 
@@ -85,7 +84,7 @@ class WhisperEncoder(nn.Module):
         from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
         # Checkpoints store the encoder under model.encoder (full model) or encoder (WhisperModel).
-        with quiet_loading():
+        with loading("model.encoder", cfg.path):
             self.model = HFWhisperEncoder.from_pretrained(
                 cfg.path, dtype=dtype, key_mapping={r"^(model\.)?encoder\.": ""}, attn_implementation="sdpa"
             )
@@ -141,7 +140,3 @@ class WhisperEncoder(nn.Module):
         x = enc.layer_norm(x) * valid[..., None]
         return x, out_lengths
 
-
-def num_windows(duration_s: float, window_s: float = 30.0) -> int:
-    """How many encoder windows a clip of this duration needs."""
-    return max(1, math.ceil(duration_s / window_s))

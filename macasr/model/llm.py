@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from macasr.errors import MacasrError
-from macasr.model._hf import quiet_loading
+from macasr.model._hf import loading
 
 if TYPE_CHECKING:
     from macasr.config import LLMConfig, PromptConfig
@@ -33,14 +33,11 @@ def load_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> tuple[Any, A
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     common = {"trust_remote_code": cfg.trust_remote_code}
-    try:
-        with quiet_loading():
-            tokenizer = AutoTokenizer.from_pretrained(cfg.path, **common)
-            model = AutoModelForCausalLM.from_pretrained(
-                cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation, **common
-            )
-    except OSError as e:
-        raise MacasrError(f"[model.llm] path: cannot load {cfg.path!r}: {str(e).splitlines()[0]}") from e
+    with loading("model.llm", cfg.path):
+        tokenizer = AutoTokenizer.from_pretrained(cfg.path, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation, **common
+        )
     return model, tokenizer
 
 
