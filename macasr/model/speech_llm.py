@@ -68,8 +68,8 @@ class SpeechLLM(nn.Module):
         total = p + n + s + m  # (B, 1) real tokens per row
         width = int(total.max())
         pos = torch.arange(width, device=bank.device)[None, :] - (width - total)  # (B, L), < 0 on padding
-        index = pos  # prefix, then speech: the bank holds both where the row does
-        index = torch.where(pos >= p + n, p + frames + (pos - p - n), index)  # suffix
+        # Prefix and speech sit in the bank where they sit in the row; suffix and target are shifted.
+        index = torch.where(pos >= p + n, p + frames + (pos - p - n), pos)  # suffix
         index = torch.where(pos >= p + n + s, p + frames + s + (pos - p - n - s), index)  # target
         mask = (pos >= 0).long()
         embeds = bank.gather(1, (index * mask)[..., None].expand(-1, -1, bank.shape[-1])) * mask[..., None].to(bank.dtype)
@@ -85,9 +85,9 @@ class SpeechLLM(nn.Module):
         # Logits only where a target token is predicted: the last M+1 columns, minus the last one.
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                           logits_to_keep=width + 1).logits[:, :-1]  # (B, M, V)
-        labels = torch.full_like(targets, IGNORE_INDEX)
-        for i, m in enumerate(lengths.tolist()):
-            labels[i, width - m :] = targets[i, :m]  # right-aligned, like the left-padded rows
+        # Right-align the targets, like the left-padded rows: column j holds token j - (M - m).
+        source = torch.arange(width, device=targets.device)[None, :] - (width - lengths[:, None])  # (B, M)
+        labels = targets.gather(1, source.clamp(min=0)).masked_fill(source < 0, IGNORE_INDEX)
         return nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
     @torch.no_grad()

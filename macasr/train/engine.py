@@ -109,14 +109,14 @@ class Trainer:
         batches = self._batches()
         self.model.train()
         stopped_early = False
-        window = {"loss": 0.0, "micro": 0, "audio_s": 0.0, "t0": time.perf_counter()}
+        window: dict[str, Any] = {"loss": 0.0, "steps": 0, "audio_s": 0.0, "t0": time.perf_counter()}
         with training_progress(self.console) as progress:
             task = progress.add_task("train", total=t.max_steps, completed=self.step, stats="")
             while self.step < t.max_steps:
                 loss, audio_s = self._optimizer_step(batches)
                 self.step += 1
                 window["loss"] += loss
-                window["micro"] += 1
+                window["steps"] += 1
                 window["audio_s"] += audio_s
                 if self.step % log_every == 0 or self.step == t.max_steps:
                     stats = self._log_window(window, metrics)
@@ -127,20 +127,24 @@ class Trainer:
                     self._save("last.pt", with_state=True)
                     if stopped_early:
                         break
+                    window["t0"] = time.perf_counter()  # audio s/s measures training, not validation
         metrics.close()
         return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir)
 
-    def _optimizer_step(self, batches: Iterator[Batch]) -> tuple[float, float]:
-        """One optimizer step over grad_accum micro-batches → (mean loss, audio seconds seen)."""
+    def _optimizer_step(self, batches: Iterator[Batch]) -> tuple[torch.Tensor, float]:
+        """One optimizer step over grad_accum micro-batches → (mean loss, audio seconds seen).
+
+        The loss stays a device tensor (no per-step host sync); it is read only when logged.
+        """
         accum = self.cfg.train.grad_accum
-        total_loss, audio_s = 0.0, 0.0
+        total_loss, audio_s = torch.zeros((), device=self.device), 0.0
         for _ in range(accum):
             batch = next(batches)
             with autocast(self.device, self.precision):
                 loss = self.model(batch.to(self.device))
             # Each micro-batch loss is a mean; dividing by accum makes the summed gradient their mean.
             (loss / accum).backward()
-            total_loss += loss.item() / accum
+            total_loss += loss.detach() / accum
             audio_s += sum(batch.durations)
         if self.cfg.train.grad_clip > 0:
             params = [p for p in self.model.parameters() if p.requires_grad]
@@ -150,13 +154,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, audio_s
 
-    def _log_window(self, window: dict[str, float], metrics: MetricsLog) -> str:
+    def _log_window(self, window: dict[str, Any], metrics: MetricsLog) -> str:
         elapsed = max(time.perf_counter() - window["t0"], 1e-9)
-        loss = window["loss"] / max(window["micro"], 1)
+        loss = float(window["loss"]) / max(window["steps"], 1)
         lr = self.scheduler.get_last_lr()[0]
         speed = window["audio_s"] / elapsed
         metrics.log(self.step, loss=round(loss, 5), lr=lr, audio_seconds_per_second=round(speed, 1), epoch=self.epoch)
-        window.update(loss=0.0, micro=0, audio_s=0.0, t0=time.perf_counter())
+        window.update(loss=0.0, steps=0, audio_s=0.0, t0=time.perf_counter())
         return f"loss {loss:.3f}  lr {lr:.2e}  {speed:,.0f} audio s/s"
 
     # ------------------------------------------------------------------ validation and checkpoints
