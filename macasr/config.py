@@ -23,6 +23,7 @@ import tomli_w
 from macasr.errors import ConfigError
 from macasr.model.connectors import CONNECTORS, ConnectorConfig, MLPConnectorConfig
 from macasr.model.encoders import ENCODERS, EncoderConfig, WhisperEncoderConfig
+from macasr.model.lora import LoraConfig
 from macasr.registry import ComponentConfig, Registry, option
 
 DEFAULT_PREFIX = "Transcribe the following audio to text.\n\nAudio:"
@@ -35,6 +36,7 @@ class LLMConfig:
     train: bool = option(False, "Fine-tune all LLM weights (false keeps the LLM frozen).")
     attn_implementation: str = option("sdpa", "Attention kernel passed to from_pretrained: sdpa, eager, flash_attention_2.")
     trust_remote_code: bool = option(False, "Run model code shipped with the checkpoint. Only for sources you trust.")
+    lora: LoraConfig = option(LoraConfig(), "LoRA adapters on the LLM.")
 
     def validate(self) -> list[str]:
         return [] if self.path else ["[model.llm] path: must name a model id or folder"]
@@ -51,6 +53,7 @@ class ModelConfig:
 class PromptConfig:
     prefix: str = option(DEFAULT_PREFIX, "Text before the speech embeddings.")
     suffix: str = option(DEFAULT_SUFFIX, "Text after the speech embeddings; the transcript follows it.")
+    style: Literal["plain", "chat"] = option("plain", "plain: prefix + speech + suffix as raw text; chat: inside the tokenizer's chat template (user turn).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +125,9 @@ class EvalConfig:
     batch_size: int = option(16, "Utterances decoded together.")
     max_tokens_per_second: float = option(15.0, "Cap on new tokens per second of audio, so a looping decode stops.")
     max_tokens_base: int = option(16, "Tokens allowed on top of the per-second cap.")
+    num_beams: int = option(1, "Beam width (1 = greedy search).")
+    length_penalty: float = option(1.0, "Beam scores are log-probability / length ** length_penalty.")
+    repeat_ngram_stop: int = option(0, "End a hypothesis when an n-gram of this many tokens repeats back to back (0 = off).")
     valid_max_utterances: int = option(0, "Decode at most this many validation utterances (0 = all).")
     datasets: dict[str, str] = option({}, "Named test manifests for `macasr eval --dataset NAME`.")
 
@@ -131,6 +137,10 @@ class EvalConfig:
             problems.append("[eval] batch_size: must be at least 1")
         if self.max_tokens_per_second <= 0 or self.max_tokens_base < 1:
             problems.append("[eval] max_tokens_per_second and max_tokens_base: must be positive")
+        if self.num_beams < 1:
+            problems.append(f"[eval] num_beams: must be at least 1, got {self.num_beams}")
+        if self.repeat_ngram_stop < 0:
+            problems.append(f"[eval] repeat_ngram_stop: must be 0 (off) or positive, got {self.repeat_ngram_stop}")
         return problems
 
 
@@ -237,6 +247,7 @@ def _parse_table(cls: type, data: Any, key: str, errors: _Errors, registry: Regi
         return None
     obj = cls(**kwargs)
     for problem in getattr(obj, "validate", lambda: [])():
+        problem = problem if problem.startswith("[") else f"[{key}] {problem}"  # shared types name no table
         named = re.match(r"\[([\w.]+)\] (\w+):", problem)  # "[train] lr: ..." points at train.lr's line
         errors.add(f"{named.group(1)}.{named.group(2)}" if named else key, problem)
     return obj

@@ -11,6 +11,7 @@ encoders guarantee it), so a clip's last stacked frame is the same alone and in 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 from torch import nn
@@ -20,7 +21,8 @@ from macasr.registry import ComponentConfig, Registry, option
 
 @dataclasses.dataclass(frozen=True)
 class ConnectorConfig(ComponentConfig):
-    downsample: int = option(5, "Stack this many consecutive encoder frames into one (50 Hz / 5 = 10 Hz).")
+    downsample: int = option(5, "Reduce the frame rate k-fold before projecting (50 Hz / 5 = 10 Hz).")
+    downsampler: Literal["stack", "conv1d"] = option("stack", "stack: concatenate k consecutive frames; conv1d: a strided convolution (kernel and stride k).")
 
     def validate(self) -> list[str]:
         return [] if self.downsample >= 1 else [f"[model.connector] downsample: must be at least 1, got {self.downsample}"]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from macasr.model._hf import loading
+from macasr.model.lora import WHISPER_TARGETS, LoraConfig
 from macasr.registry import ComponentConfig, Registry, option
 
 
@@ -25,6 +26,7 @@ from macasr.registry import ComponentConfig, Registry, option
 class EncoderConfig(ComponentConfig):
     path: str = option("openai/whisper-large-v3", "Hugging Face id or local folder of the encoder checkpoint.")
     train: bool = option(False, "Train the encoder too (false keeps it frozen, the usual choice).")
+    lora: LoraConfig = option(LoraConfig(target_modules=WHISPER_TARGETS), "LoRA adapters on the encoder.")
 
 
 @dataclasses.dataclass(frozen=True)
