@@ -39,7 +39,12 @@ class LLMConfig:
     lora: LoraConfig = option(LoraConfig(), "LoRA adapters on the LLM.")
 
     def validate(self) -> list[str]:
-        return [] if self.path else ["[model.llm] path: must name a model id or folder"]
+        problems = [] if self.path else ["[model.llm] path: must name a model id or folder"]
+        if self.train and self.lora.enabled:
+            # LoRA freezes the base weights; training them too would be full fine-tuning in disguise.
+            problems.append("[model.llm] train: LoRA ([model.llm.lora] enabled) and full fine-tuning (train = true) "
+                            "are mutually exclusive; set one of them to false")
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from macasr.train import checkpoint
 
 runner = CliRunner()
 
-COMMANDS = [[], ["train"], ["eval"], ["transcribe"], ["demo"], ["config"], ["config", "init"], ["config", "check"]]
+COMMANDS = [[], ["train"], ["eval"], ["transcribe"], ["demo"], ["plan"], ["config"], ["config", "init"], ["config", "check"]]
 
 
 @pytest.fixture(scope="module")

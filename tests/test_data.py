@@ -94,3 +94,15 @@ def test_spec_augment_masks_bands_and_spans_without_touching_the_input() -> None
     assert any(c.all(dim=1).any() for c in changed)  # a whole frequency band masked
     assert any(c.all(dim=0).any() for c in changed)  # a whole time span masked
     assert all(c.float().mean() < 0.5 for c in changed)  # most of the signal survives
+
+
+def test_spec_augment_leaves_a_waveform_whole_in_frequency() -> None:
+    import torch
+
+    from macasr.data.augment import spec_augment
+
+    torch.manual_seed(0)
+    wave = torch.randn(1, 16_000)
+    for _ in range(20):
+        changed = spec_augment(wave) != wave
+        assert changed.float().mean() <= 0.1  # only time spans, never the one "band"

@@ -6,6 +6,7 @@ import typer
 
 from macasr import __version__
 from macasr.cli import config_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
+from macasr.cli import plan_cmd
 
 app = typer.Typer(
     name="macasr", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -15,6 +16,7 @@ app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.evaluate)
 app.command("transcribe")(transcribe_cmd.transcribe)
 app.command("demo")(demo_cmd.demo)
+app.command("plan")(plan_cmd.plan)
 app.add_typer(config_cmd.app, name="config")
 
 

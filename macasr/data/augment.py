@@ -21,6 +21,8 @@ def spec_augment(features: torch.Tensor) -> torch.Tensor:
     bins, frames = out.shape
     fill = out.mean()
     for count, size, fraction, axis in ((FREQ_MASKS, bins, FREQ_MASK_FRACTION, 0), (TIME_MASKS, frames, TIME_MASK_FRACTION, 1)):
+        if axis == 0 and bins == 1:  # a waveform (HuBERT, WavLM, wav2vec2) has no frequency axis
+            continue
         widest = max(1, int(size * fraction))
         for _ in range(count):
             width = int(torch.randint(0, widest + 1, ()).item())

@@ -17,7 +17,11 @@ from macasr.model.speech_llm import SpeechLLM
 
 
 def decoding_options(cfg: Config) -> DecodingOptions:
-    return DecodingOptions(cfg.eval.max_tokens_per_second, cfg.eval.max_tokens_base)
+    e = cfg.eval
+    return DecodingOptions(
+        max_tokens_per_second=e.max_tokens_per_second, max_tokens_base=e.max_tokens_base, num_beams=e.num_beams,
+        length_penalty=e.length_penalty, repeat_ngram_stop=e.repeat_ngram_stop,
+    )
 
 
 def evaluate_utterances(

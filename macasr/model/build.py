@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from macasr.errors import ConfigError
 from macasr.model.connectors import CONNECTORS
 from macasr.model.encoders import ENCODERS
 from macasr.model.llm import hidden_size, load_llm, prompt_tokens
+from macasr.model.lora import adapter_parameter_count, apply_lora
 from macasr.model.speech_llm import SpeechLLM
 
 if TYPE_CHECKING:
@@ -33,25 +35,47 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def build_model(cfg: Config, device: torch.device | str = "cpu", precision: str = "fp32") -> SpeechLLM:
-    """Frozen parts are loaded in the compute dtype; trainable parts stay fp32 (autocast does the rest)."""
+    """Frozen parts are loaded in the compute dtype; trainable parts stay fp32 (autocast does the rest).
+
+    A part is either frozen, fully trained (`train = true`) or frozen under trained LoRA adapters
+    (`lora.enabled`); config validation refuses both at once, and so does this function, so
+    asking for LoRA can never fall back to full fine-tuning.
+    """
     device = torch.device(device)
     compute = DTYPES[precision]
     enc_cfg, llm_cfg = cfg.model.encoder, cfg.model.llm
+    problems = [*enc_cfg.validate(), *llm_cfg.validate()]
+    if problems:
+        raise ConfigError(problems)
     encoder = ENCODERS.build(enc_cfg, dtype=torch.float32 if enc_cfg.train else compute)
     llm, tokenizer = load_llm(llm_cfg, dtype=torch.float32 if llm_cfg.train else compute)
     connector = CONNECTORS.build(cfg.model.connector, encoder.output_dim, hidden_size(llm))
     encoder.requires_grad_(enc_cfg.train)
     llm.requires_grad_(llm_cfg.train)
+    if enc_cfg.lora.enabled:
+        apply_lora(encoder, enc_cfg.lora, "model.encoder.lora")  # lands in the HF model at encoder.model
+    if llm_cfg.lora.enabled:
+        apply_lora(llm, llm_cfg.lora, "model.llm.lora")
     model = SpeechLLM(encoder, connector, llm, tokenizer, prompt_tokens(tokenizer, cfg.prompt))
     return model.to(device)
 
 
-def parameter_counts(model: SpeechLLM) -> dict[str, tuple[int, int]]:
-    """{part: (total, trainable)} for the encoder, connector and LLM."""
+class PartCount(NamedTuple):
+    total: int  # every parameter of the part, LoRA adapters included
+    trainable: int
+    adapters: int  # LoRA A and B matrices (0 without LoRA)
+
+
+def parameter_counts(model: SpeechLLM) -> dict[str, PartCount]:
+    """{part: counts} for the encoder, connector and LLM."""
     counts = {}
     for part in ("encoder", "connector", "llm"):
-        params = list(getattr(model, part).parameters())
-        counts[part] = (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
+        module = getattr(model, part)
+        params = list(module.parameters())
+        counts[part] = PartCount(
+            sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad),
+            adapter_parameter_count(module),
+        )
     return counts
 
 

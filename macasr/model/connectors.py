@@ -1,11 +1,19 @@
 """Connectors: encoder frames → speech embeddings in the LLM's input space.
 
-Symbols: B batch, T encoder frames, k frames stacked, D encoder width, H LLM hidden width.
+Symbols: B batch, T encoder frames, k downsampling factor, T' = ceil(T/k) downsampled frames,
+D encoder width, E a connector's inner width (`dim`), W window (downsampled frames), Q queries
+per window, N speech embeddings, H LLM hidden width.
 
-Every connector first stacks k consecutive frames (B, T, D) → (B, ceil(T/k), k·D), which cuts
-the LLM's sequence length k-fold, then projects to H. Output length for input length T is
-ceil(T / k) for every connector here. Frames beyond a clip's length must be zero on input (the
-encoders guarantee it), so a clip's last stacked frame is the same alone and in a batch.
+Every connector first downsamples k-fold, which cuts the LLM's sequence length, then `project`s
+to H. The base class owns the downsampler, chosen by `downsampler`:
+- stack: concatenate k consecutive frames, (B, T, D) → (B, T', k·D); no parameters.
+- conv1d: a strided Conv1d (kernel = stride = k), (B, T, D) → (B, T', D). Its output keeps the
+  encoder width D, so it costs D·D·k weights (a k·D-wide output would cost (kD)²) and the first
+  layer of `project` stays as narrow as without downsampling; the conv is a learned k-frame
+  pooling, the stack lets `project` learn the same thing in its first layer.
+Frames beyond a clip's length are zeroed before downsampling (encoders already guarantee it),
+attention never looks past a clip's length, and embeddings beyond a clip's output length are
+zero, so a clip's embeddings are the same alone and in a batch.
 """
 
 from __future__ import annotations
@@ -16,7 +24,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from macasr.errors import ConfigError
 from macasr.registry import ComponentConfig, Registry, option
+
+QFORMER_FFN_MULTIPLIER = 4  # feed-forward width / dim, as in BLIP-2's BERT-based Q-Former
+INIT_STD = 0.02  # learned queries and window positions, as in BERT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +36,12 @@ class ConnectorConfig(ComponentConfig):
     downsample: int = option(5, "Reduce the frame rate k-fold before projecting (50 Hz / 5 = 10 Hz).")
     downsampler: Literal["stack", "conv1d"] = option("stack", "stack: concatenate k consecutive frames; conv1d: a strided convolution (kernel and stride k).")
 
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        """{field: (holds, what the field must be)}; subclasses extend it."""
+        return {"downsample": (self.downsample >= 1, "must be at least 1")}
+
     def validate(self) -> list[str]:
-        return [] if self.downsample >= 1 else [f"[model.connector] downsample: must be at least 1, got {self.downsample}"]
+        return [f"[model.connector] {key}: {rule}, got {getattr(self, key)!r}" for key, (ok, rule) in self.rules().items() if not ok]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +55,70 @@ class MLPConnectorConfig(ConnectorConfig):
     hidden_dim: int = option(2048, "Width of the MLP's hidden layer (0 = the LLM's hidden width).")
     dropout: float = option(0.0, "Dropout on the hidden layer while training.")
 
-    def validate(self) -> list[str]:
-        problems = super().validate()
-        if self.hidden_dim < 0:
-            problems.append(f"[model.connector] hidden_dim: must be 0 or positive, got {self.hidden_dim}")
-        if not 0 <= self.dropout < 1:
-            problems.append(f"[model.connector] dropout: must be in [0, 1), got {self.dropout}")
-        return problems
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        return {**super().rules(), "hidden_dim": (self.hidden_dim >= 0, "must be 0 or positive"),
+                "dropout": (0 <= self.dropout < 1, "must be in [0, 1)")}
+
+
+def _attention_rules(cfg: TransformerConnectorConfig | QFormerConnectorConfig) -> dict[str, tuple[bool, str]]:
+    """Rules shared by the attention connectors."""
+    return {
+        "layers": (cfg.layers >= 1, "must be at least 1"),
+        "dim": (cfg.dim >= 0, "must be 0 (the LLM's width) or positive"),
+        "heads": (cfg.heads >= 1 and cfg.dim % cfg.heads == 0, f"must be at least 1 and divide dim ({cfg.dim})"),
+        "dropout": (0 <= cfg.dropout < 1, "must be in [0, 1)"),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConnectorConfig(ConnectorConfig):
+    name: str = option("transformer", "Which connector to use.")
+    layers: int = option(2, "Self-attention layers over the downsampled frames.")
+    heads: int = option(16, "Attention heads; must divide dim.")
+    dim: int = option(1024, "Width of the layers (0 = the LLM's hidden width).")
+    ffn_multiplier: int = option(4, "Feed-forward width as a multiple of dim.")
+    dropout: float = option(0.1, "Dropout on attention weights and residual branches while training.")
+
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        return {**super().rules(), **_attention_rules(self), "ffn_multiplier": (self.ffn_multiplier >= 1, "must be at least 1")}
+
+
+@dataclasses.dataclass(frozen=True)
+class QFormerConnectorConfig(ConnectorConfig):
+    name: str = option("qformer", "Which connector to use.")
+    num_queries: int = option(2, "Learned queries, so speech embeddings, per window.")
+    window: int = option(5, "Downsampled frames per window (5 at 10 Hz = 0.5 s, so 2 queries give 4 embeddings a second).")
+    layers: int = option(2, "Q-Former layers (self-attention, cross-attention to the window, feed-forward).")
+    heads: int = option(12, "Attention heads; must divide dim.")
+    dim: int = option(768, "Width of the queries (0 = the LLM's hidden width).")
+    dropout: float = option(0.1, "Dropout on attention weights and residual branches while training.")
+
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        return {**super().rules(), **_attention_rules(self), "num_queries": (self.num_queries >= 1, "must be at least 1"),
+                "window": (self.window >= 1, "must be at least 1")}
 
 
 CONNECTORS: Registry[nn.Module] = Registry("connector", ConnectorConfig)
+
+
+def _ceil_div(n: torch.Tensor | int, d: int) -> torch.Tensor | int:
+    return (n + d - 1) // d
+
+
+def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) bool, True at positions before each row's length."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def zero_beyond(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero (B, L, ·) beyond each row's length."""
+    return x.masked_fill(~_valid(lengths, x.shape[1])[..., None], 0)
+
+
+def key_padding(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) mask for attention, True = ignore. A row with no valid key (only padding
+    windows have none) may attend to all, so its softmax stays finite; its output is discarded."""
+    return ~_valid(lengths, width) & (lengths > 0)[:, None]
 
 
 def stack_frames(frames: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,44 +128,60 @@ def stack_frames(frames: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[t
     if pad:
         frames = nn.functional.pad(frames, (0, 0, 0, pad))
     stacked = frames.reshape(batch, (steps + pad) // k, k * dim)  # (B, T/k, k*D)
-    return stacked, (lengths + k - 1) // k
+    return stacked, _ceil_div(lengths, k)
 
 
 class Connector(nn.Module):
-    """Base: stack frames, then `project` (B, T/k, k·D) → (B, T/k, H)."""
+    """Base: downsample (B, T, D) → (B, T', input_dim), then `project` → (B, N, H).
+
+    A subclass implements `project`, and `output_lengths` when N is not T' = ceil(T/k).
+    """
 
     def __init__(self, cfg: ConnectorConfig, input_dim: int, output_dim: int) -> None:
         super().__init__()
         self.k = cfg.downsample
-        self.input_dim = input_dim * cfg.downsample
         self.output_dim = output_dim
+        self.downsampler = nn.Conv1d(input_dim, input_dim, self.k, stride=self.k) if cfg.downsampler == "conv1d" else None
+        self.input_dim = input_dim if self.downsampler is not None else input_dim * self.k  # what `project` receives
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return (lengths + self.k - 1) // self.k
+        return _ceil_div(lengths, self.k)
 
-    def project(self, stacked: torch.Tensor) -> torch.Tensor:
+    def downsample(self, frames: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) → (B, T', input_dim) and T' per clip; frames past a clip's length are ignored."""
+        frames = zero_beyond(frames, lengths)
+        if self.downsampler is None:
+            return stack_frames(frames, lengths, self.k)
+        pad = (-frames.shape[1]) % self.k
+        x = self.downsampler(nn.functional.pad(frames, (0, 0, 0, pad)).transpose(1, 2))  # (B, D, T')
+        short = _ceil_div(lengths, self.k)
+        return zero_beyond(x.transpose(1, 2), short), short  # (B, T', D)
+
+    def project(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T', input_dim) with T' valid frames per clip → (B, N, H)."""
         raise NotImplementedError
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        stacked, out_lengths = stack_frames(frames, lengths, self.k)
-        return self.project(stacked), out_lengths
+        x, short = self.downsample(frames, lengths)
+        out_lengths = self.output_lengths(lengths)
+        return zero_beyond(self.project(x, short), out_lengths), out_lengths
 
 
 @CONNECTORS.register("linear", LinearConnectorConfig)
 class LinearConnector(Connector):
-    """One linear layer: the smallest connector, a useful baseline."""
+    """One linear layer: the smallest connector, a useful baseline. Output length: ceil(T / k)."""
 
     def __init__(self, cfg: LinearConnectorConfig, input_dim: int, output_dim: int) -> None:
         super().__init__(cfg, input_dim, output_dim)
         self.proj = nn.Linear(self.input_dim, output_dim)
 
-    def project(self, stacked: torch.Tensor) -> torch.Tensor:
-        return self.proj(stacked)
+    def project(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
 
 
 @CONNECTORS.register("mlp", MLPConnectorConfig)
 class MLPConnector(Connector):
-    """Linear → GELU → Linear, the connector most speech-LLM recipes use."""
+    """Linear → GELU → Linear, the connector most speech-LLM recipes use. Output length: ceil(T / k)."""
 
     def __init__(self, cfg: MLPConnectorConfig, input_dim: int, output_dim: int) -> None:
         super().__init__(cfg, input_dim, output_dim)
@@ -104,5 +190,108 @@ class MLPConnector(Connector):
             nn.Linear(self.input_dim, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, output_dim)
         )
 
-    def project(self, stacked: torch.Tensor) -> torch.Tensor:
-        return self.net(stacked)
+    def project(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _width(cfg: TransformerConnectorConfig | QFormerConnectorConfig, output_dim: int) -> int:
+    """`dim`, where 0 means the LLM's width, which only the built model knows."""
+    dim = cfg.dim or output_dim
+    if dim % cfg.heads:
+        raise ConfigError(f"[model.connector] heads: must divide dim, the LLM's width {dim} when dim = 0, got {cfg.heads}")
+    return dim
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm transformer layer: self-attention, optional cross-attention to `memory`, feed-forward."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, cross: bool = False) -> None:
+        super().__init__()
+        self.self_norm = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_norm = nn.LayerNorm(dim) if cross else None
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if cross else None
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, padding: torch.Tensor | None = None, memory: torch.Tensor | None = None,
+        memory_padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, L, E) → (B, L, E); `padding`/`memory_padding` (B, L)/(B, S) are True on keys to ignore."""
+        h = self.self_norm(x)
+        x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=padding, need_weights=False)[0])
+        if self.cross_attn is not None:
+            h = self.cross_norm(x)
+            x = x + self.drop(self.cross_attn(h, memory, memory, key_padding_mask=memory_padding, need_weights=False)[0])
+        return x + self.drop(self.ffn(self.ffn_norm(x)))
+
+
+@CONNECTORS.register("transformer", TransformerConnectorConfig)
+class TransformerConnector(Connector):
+    """Downsample → Linear to E → pre-norm self-attention layers → LayerNorm → Linear to H.
+
+    Each frame attends only to its own clip's frames (a key-padding mask from the lengths). No
+    position embedding is added: Whisper's frames already carry its positional encoding.
+    Output length for input length T: ceil(T / k).
+    """
+
+    def __init__(self, cfg: TransformerConnectorConfig, input_dim: int, output_dim: int) -> None:
+        super().__init__(cfg, input_dim, output_dim)
+        dim = _width(cfg, output_dim)
+        self.inp = nn.Linear(self.input_dim, dim)
+        self.layers = nn.ModuleList(
+            AttentionBlock(dim, cfg.heads, dim * cfg.ffn_multiplier, cfg.dropout) for _ in range(cfg.layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, output_dim)
+
+    def project(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)  # (B, T', E)
+        padding = key_padding(lengths, x.shape[1])
+        for layer in self.layers:
+            x = layer(x, padding)
+        return self.out(self.norm(x))
+
+
+@CONNECTORS.register("qformer", QFormerConnectorConfig)
+class QFormerConnector(Connector):
+    """Window-level Q-Former (BLIP-2's Q-Former applied window by window, as in SALMONN).
+
+    Downsample → Linear to E; the frames are cut into windows of W; in each window Q learned
+    queries self-attend and cross-attend to the window's frames (plus a learned position within
+    the window), and a Linear maps them to H. The number of speech embeddings grows with the
+    audio: output length for input length T is ceil(ceil(T / k) / W) · Q. A clip's partial last
+    window attends only to its valid frames.
+    """
+
+    def __init__(self, cfg: QFormerConnectorConfig, input_dim: int, output_dim: int) -> None:
+        super().__init__(cfg, input_dim, output_dim)
+        dim = _width(cfg, output_dim)
+        self.window, self.num_queries = cfg.window, cfg.num_queries
+        self.inp = nn.Linear(self.input_dim, dim)
+        self.frame_norm = nn.LayerNorm(dim)
+        self.position = nn.Parameter(torch.randn(cfg.window, dim) * INIT_STD)  # (W, E)
+        self.queries = nn.Parameter(torch.randn(cfg.num_queries, dim) * INIT_STD)  # (Q, E)
+        self.layers = nn.ModuleList(
+            AttentionBlock(dim, cfg.heads, dim * QFORMER_FFN_MULTIPLIER, cfg.dropout, cross=True) for _ in range(cfg.layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, output_dim)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return _ceil_div(super().output_lengths(lengths), self.window) * self.num_queries
+
+    def project(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        batch, steps, _ = x.shape
+        windows = _ceil_div(steps, self.window)
+        x = nn.functional.pad(self.inp(x), (0, 0, 0, windows * self.window - steps))
+        frames = self.frame_norm(x.reshape(batch * windows, self.window, -1)) + self.position  # (B*nW, W, E)
+        starts = torch.arange(windows, device=x.device) * self.window
+        valid = (lengths[:, None] - starts[None, :]).clamp(0, self.window).reshape(-1)  # (B*nW,) frames per window
+        padding = key_padding(valid, self.window)
+        queries = self.queries.expand(batch * windows, -1, -1)  # (B*nW, Q, E)
+        for layer in self.layers:
+            queries = layer(queries, memory=frames, memory_padding=padding)
+        return self.out(self.norm(queries)).reshape(batch, windows * self.num_queries, -1)  # (B, nW*Q, H)

@@ -1,19 +1,21 @@
 """Decoding strategies over a causal LM fed with `inputs_embeds` and a KV cache.
 
-Symbols: B batch, L prompt length (left-padded), V vocabulary.
+Symbols: B batch (clips), K beams per clip, R = B*K beam rows, L prompt length (left-padded),
+V vocabulary, T tokens generated so far, C candidates per clip.
 
 Prompts are left-padded so every row's next token sits in the last column; explicit position
 ids (counted from each row's first real token) make a padded row compute what it would alone.
+Beam search prefills the prompt once per clip and only then copies the KV cache to K rows; the
+beams of a clip share its padding, so the mask and position ids are simply repeated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
-from typing import Any
-
-import inspect
+from typing import Any, NamedTuple
 
 import torch
 
@@ -24,6 +26,9 @@ class DecodingOptions:
 
     max_tokens_per_second: float = 15.0  # cap on new tokens per second of audio
     max_tokens_base: int = 16  # tokens allowed on top of the per-second cap
+    num_beams: int = 1  # 1 = greedy search
+    length_penalty: float = 1.0  # beam score = sum of log-probs / length ** length_penalty
+    repeat_ngram_stop: int = 0  # end a hypothesis whose last n tokens repeat the n before (0 = off)
 
     def max_new_tokens(self, durations: Sequence[float]) -> list[int]:
         """A cap per clip, so a decode that loops stops in time proportional to the audio."""
@@ -40,6 +45,13 @@ def cache_kwargs(llm: Any) -> dict[str, Any]:
     return {keyword: DynamicCache(config=llm.config), "use_cache": True}
 
 
+def repeats_back_to_back(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """tokens (R, T) → (R,): do the last n tokens equal the n right before them (a loop)?"""
+    if n <= 0 or tokens.shape[1] < 2 * n:
+        return torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    return (tokens[:, -n:] == tokens[:, -2 * n : -n]).all(1)
+
+
 @torch.no_grad()
 def greedy_search(
     llm: Any,
@@ -48,26 +60,143 @@ def greedy_search(
     position_ids: torch.Tensor,
     max_new_tokens: Sequence[int],
     end_id: int,
+    repeat_ngram_stop: int = 0,
 ) -> list[list[int]]:
     """Batched greedy decoding; returns each row's new tokens without the end token.
 
-    embeds (B, L, H), attention_mask and position_ids (B, L).
+    embeds (B, L, H), attention_mask and position_ids (B, L). A row whose last
+    `repeat_ngram_stop` tokens repeat the ones before them ends there, without the repeated copy.
     """
-    batch = embeds.shape[0]
+    batch, n = embeds.shape[0], repeat_ngram_stop
     caps = torch.tensor(max_new_tokens, device=embeds.device)
     cache = cache_kwargs(llm)
     out = llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1, **cache)
     next_position = position_ids[:, -1:] + 1  # (B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
-    steps: list[torch.Tensor] = []
-    for step in range(int(caps.max())):
+    tokens = torch.full((batch, int(caps.max())), end_id, device=embeds.device)  # (B, max cap), end_id after the end
+    for step in range(tokens.shape[1]):
         token = out.logits[:, -1].argmax(-1).masked_fill(done, end_id)  # (B,)
-        steps.append(token)
-        done |= (token == end_id) | (step + 1 >= caps)
+        tokens[:, step] = token
+        looped = ~done & repeats_back_to_back(tokens[:, : step + 1], n)  # (B,)
+        if n:
+            tokens[looped, step + 1 - n : step + 1] = end_id  # drop the repeated copy
+        done |= (token == end_id) | looped | (step + 1 >= caps)
         if bool(done.all()):
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         out = llm(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position, **cache)
         next_position = next_position + 1
-    tokens = torch.stack(steps, dim=1).tolist()  # (B, steps)
-    return [row[: row.index(end_id)] if end_id in row else row for row in tokens]
+    return [row[: row.index(end_id)] if end_id in row else row for row in tokens.tolist()]
+
+
+class Hypothesis(NamedTuple):
+    """A beam search result: new tokens without the end token, and the score it was ranked by."""
+
+    tokens: list[int]
+    score: float  # summed log-probs (the end token's too, when it ended) / length ** length_penalty
+
+
+class _Step(NamedTuple):
+    """One beam step: the K open beams per clip, flattened to R rows, and the hypotheses that ended."""
+
+    source: torch.Tensor  # (R,) the row each open beam extends
+    token: torch.Tensor  # (R,) its new token
+    score: torch.Tensor  # (R,) its summed log-probs
+    history: torch.Tensor  # (R, T+1) its tokens
+    ended: list[tuple[int, float, list[int]]]  # (clip, summed log-probs, tokens kept) per ended hypothesis
+
+
+def _beam_step(
+    score: torch.Tensor, logprobs: torch.Tensor, history: torch.Tensor, beams: int, end_id: int, repeat_ngram_stop: int
+) -> _Step:
+    """Extend every clip's beams by one token and keep the best K that go on.
+
+    score (R,), logprobs (R, V), history (R, T). Candidates are ranked by summed log-probs; one
+    that emits the end token or closes a back-to-back repeat ends its hypothesis, and counts only
+    if it ranks above the K-th open candidate (as in Whisper's beam search).
+    """
+    vocab, n = logprobs.shape[-1], repeat_ngram_stop
+    total = (score[:, None] + logprobs).view(-1, beams * vocab)  # (B, K*V)
+    # A beam ends on at most two of its candidates (end token, repeat), so this many leave K open.
+    width = min((3 if n else 2) * beams, total.shape[1])
+    top, index = total.topk(width, dim=1)  # (B, C)
+    source = torch.arange(total.shape[0], device=total.device)[:, None] * beams + index // vocab  # (B, C) rows
+    token = index % vocab  # (B, C)
+    sequences = torch.cat([history[source], token[..., None]], dim=-1)  # (B, C, T+1)
+    looped = repeats_back_to_back(sequences.flatten(0, 1), n).view_as(token)  # (B, C)
+    is_end = token == end_id
+    stops = is_end | looped
+    opens_ahead = torch.cumsum(~stops, dim=1) - (~stops).long()  # (B, C) open candidates ranked higher
+    ended = []
+    for clip, rank in (stops & (opens_ahead < beams)).nonzero().tolist():
+        tokens = sequences[clip, rank].tolist()
+        kept = tokens[:-1] if bool(is_end[clip, rank]) else tokens[:-n]  # without the end token / the copy
+        ended.append((clip, float(top[clip, rank]), kept))
+    keep = torch.sort(stops.to(torch.int8), dim=1, stable=True).indices[:, :beams]  # (B, K) best open ones
+    history = sequences.gather(1, keep[..., None].expand(-1, -1, sequences.shape[-1])).flatten(0, 1)  # (R, T+1)
+    source, token, top = (values.gather(1, keep).flatten() for values in (source, token, top))  # (R,) each
+    return _Step(source, token, top, history, ended)
+
+
+def _settle(ended: list[Hypothesis], scores: list[float], history: torch.Tensor, norm: float, at_cap: bool) -> bool:
+    """Whether a clip is done: at its cap (its K open beams, history (K, T), then end as they are),
+    or when it holds K ended hypotheses and its best open beam, scored at the current length
+    (transformers' `early_stopping=False`), cannot beat the K-th best of them."""
+    if at_cap:
+        ended += [Hypothesis(tokens, total / norm) for tokens, total in zip(history.tolist(), scores)]
+        return True
+    beams = len(scores)
+    return len(ended) >= beams and sorted(h.score for h in ended)[-beams] >= max(scores) / norm
+
+
+@torch.no_grad()
+def beam_search(
+    llm: Any,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    max_new_tokens: Sequence[int],
+    end_id: int,
+    num_beams: int,
+    length_penalty: float = 1.0,
+    repeat_ngram_stop: int = 0,
+) -> list[Hypothesis]:
+    """Batched beam search; returns each clip's best hypothesis.
+
+    embeds (B, L, H), attention_mask and position_ids (B, L). A hypothesis scores its summed
+    float32 log-probs / length ** length_penalty, its length counting the end token; a looped
+    hypothesis keeps the score of the path that looped. Clips stop one by one (`_settle`); their
+    rows run on until every clip is done, their tokens ignored.
+    """
+    batch, beams, device = embeds.shape[0], num_beams, embeds.device
+    kwargs = cache_kwargs(llm)
+    cache = kwargs["cache" if "cache" in kwargs else "past_key_values"]
+    out = llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1, **kwargs)
+    clip_of_row = torch.arange(batch, device=device).repeat_interleave(beams)  # (R,)
+    cache.reorder_cache(clip_of_row)  # B prompt rows → R beam rows, K copies of each clip's prompt
+    logprobs = out.logits[:, -1].float().log_softmax(-1)[clip_of_row]  # (R, V)
+    attention_mask, next_position = attention_mask[clip_of_row], position_ids[clip_of_row, -1:] + 1  # (R, L), (R, 1)
+    # Only one live beam per clip at first, or the K copies would all pick the same tokens.
+    score = torch.full((batch, beams), -math.inf, device=device)
+    score[:, 0] = 0.0
+    score, history = score.flatten(), torch.zeros(batch * beams, 0, dtype=torch.long, device=device)  # (R,), (R, 0)
+    ended: list[list[Hypothesis]] = [[] for _ in range(batch)]  # per clip
+    done = [False] * batch
+    for step in range(max(max_new_tokens)):
+        length = step + 1
+        source, token, score, history, new = _beam_step(score, logprobs, history, beams, end_id, repeat_ngram_stop)
+        norm = length**length_penalty
+        for clip, total, tokens in new:
+            if not done[clip]:
+                ended[clip].append(Hypothesis(tokens, total / norm))
+        for clip, scores in enumerate(score.view(batch, beams).tolist()):
+            if not done[clip]:
+                rows = history[clip * beams : (clip + 1) * beams]  # (K, T)
+                done[clip] = _settle(ended[clip], scores, rows, norm, length >= max_new_tokens[clip])
+        if all(done):
+            break
+        cache.reorder_cache(source)  # each row's cache now holds the prefix its beam extends
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(source), 1)], dim=1)
+        out = llm(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position, **kwargs)
+        logprobs, next_position = out.logits[:, -1].float().log_softmax(-1), next_position + 1
+    return [max(hypotheses, key=lambda h: h.score) for hypotheses in ended]  # the first of equals on a tie

@@ -7,16 +7,22 @@ insists on 3,000 mel frames, so we run its convolutions and layers ourselves and
 positional table. Padding is masked at every step (input, after conv1, attention keys, output),
 so a clip's frames do not depend on what it is batched with. Clips longer than one 30 s window
 are encoded window by window and the frames joined, never cut.
+
+HuBERT, WavLM and wav2vec2 (`SSLEncoder`) take the waveform itself as features (C = 1, L samples)
+and run their own convolution stack; see `SSLEncoder` for how padding is kept out of each clip.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
 from torch import nn
 
+from macasr.audio import SAMPLE_RATE
+from macasr.errors import MacasrError
 from macasr.model._hf import loading
 from macasr.model.lora import WHISPER_TARGETS, LoraConfig
 from macasr.registry import ComponentConfig, Registry, option
@@ -27,6 +33,14 @@ class EncoderConfig(ComponentConfig):
     path: str = option("openai/whisper-large-v3", "Hugging Face id or local folder of the encoder checkpoint.")
     train: bool = option(False, "Train the encoder too (false keeps it frozen, the usual choice).")
     lora: LoraConfig = option(LoraConfig(target_modules=WHISPER_TARGETS), "LoRA adapters on the encoder.")
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        if self.train and self.lora.enabled:
+            # LoRA freezes the base weights; training them too would be full fine-tuning in disguise.
+            problems.append("[model.encoder] train: LoRA ([model.encoder.lora] enabled) and full fine-tuning "
+                            "(train = true) are mutually exclusive; set one of them to false")
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,3 +156,178 @@ class WhisperEncoder(nn.Module):
         x = enc.layer_norm(x) * valid[..., None]
         return x, out_lengths
 
+
+
+# ----------------------------------------------------------------------------- HuBERT, WavLM, wav2vec2
+
+PATH_HELP = "Hugging Face id or local folder of the encoder checkpoint."
+LORA_HELP = "LoRA adapters on the encoder."
+# WavLM's attention hands its q/k/v/out weights straight to F.multi_head_attention_forward, never
+# calling those Linear layers, so adapters there would not train: its default targets the feed-forward.
+WAVLM_TARGETS = ["intermediate_dense", "output_dense"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SSLEncoderConfig(EncoderConfig):
+    layer: int = option(0, "Output of this transformer layer (1 = first; the layers above are dropped); 0 = the model's last hidden state.")
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        if self.layer < 0:
+            problems.append(f"[model.encoder] layer: must be 0 (the last hidden state) or a layer number from 1, got {self.layer}")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class HubertEncoderConfig(SSLEncoderConfig):
+    name: str = option("hubert", "Which encoder to use.")
+    path: str = option("facebook/hubert-large-ls960-ft", PATH_HELP)
+
+
+@dataclasses.dataclass(frozen=True)
+class WavLMEncoderConfig(SSLEncoderConfig):
+    name: str = option("wavlm", "Which encoder to use.")
+    path: str = option("microsoft/wavlm-large", PATH_HELP)
+    lora: LoraConfig = option(LoraConfig(target_modules=WAVLM_TARGETS), LORA_HELP)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wav2Vec2EncoderConfig(SSLEncoderConfig):
+    name: str = option("wav2vec2", "Which encoder to use.")
+    path: str = option("facebook/wav2vec2-large-960h-lv60-self", PATH_HELP)
+
+
+class WaveformFeaturizer:
+    """Waveform (16 kHz mono float32) → the samples as features (1, L), as the checkpoint wants them.
+
+    With `do_normalize` each clip gets zero mean and unit variance, like transformers'
+    `Wav2Vec2FeatureExtractor` on an unpadded clip. Clips shorter than the convolution stack's
+    receptive field are padded with zeros to it, so every clip yields at least one frame.
+    """
+
+    def __init__(self, do_normalize: bool, min_samples: int) -> None:
+        self.do_normalize = do_normalize
+        self.min_samples = min_samples
+
+    def __call__(self, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
+        wave = torch.as_tensor(waveform, dtype=torch.float32).flatten()
+        if self.do_normalize and wave.numel() > 0:
+            wave = (wave - wave.mean()) / torch.sqrt(wave.var(correction=0) + 1e-7)
+        if wave.numel() < self.min_samples:
+            wave = nn.functional.pad(wave, (0, self.min_samples - wave.numel()))
+        return wave[None]  # (1, L)
+
+
+def conv_output_lengths(lengths: torch.Tensor, kernels: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
+    """Frames left after a stack of unpadded 1-D convolutions: floor((L - k) / s) + 1 per layer."""
+    for kernel, stride in zip(kernels, strides):
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    return lengths
+
+
+def receptive_field(kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
+    """Samples one output frame sees (400 = 25 ms for the usual wav2vec2 stack)."""
+    return 1 + sum((k - 1) * math.prod(strides[:i]) for i, k in enumerate(kernels))
+
+
+class SSLEncoder(nn.Module):
+    """A self-supervised speech model with a wav2vec2-style convolution stack over the waveform.
+
+    Loaded through `AutoModel`; frame rate and frame counts come from the checkpoint's
+    `conv_stride` and `conv_kernel` (50 Hz for the released models). A clip's frames do not
+    depend on its batch, for both kinds of convolution stack:
+    - `feat_extract_norm = "layer"` (large models) normalises each frame on its own, so the
+      padded batch goes through the stack at once;
+    - `feat_extract_norm = "group"` (base models) normalises each channel over the whole input,
+      padding included, so each clip goes through the stack alone, unpadded (the stack is cheap;
+      the transformer still runs batched).
+    The transformer gets an attention mask; padded frames enter it as zeros and leave it zeroed.
+    With `layer = k` the output is transformers' `hidden_states[k]`: layers above k are dropped
+    (never run) and, in pre-norm models, so is the final norm that belongs to the last layer.
+    When the encoder trains (train = true or LoRA) the checkpoint's own time masking
+    (`mask_time_prob`) and LayerDrop apply, as in transformers.
+    """
+
+    model_type = ""  # transformers' config.model_type of the family; a subclass sets it
+    inert_lora_targets: frozenset[str] = frozenset()  # layers whose forward the model never calls
+
+    def __init__(self, cfg: SSLEncoderConfig, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+        with loading("model.encoder", cfg.path):
+            config = AutoConfig.from_pretrained(cfg.path)
+            self._check(cfg, config)
+            self.model = AutoModel.from_pretrained(cfg.path, config=config, dtype=dtype)
+            fe = AutoFeatureExtractor.from_pretrained(cfg.path)
+        if fe.sampling_rate != SAMPLE_RATE:
+            raise MacasrError(f"[model.encoder] path: {cfg.path!r} expects {fe.sampling_rate} Hz audio; macasr feeds {SAMPLE_RATE} Hz")
+        if cfg.layer:
+            encoder = self.model.encoder
+            encoder.layers = encoder.layers[: cfg.layer]
+            if config.do_stable_layer_norm:  # pre-norm: the final norm belongs to the last layer's output
+                encoder.layer_norm = nn.Identity()
+            self.model.config.num_hidden_layers = cfg.layer
+        self.kernels, self.strides = tuple(config.conv_kernel), tuple(config.conv_stride)
+        self.per_clip = config.feat_extract_norm == "group"
+        self.featurizer = WaveformFeaturizer(fe.do_normalize, receptive_field(self.kernels, self.strides))
+        self.output_dim: int = config.hidden_size
+        self.frame_rate: float = fe.sampling_rate / math.prod(self.strides)
+
+    def _check(self, cfg: SSLEncoderConfig, config) -> None:
+        """Refuse checkpoints this class would encode wrongly, naming the key to change."""
+        if config.model_type != self.model_type:
+            hint = f'set name = "{config.model_type}"' if config.model_type in ENCODERS.names() else "pick a matching encoder"
+            raise MacasrError(f"[model.encoder] name: {cfg.path!r} is a {config.model_type} checkpoint, not {self.model_type}; {hint}")
+        if getattr(config, "add_adapter", False):
+            raise MacasrError(f"[model.encoder] path: {cfg.path!r} has a convolutional adapter (add_adapter), which is not supported")
+        inert = sorted(self.inert_lora_targets.intersection(cfg.lora.target_modules)) if cfg.lora.enabled else []
+        if inert:
+            raise MacasrError(f"[model.encoder.lora] target_modules: {self.model_type} never calls {', '.join(inert)} (its attention "
+                              f"reads their weights directly), so adapters there would not train; use e.g. {', '.join(WAVLM_TARGETS)}")
+        if cfg.layer > config.num_hidden_layers:
+            raise MacasrError(f"[model.encoder] layer: {cfg.path!r} has {config.num_hidden_layers} layers, got layer = {cfg.layer}")
+
+    def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Frames per clip from its sample count (the convolutions are unpadded)."""
+        return conv_output_lengths(feature_lengths, self.kernels, self.strides)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, 1, L) waveforms, lengths (B,) samples → frames (B, T, D) zero beyond each length, lengths (B,)."""
+        model = self.model
+        wave = features[:, 0].to(model.dtype)  # (B, L)
+        out_lengths = self.output_lengths(lengths)
+        if self.per_clip:
+            clips = [model.feature_extractor(wave[b : b + 1, :n])[0].T for b, n in enumerate(lengths.tolist())]
+            extracted = nn.utils.rnn.pad_sequence(clips, batch_first=True)  # (B, T, C)
+        else:
+            extracted = model.feature_extractor(wave).transpose(1, 2)  # (B, T, C)
+        valid = _mask(out_lengths, extracted.shape[1])  # (B, T)
+        hidden = model.feature_projection(extracted)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # wav2vec2 and WavLM also return the normed input
+        if self.training and hidden.shape[1] >= model.config.mask_time_length:  # shorter batches cannot hold a span
+            hidden = model._mask_hidden_states(hidden, attention_mask=valid)
+        hidden = model.encoder(hidden, attention_mask=valid).last_hidden_state
+        return hidden * valid[..., None], out_lengths
+
+
+@ENCODERS.register("hubert", HubertEncoderConfig)
+class HubertEncoder(SSLEncoder):
+    """HuBERT (facebook/hubert-*), e.g. the LibriSpeech fine-tuned hubert-large-ls960-ft."""
+
+    model_type = "hubert"
+
+
+@ENCODERS.register("wavlm", WavLMEncoderConfig)
+class WavLMEncoder(SSLEncoder):
+    """WavLM (microsoft/wavlm-*): HuBERT-style training with gated relative position bias."""
+
+    model_type = "wavlm"
+    inert_lora_targets = frozenset({"q_proj", "k_proj", "v_proj", "out_proj"})
+
+
+@ENCODERS.register("wav2vec2", Wav2Vec2EncoderConfig)
+class Wav2Vec2Encoder(SSLEncoder):
+    """wav2vec 2.0 (facebook/wav2vec2-*), pretrained or CTC fine-tuned (the CTC head is not loaded)."""
+
+    model_type = "wav2vec2"

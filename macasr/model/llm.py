@@ -1,8 +1,11 @@
-"""The decoder-only LLM side: loading, end/BOS/pad repair and the prompt's token ids.
+"""The decoder-only LLM side: loading, end/BOS/pad handling and the prompt's token ids.
 
 The model must learn to stop, so every target ends with an explicit end token that stays in the
-loss. Padding is tracked with lengths and masks, never by comparing ids with `pad_token_id`, so
-tokenizers that have no pad token or reuse eos as pad are handled the same way.
+loss: eos for `[prompt] style = "plain"`, the chat template's turn terminator for `style = "chat"`
+(Qwen3 `<|im_end|>`, Gemma 3 `<end_of_turn>`, Llama 3 `<|eot_id|>`). BOS leads the prompt only
+when the tokenizer adds one itself (Gemma, Llama; not Qwen or GPT-2). Padding is tracked with
+lengths and masks, never by comparing ids with `pad_token_id`, so tokenizers that have no pad
+token (Llama 3, GPT-2) or reuse eos as pad (Qwen3) are handled the same way.
 """
 
 from __future__ import annotations
@@ -12,11 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from macasr.errors import MacasrError
+from macasr.errors import ConfigError, MacasrError
 from macasr.model._hf import loading
 
 if TYPE_CHECKING:
     from macasr.config import LLMConfig, PromptConfig
+
+SPEECH_PLACEHOLDER = "<|macasr_speech|>"  # where the speech embeddings go in the rendered chat prompt
+REPLY_MARKER = "macasr-assistant-reply"  # an assistant message, to find what the template writes after it
+# Passed to every chat template; templates that do not use a variable ignore it. Qwen3's hybrid
+# templates answer without a <think> block, and Llama 3.2's date line stays fixed instead of
+# following the clock, so training and inference days render the same prompt.
+CHAT_TEMPLATE_KWARGS = {"enable_thinking": False, "date_string": "26 Jul 2024"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +57,7 @@ def hidden_size(model: Any) -> int:
 
 
 def end_token_id(tokenizer: Any) -> int:
+    """The end token of `style = "plain"`: the tokenizer's eos."""
     if tokenizer.eos_token_id is None:
         raise MacasrError(f"tokenizer of {tokenizer.name_or_path!r} has no eos token to end transcripts with")
     return int(tokenizer.eos_token_id)
@@ -58,12 +69,65 @@ def expects_bos(tokenizer: Any) -> bool:
     return bos is not None and tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
 
 
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+    """The tokenizer's own chat template applied to `messages`, as text."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f'[prompt] style = "chat" needs a tokenizer with a chat template, and {tokenizer.name_or_path!r} has none; '
+            'use style = "plain"'
+        )
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False, **CHAT_TEMPLATE_KWARGS)
+
+
+def chat_end_token_id(tokenizer: Any) -> int:
+    """The token that closes an assistant turn in the chat template: the end token of `style = "chat"`.
+
+    Rule: render a user turn and an assistant turn whose text is a marker, and take the first token
+    the template writes after the marker when it is an added (control) token, such as Qwen's
+    `<|im_end|>`, Gemma's `<end_of_turn>` or Llama 3's `<|eot_id|>` (templates that end a turn with
+    eos give eos this way). When the template writes nothing or plain text there, eos ends the turn.
+    """
+    text = render_chat(tokenizer, [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": REPLY_MARKER}], add_generation_prompt=False)
+    _, found, after = text.partition(REPLY_MARKER)
+    ids = tokenizer(after.lstrip(), add_special_tokens=False).input_ids if found else []
+    if ids and ids[0] in tokenizer.added_tokens_decoder:
+        return int(ids[0])
+    return end_token_id(tokenizer)
+
+
+def chat_prompt_ids(tokenizer: Any, prompt: PromptConfig) -> tuple[list[int], list[int]]:
+    """Token ids before and after the speech in the chat template's generation prompt.
+
+    One user message `prefix + <speech> + suffix`, rendered up to the assistant's turn and split at
+    the speech placeholder. The rendered text already holds the template's special tokens (BOS
+    included where the template writes it), so it is encoded without adding any.
+    """
+    content = prompt.prefix + SPEECH_PLACEHOLDER + prompt.suffix
+    text = render_chat(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True)
+    if text.count(SPEECH_PLACEHOLDER) != 1:
+        raise ConfigError(f"[prompt] style: the chat template of {tokenizer.name_or_path!r} does not keep the user message's text as written")
+    before, after = text.split(SPEECH_PLACEHOLDER)
+    return tokenizer(before, add_special_tokens=False).input_ids, tokenizer(after, add_special_tokens=False).input_ids
+
+
 def prompt_tokens(tokenizer: Any, prompt: PromptConfig) -> PromptTokens:
-    prefix = tokenizer(prompt.prefix, add_special_tokens=False).input_ids
-    if expects_bos(tokenizer):
+    """The prompt's token ids and the end token for `prompt.style`.
+
+    plain: prefix and suffix encoded as raw text, eos as the end token.
+    chat: the tokenizer's chat template (see `chat_prompt_ids`), its turn terminator as the end
+    token (see `chat_end_token_id`).
+    BOS leads the prefix exactly when the tokenizer adds one itself, and never twice.
+    """
+    if prompt.style == "chat":
+        prefix, suffix = chat_prompt_ids(tokenizer, prompt)
+        end_id = chat_end_token_id(tokenizer)
+    else:
+        prefix = tokenizer(prompt.prefix, add_special_tokens=False).input_ids
+        suffix = tokenizer(prompt.suffix, add_special_tokens=False).input_ids
+        end_id = end_token_id(tokenizer)
+    if expects_bos(tokenizer) and prefix[:1] != [tokenizer.bos_token_id]:
         prefix = [tokenizer.bos_token_id, *prefix]
-    suffix = tokenizer(prompt.suffix, add_special_tokens=False).input_ids
-    return PromptTokens(tuple(prefix), tuple(suffix), end_token_id(tokenizer))
+    return PromptTokens(tuple(prefix), tuple(suffix), end_id)
 
 
 class TargetTokenizer:

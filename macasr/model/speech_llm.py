@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from macasr.model.decoding import DecodingOptions, greedy_search
+from macasr.model.decoding import DecodingOptions, beam_search, greedy_search
 from macasr.model.llm import PromptTokens
 
 if TYPE_CHECKING:
@@ -92,11 +92,16 @@ class SpeechLLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: Batch, options: DecodingOptions | None = None) -> list[str]:
-        """Batched greedy transcription; each row equals decoding that clip alone."""
+        """Batched transcription (greedy, or beam search when `num_beams` > 1); each row equals
+        decoding that clip alone."""
         options = options or DecodingOptions()
         speech, speech_lengths = self.encode_speech(batch.features, batch.feature_lengths)
         embeds, mask, positions = self._layout(speech, speech_lengths)
-        caps = options.max_new_tokens(batch.durations)
-        tokens = greedy_search(self.llm, embeds, mask, positions, caps, self.prompt.end_id)
+        caps, end, stop = options.max_new_tokens(batch.durations), self.prompt.end_id, options.repeat_ngram_stop
+        if options.num_beams > 1:
+            best = beam_search(self.llm, embeds, mask, positions, caps, end, options.num_beams, options.length_penalty, stop)
+            tokens = [hypothesis.tokens for hypothesis in best]
+        else:
+            tokens = greedy_search(self.llm, embeds, mask, positions, caps, end, stop)
         # A transcript is one line: runs of whitespace (newlines included) become one space.
         return [" ".join(text.split()) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]

@@ -15,13 +15,17 @@ from macasr.train.engine import Trainer, TrainResult, seed_everything
 
 
 def parameter_table(model: SpeechLLM) -> Table:
-    table = Table(title="Parameters", title_justify="left")
-    for column in ("part", "total", "trainable"):
-        table.add_column(column, justify="left" if column == "part" else "right")
+    """Total and trainable parameters per part; a "LoRA adapters" column appears when any part has them."""
     counts = parameter_counts(model)
-    for part, (total, trainable) in counts.items():
-        table.add_row(part, f"{total:,}", f"{trainable:,}")
-    table.add_row("all", f"{sum(c[0] for c in counts.values()):,}", f"{sum(c[1] for c in counts.values()):,}", style="bold")
+    lora = any(c.adapters for c in counts.values())
+    table = Table(title="Parameters", title_justify="left")
+    for column in ("part", "total", "trainable", *(["LoRA adapters"] if lora else [])):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    rows = [(part, *c) for part, c in counts.items()]
+    rows.append(("all", *(sum(column) for column in zip(*counts.values()))))
+    for part, total, trainable, adapters in rows:
+        extra = [f"{adapters:,}" if adapters else "-"] if lora else []
+        table.add_row(part, f"{total:,}", f"{trainable:,}", *extra, style="bold" if part == "all" else None)
     return table
 
 
