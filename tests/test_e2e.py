@@ -119,3 +119,12 @@ def test_same_seed_gives_identical_weights(tiny_config, corpus, tmp_path) -> Non
         weights.append(torch.load(tmp_path / name / "last.pt", weights_only=True)["model"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_python_api_loads_a_checkpoint_and_transcribes(trained_run, corpus) -> None:
+    import macasr
+
+    _, run = trained_run
+    clip = corpus["test"].parent / json.loads(corpus["test"].read_text().splitlines()[0])["audio"]
+    (result,) = macasr.load(str(run / "best.pt"), device="cpu").transcribe([clip])
+    assert result.error is None and isinstance(result.text, str) and result.duration > 0
