@@ -41,6 +41,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 300):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END_TOKEN, pad_token=END_TOKEN, unk_token=UNK_TOKEN)
 
 
+def perturb_trainable(model: torch.nn.Module, scale: float = 0.05) -> None:
+    """Nudge every trainable weight away from its initial value, as training would, so a
+    checkpoint round trip that silently drops weights changes the model's output."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * scale)
+
+
 def save_tiny_whisper(path: str | Path, *, d_model: int = 32, layers: int = 2, heads: int = 2, num_mel_bins: int = 80, seed: int = 0) -> Path:
     """A Whisper checkpoint (encoder + a one-layer decoder, as on the hub) and its feature extractor."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration

@@ -23,8 +23,7 @@ COMMANDS = [[], ["train"], ["eval"], ["transcribe"], ["demo"], ["plan"], ["confi
 @pytest.fixture(scope="module")
 def ckpt(tiny_config, tmp_path_factory) -> Path:
     model = build_model(tiny_config)
-    payload = {"config": config_module.to_dict(tiny_config), "model": checkpoint.trainable_state(model), "step": 0, "metrics": {}}
-    return checkpoint.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", payload)
+    return checkpoint.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", checkpoint.model_payload(model, tiny_config))
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "macasr")

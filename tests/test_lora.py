@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from macasr import config as config_module
+from macasr import config as config_module, testing
 from macasr.errors import ConfigError, MacasrError
 from macasr.model.build import build_model, parameter_counts
 from macasr.model.decoding import DecodingOptions
@@ -112,14 +112,9 @@ def test_adapter_dropout_acts_only_in_training_mode(tiny_config) -> None:
 def test_adapters_round_trip_through_a_checkpoint(tiny_config, tmp_path) -> None:
     cfg = with_lora(tiny_config, encoder=True)
     model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    testing.perturb_trainable(model)
     model.eval()
-    path = checkpoint.save_checkpoint(tmp_path / "best.pt", {
-        "config": config_module.to_dict(cfg), "model": checkpoint.trainable_state(model), "step": 1, "metrics": {},
-    })
+    path = checkpoint.save_checkpoint(tmp_path / "best.pt", checkpoint.model_payload(model, cfg, step=1))
     stored = torch.load(path, weights_only=True)["model"]
     assert any(k.startswith("llm.") and "lora_" in k for k in stored)
     assert any(k.startswith("encoder.") and "lora_" in k for k in stored)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import noise
+from macasr import testing
 from macasr.data.collate import Example, collate
 from macasr.model.build import build_model
 from macasr.model.decoding import DecodingOptions, greedy_search
 from macasr.model.llm import TargetTokenizer
-from macasr.model.speech_llm import IGNORE_INDEX
 from macasr.train import checkpoint
 
 TEXTS = ["the cat sat on the mat", "hello world", "seven green apples"]
@@ -156,16 +156,10 @@ def test_a_few_training_steps_lower_the_loss(tiny_config) -> None:
 
 
 def test_checkpoint_reloads_to_identical_outputs(tiny_config, tmp_path) -> None:
-    from macasr import config as config_module
-
     model = build_model(tiny_config)
-    with torch.no_grad():
-        for p in model.connector.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    testing.perturb_trainable(model)
     model.eval()
-    path = checkpoint.save_checkpoint(tmp_path / "best.pt", {
-        "config": config_module.to_dict(tiny_config), "model": checkpoint.trainable_state(model), "step": 1, "metrics": {},
-    })
+    path = checkpoint.save_checkpoint(tmp_path / "best.pt", checkpoint.model_payload(model, tiny_config, step=1))
     state = torch.load(path, weights_only=True)
     assert set(state["model"]) == {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(k.startswith(("llm.", "encoder.")) for k in state["model"])  # frozen parts are not copied

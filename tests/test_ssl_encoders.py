@@ -157,14 +157,9 @@ def test_encoder_lora_trains_and_reloads_with_a_layer(family, tiny_config, ssl_m
     model(batch).backward()
     adapters = [p for n, p in model.encoder.named_parameters() if "lora_B" in n]
     assert adapters and all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    testing.perturb_trainable(model)
     model.eval()
-    path = checkpoint.save_checkpoint(tmp_path / "best.pt", {
-        "config": config_module.to_dict(cfg), "model": checkpoint.trainable_state(model), "step": 1, "metrics": {},
-    })
+    path = checkpoint.save_checkpoint(tmp_path / "best.pt", checkpoint.model_payload(model, cfg, step=1))
     restored = checkpoint.restore_model(path, "cpu").model
     frames, _ = model.encoder(batch.features, batch.feature_lengths)
     torch.testing.assert_close(restored.encoder(batch.features, batch.feature_lengths)[0], frames)

@@ -31,6 +31,13 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def model_payload(model: torch.nn.Module, cfg: Any, step: int = 0, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every checkpoint holds: the config as plain data, trainable weights, step, metrics."""
+    from macasr.config import to_dict
+
+    return {"config": to_dict(cfg), "model": trainable_state(model), "step": step, "metrics": metrics or {}}
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -187,16 +187,9 @@ class Trainer:
             return True
         return False
 
-    def _payload(self) -> dict[str, Any]:
-        return {
-            "config": config_module.to_dict(self.cfg),
-            "model": checkpoint.trainable_state(self.model),
-            "step": self.step,
-            "metrics": {"best_wer": self.best_wer, "best_step": self.best_step},
-        }
-
     def _save(self, name: str, with_state: bool = False) -> None:
-        payload = self._payload()
+        metrics = {"best_wer": self.best_wer, "best_step": self.best_step}
+        payload = checkpoint.model_payload(self.model, self.cfg, self.step, metrics)
         if with_state:
             payload.update(
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
