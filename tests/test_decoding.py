@@ -87,7 +87,8 @@ def test_batched_beam_search_equals_each_clip_alone(tiny) -> None:
     batched = beam_search(tiny.llm, *tiny.rows, CAPS, tiny.end, num_beams=3)
     alone = [beam_search(tiny.llm, *rows, [cap], tiny.end, num_beams=3)[0] for rows, cap in zip(tiny.alone, CAPS)]
     assert [h.tokens for h in batched] == [h.tokens for h in alone]
-    torch.testing.assert_close([h.score for h in batched], [h.score for h in alone])
+    # Scores are float32 sums; padding changes the summation order, so compare at float32 precision.
+    torch.testing.assert_close([h.score for h in batched], [h.score for h in alone], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
