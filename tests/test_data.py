@@ -81,6 +81,7 @@ def test_good_optional_fields_are_kept(tmp_path: Path) -> None:
                                            {"audio": "a.wav", "text": "x", "duration": 0.5, "offset": 1.25, "id": "b"}])
     first, second = load_manifest(m)
     assert (first.id, first.text, first.offset) == ("7", "", 0.0) and (second.id, second.offset) == ("b", 1.25)
+    assert load_manifest(write_lines(tmp_path / "w.jsonl", [{"audio": "a.wav", "text": "x", "duration": 2}]))[0].offset is None
 
 
 def test_every_bad_line_is_reported_at_once(tmp_path: Path) -> None:

@@ -32,19 +32,21 @@ def clip(folder: Path, name: str, seconds: float, peak: float = 0.1, nan_at: flo
     return str(folder / name)
 
 
-def utterance(audio: str, duration: float, offset: float = 0.0, id: str = "u1") -> Utterance:
+def utterance(audio: str, duration: float, offset: float | None = None, id: str = "u1") -> Utterance:
     return Utterance(id=id, audio=audio, text="x", duration=duration, offset=offset)
 
 
 @pytest.mark.parametrize(("declared", "offset", "warned"), [
-    (1.0, 0.0, "decoded 2.00 s but the manifest says duration 1 s; batching and hours use the manifest's value"),
-    (4.0, 0.0, "decoded 2.00 s but the manifest says duration 4 s; batching and hours use the manifest's value"),
+    (1.0, None, "decoded 2.00 s but the manifest says duration 1 s; batching and hours use the manifest's value"),
+    (4.0, None, "decoded 2.00 s but the manifest says duration 4 s; batching and hours use the manifest's value"),
     (1.0, 1.5, "offset 1.5 s + duration 1 s runs past the end of the file (2.00 s); read 0.50 s"),
-    (1.85, 0.0, None),  # within 10 %
-    (2.15, 0.0, None),
+    (2.5, 0.0, "offset 0 s + duration 2.5 s runs past the end of the file (2.00 s); read 2.00 s"),
+    (1.85, None, None),  # within 10 %
+    (2.15, None, None),
     (1.0, 0.5, None),  # a segment inside the file reads what it declares
+    (1.0, 0.0, None),  # ... also the first segment of a recording
 ])
-def test_a_length_far_from_the_declared_duration_is_a_warning(declared: float, offset: float, warned: str | None, tmp_path: Path) -> None:
+def test_a_length_far_from_the_declared_duration_is_a_warning(declared: float, offset: float | None, warned: str | None, tmp_path: Path) -> None:
     audio = clip(tmp_path, "a.wav", 2.0)
     example = SpeechDataset([utterance(audio, declared, offset)], featurize)[0]
     assert not isinstance(example, str)  # the clip is still used
@@ -59,7 +61,7 @@ def test_batches_carry_their_clips_warnings(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seconds", [None, (0.8, 0.5)], ids=["whole", "segment"])
 def test_a_clip_with_a_nan_sample_is_skipped_or_stops_the_run(seconds: tuple[float, float] | None, tmp_path: Path) -> None:
-    offset, duration = seconds or (0.0, 2.0)
+    offset, duration = seconds or (None, 2.0)
     u = utterance(clip(tmp_path, "nan.wav", 2.0, nan_at=1.0), duration, offset)
     line = SpeechDataset([u], featurize)[0]
     assert isinstance(line, str) and line.startswith(f"{u.audio}: 1 of ") and "not finite (1 NaN, 0 infinite)" in line
@@ -124,3 +126,12 @@ def test_eval_lists_every_bad_manifest_line_before_decoding(ckpt: Path, tmp_path
         f"error: {manifest}:1: `duration` = NaN: expected seconds as a finite positive number",
         f'error: {manifest}:2: `offset` = "abc": expected seconds as a finite number >= 0',
     ]
+
+
+def test_a_segment_at_offset_zero_reads_only_its_duration(tmp_path: Path) -> None:
+    m = tmp_path / "m.jsonl"
+    clip(tmp_path, "long.wav", 3.0)
+    m.write_text('{"audio": "long.wav", "text": "first words", "duration": 1.0, "offset": 0}\n'
+                 '{"audio": "long.wav", "text": "the whole file", "duration": 3.0}\n')
+    first, whole = SpeechDataset(load_manifest(m), featurize)
+    assert (first.duration, first.warnings) == (1.0, []) and (whole.duration, whole.warnings) == (3.0, [])

@@ -63,7 +63,7 @@ class SpeechDataset(Dataset):
 
     def _read(self, u: Utterance) -> tuple[np.ndarray, torch.Tensor]:
         """→ waveform (samples,), features (C, L); DataError naming the clip if either is unusable."""
-        wave = load_audio(u.audio, u.offset, u.duration if u.offset else None)
+        wave = load_audio(u.audio, u.offset or 0.0, None if u.offset is None else u.duration)
         features = self.featurizer(wave)
         if not torch.isfinite(features).all():  # finite audio can still overflow (power spectrum)
             raise DataError(f"{u.audio}: its features are not finite (samples peak at {float(np.abs(wave).max()):.3g}); "
@@ -78,7 +78,7 @@ def duration_warning(u: Utterance, decoded: float) -> str | None:
     if abs(decoded - u.duration) <= DURATION_TOLERANCE * u.duration:
         return None
     clip = f"{u.audio} (id {u.id})"
-    if u.offset:
+    if u.offset is not None:
         return (f"{clip}: offset {u.offset:g} s + duration {u.duration:g} s runs past the end of the file "
                 f"({audio_duration(u.audio):.2f} s); read {decoded:.2f} s")
     return (f"{clip}: decoded {decoded:.2f} s but the manifest says duration {u.duration:g} s; "

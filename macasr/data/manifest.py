@@ -26,7 +26,7 @@ class Utterance:
     audio: str  # absolute path
     text: str
     duration: float  # seconds
-    offset: float = 0.0  # seconds into the file (segments of long recordings)
+    offset: float | None = None  # seconds into the file of a segment `duration` long; None: the whole file
 
 
 def show_value(value: object) -> str:
@@ -73,7 +73,7 @@ def _utterance(entry: Mapping[str, object], folder: Path, default_id: str) -> Ut
     return Utterance(
         id=str(entry.get("id", default_id)), audio=str(audio if audio.is_absolute() else folder / audio),
         text=str(entry["text"]), duration=float(entry["duration"]),  # type: ignore[arg-type]
-        offset=float(entry.get("offset", 0.0)),  # type: ignore[arg-type]
+        offset=float(entry["offset"]) if "offset" in entry else None,  # type: ignore[arg-type]
     )
 
 
