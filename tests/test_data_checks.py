@@ -14,6 +14,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import noise
+from test_cli import ckpt  # noqa: F401  (the untrained tiny checkpoint fixture)
 from macasr.data.loader import SpeechDataset, build_loader
 from macasr.data.manifest import Utterance, load_manifest
 from macasr.errors import DataError
@@ -46,7 +47,9 @@ def utterance(audio: str, duration: float, offset: float | None = None, id: str 
     (1.0, 0.5, None),  # a segment inside the file reads what it declares
     (1.0, 0.0, None),  # ... also the first segment of a recording
 ])
-def test_a_length_far_from_the_declared_duration_is_a_warning(declared: float, offset: float | None, warned: str | None, tmp_path: Path) -> None:
+def test_a_length_far_from_the_declared_duration_is_a_warning(
+    declared: float, offset: float | None, warned: str | None, tmp_path: Path,
+) -> None:
     audio = clip(tmp_path, "a.wav", 2.0)
     example = SpeechDataset([utterance(audio, declared, offset)], featurize)[0]
     assert not isinstance(example, str)  # the clip is still used
@@ -72,7 +75,8 @@ def test_a_clip_with_a_nan_sample_is_skipped_or_stops_the_run(seconds: tuple[flo
 def test_features_that_overflow_make_a_bad_clip(tmp_path: Path) -> None:
     loud = utterance(clip(tmp_path, "loud.wav", 1.0, peak=1e20), 1.0)  # finite samples, infinite power spectrum
     line = SpeechDataset([loud], featurize)[0]
-    assert line == f"{loud.audio}: its features are not finite (samples peak at {np.abs(sf.read(loud.audio)[0]).max():.3g}); expected samples of about -1 to 1"
+    peak = np.abs(sf.read(loud.audio)[0]).max()
+    assert line == f"{loud.audio}: its features are not finite (samples peak at {peak:.3g}); expected samples of about -1 to 1"
     fine = SpeechDataset([utterance(clip(tmp_path, "fine.wav", 1.0, peak=1e3), 1.0)], featurize)[0]
     assert not isinstance(fine, str) and torch.isfinite(fine.features).all()
 
@@ -95,14 +99,6 @@ def test_training_prints_each_warning_once(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the CLI
 
 
-@pytest.fixture(scope="module")
-def ckpt(tiny_config, tmp_path_factory) -> Path:
-    from macasr.model.build import build_model
-    from macasr.train import checkpoint
-
-    return checkpoint.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", checkpoint.model_payload(build_model(tiny_config), tiny_config))
-
-
 def test_transcribe_names_a_file_with_a_nan_sample_and_fails(ckpt: Path, tmp_path: Path) -> None:
     from macasr.cli import app
 
@@ -119,7 +115,8 @@ def test_eval_lists_every_bad_manifest_line_before_decoding(ckpt: Path, tmp_path
     from macasr.cli import app
 
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text('{"audio": "a.wav", "text": "hi", "duration": NaN}\n{"audio": "b.wav", "text": "x", "duration": 1, "offset": "abc"}\n')
+    manifest.write_text('{"audio": "a.wav", "text": "hi", "duration": NaN}\n'
+                        '{"audio": "b.wav", "text": "x", "duration": 1, "offset": "abc"}\n')
     result = runner.invoke(app, ["eval", "--ckpt", str(ckpt), "--manifest", str(manifest)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.splitlines() == [
