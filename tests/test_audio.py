@@ -71,3 +71,74 @@ def test_44k_stereo_and_16k_mono_transcribe_identically(tiny_config, tmp_path: P
     first, second = transcriber.transcribe([mono, stereo])
     assert first.error is None and second.error is None
     assert first.text == second.text
+
+
+def write_float(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE, subtype: str = "FLOAT") -> Path:
+    sf.write(path, samples, rate, subtype=subtype)
+    return path
+
+
+NON_FINITE = [  # (bad value, subtype, rate, channels)
+    (np.nan, "FLOAT", SAMPLE_RATE, 1), (np.inf, "FLOAT", SAMPLE_RATE, 1), (-np.inf, "FLOAT", SAMPLE_RATE, 1),
+    (np.nan, "DOUBLE", SAMPLE_RATE, 1), (np.nan, "FLOAT", 44_100, 1), (np.nan, "FLOAT", SAMPLE_RATE, 2),
+]
+
+
+@pytest.mark.parametrize(("value", "subtype", "rate", "channels"), NON_FINITE, ids=lambda v: str(v))
+def test_one_non_finite_sample_makes_a_bad_clip(value: float, subtype: str, rate: int, channels: int, tmp_path: Path) -> None:
+    samples = np.stack([tone(1.0, rate)] * channels, axis=1)
+    samples[rate // 2, 0] = value
+    path = write_float(tmp_path / "a.wav", samples, rate, subtype)
+    kind = "1 NaN, 0 infinite" if np.isnan(value) else "0 NaN, 1 infinite"
+    with pytest.raises(DataError) as e:
+        load_audio(path)
+    assert str(e.value).startswith(f"{path}: 1 of {rate:,} samples are not finite ({kind})")
+
+
+def test_a_non_finite_sample_counts_only_inside_the_segment_read(tmp_path: Path) -> None:
+    samples = tone(3.0, SAMPLE_RATE)
+    samples[int(1.2 * SAMPLE_RATE)] = np.nan
+    path = write_float(tmp_path / "a.wav", samples)
+    with pytest.raises(DataError, match="1 of 8,000 samples are not finite"):
+        load_audio(path, offset=1.0, duration=0.5)
+    assert np.isfinite(load_audio(path, offset=2.0, duration=0.5)).all()
+    assert np.isfinite(load_audio(path, offset=0.0, duration=1.0)).all()
+
+
+def test_loud_but_finite_audio_is_not_bad(tmp_path: Path) -> None:
+    loud = write_float(tmp_path / "loud.wav", tone(1.0, 44_100) * 3e4, 44_100)  # far past full scale, still usable
+    assert np.isfinite(load_audio(loud)).all() and np.abs(load_audio(loud)).max() > 1e3
+    flac = tmp_path / "full.flac"
+    sf.write(flac, np.sign(tone(1.0, SAMPLE_RATE)), SAMPLE_RATE, subtype="PCM_16")  # integer formats hold no NaN
+    assert np.isfinite(load_audio(flac)).all()
+
+
+def test_a_double_sample_beyond_float32_is_named_not_passed_on_as_inf(tmp_path: Path) -> None:
+    samples = tone(1.0, SAMPLE_RATE).astype(np.float64)
+    samples[100] = 1e300  # finite in the file, infinite as the float32 every model takes
+    path = write_float(tmp_path / "a.wav", samples, subtype="DOUBLE")
+    with pytest.raises(DataError, match=r"samples up to 1e\+300 overflow 32-bit float") as e:
+        load_audio(path)
+    assert str(e.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("offset", [2.0, 12.0])
+def test_an_offset_at_or_beyond_the_end_says_so(offset: float, tmp_path: Path) -> None:
+    path = write_float(tmp_path / "a.wav", tone(2.0, 22_050), 22_050)
+    with pytest.raises(DataError) as e:
+        load_audio(path, offset=offset, duration=1.0)
+    assert str(e.value) == f"{path}: offset {offset} s is beyond the end of the file (2.00 s)"
+
+
+@pytest.mark.parametrize(("offset", "duration", "message"), [
+    (-1.0, 1.0, "offset -1.0: expected seconds as a finite number >= 0"),
+    (float("nan"), 1.0, "offset nan: expected seconds as a finite number >= 0"),
+    ("abc", 1.0, "offset 'abc': expected seconds as a finite number >= 0"),
+    (0.5, 0.0, "duration 0.0: expected seconds as a finite positive number"),
+    (0.5, float("inf"), "duration inf: expected seconds as a finite positive number"),
+])
+def test_a_bad_segment_is_named(offset: object, duration: object, message: str, tmp_path: Path) -> None:
+    path = write_float(tmp_path / "a.wav", tone(2.0, SAMPLE_RATE))
+    with pytest.raises(DataError) as e:
+        load_audio(path, offset=offset, duration=duration)  # type: ignore[arg-type]
+    assert str(e.value) == f"{path}: {message}"

@@ -19,6 +19,7 @@ class Example:
     duration: float  # seconds actually read
     features: torch.Tensor  # (C, L)
     targets: list[int]  # transcript ids ending in the end token (empty at inference)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # one line per doubt about a clip that is used
 
 
 @dataclasses.dataclass
@@ -32,6 +33,7 @@ class Batch:
     targets: torch.Tensor  # (B, M), right-padded with 0
     target_lengths: torch.Tensor  # (B,)
     skipped: list[str] = dataclasses.field(default_factory=list)  # one line per unusable clip
+    warnings: list[str] = dataclasses.field(default_factory=list)  # one line per used clip that looks wrong
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -46,7 +48,8 @@ class Batch:
 
 
 def collate(items: list[Example | str]) -> Batch:
-    """Pad examples into a Batch; strings are reports of clips that could not be read."""
+    """Pad examples into a Batch; strings are reports of clips that could not be read; the
+    examples' warnings are gathered on Batch.warnings."""
     examples = [x for x in items if isinstance(x, Example)]
     skipped = [x for x in items if isinstance(x, str)]
     features = [x.features.T for x in examples]  # (L, C) each, for pad_sequence
@@ -62,4 +65,5 @@ def collate(items: list[Example | str]) -> Batch:
         targets=nn.utils.rnn.pad_sequence(targets, batch_first=True) if examples else empty.long(),
         target_lengths=torch.tensor([len(x.targets) for x in examples], dtype=torch.long),
         skipped=skipped,
+        warnings=[w for x in examples for w in x.warnings],
     )

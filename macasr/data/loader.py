@@ -2,7 +2,9 @@
 
 The sampler chooses batches from durations alone (no I/O) and gives each DDP rank its own
 share; the dataset does the reading and featurizing in worker processes. A clip that cannot be
-read is either reported and skipped or stops the run with its path (`[data] on_bad_clip`).
+read (or whose features are not finite) is either reported and skipped or stops the run with its
+path (`[data] on_bad_clip`). A clip that is read but whose length disagrees with the manifest's
+duration is used, with a line on `Example.warnings`.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from macasr.audio import SAMPLE_RATE, load_audio
+from macasr.audio import SAMPLE_RATE, audio_duration, load_audio
 from macasr.data.collate import Batch, Example, collate
 from macasr.data.manifest import Utterance
 from macasr.errors import DataError
 
 BUCKET_BATCHES = 50  # batches drawn together and sorted by length, so padding stays low
+DURATION_TOLERANCE = 0.10  # a clip decoded this much longer or shorter than its manifest duration is reported
 
 
 class SpeechDataset(Dataset):
@@ -43,18 +47,42 @@ class SpeechDataset(Dataset):
     def __getitem__(self, index: int) -> Example | str:
         u = self.utterances[index]
         try:
-            wave = load_audio(u.audio, u.offset, u.duration if u.offset else None)
+            wave, features = self._read(u)
         except DataError as e:
             if self.on_bad_clip == "error":
                 raise
             return str(e)
-        features = self.featurizer(wave)
         if self.augment is not None:
             features = self.augment(features)
+        seconds = len(wave) / SAMPLE_RATE
         return Example(
-            index=index, id=u.id, text=u.text, duration=len(wave) / SAMPLE_RATE,
+            index=index, id=u.id, text=u.text, duration=seconds,
             features=features, targets=self.tokenize(u.text) if self.tokenize else [],
+            warnings=[w for w in [duration_warning(u, seconds)] if w],
         )
+
+    def _read(self, u: Utterance) -> tuple[np.ndarray, torch.Tensor]:
+        """→ waveform (samples,), features (C, L); DataError naming the clip if either is unusable."""
+        wave = load_audio(u.audio, u.offset or 0.0, None if u.offset is None else u.duration)
+        features = self.featurizer(wave)
+        if not torch.isfinite(features).all():  # finite audio can still overflow (power spectrum)
+            raise DataError(f"{u.audio}: its features are not finite (samples peak at {float(np.abs(wave).max()):.3g}); "
+                            f"expected samples of about -1 to 1")
+        return wave, features
+
+
+def duration_warning(u: Utterance, decoded: float) -> str | None:
+    """A line when the seconds read (`decoded`) differ from the manifest's duration by more than
+    DURATION_TOLERANCE, else None. With an offset, `duration` is what to read, so only a file
+    that ends early can make them differ; that warning gives the file's length."""
+    if abs(decoded - u.duration) <= DURATION_TOLERANCE * u.duration:
+        return None
+    clip = f"{u.audio} (id {u.id})"
+    if u.offset is not None:
+        return (f"{clip}: offset {u.offset:g} s + duration {u.duration:g} s runs past the end of the file "
+                f"({audio_duration(u.audio):.2f} s); read {decoded:.2f} s")
+    return (f"{clip}: decoded {decoded:.2f} s but the manifest says duration {u.duration:g} s; "
+            f"batching and hours use the manifest's value")
 
 
 class DurationBatchSampler(Sampler[list[int]]):

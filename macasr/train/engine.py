@@ -84,8 +84,9 @@ class Trainer:
     # ------------------------------------------------------------------ data
 
     def _batches(self) -> Iterator[Batch]:
-        """Endless micro-batches, epoch after epoch; reports unreadable clips once each."""
+        """Endless micro-batches, epoch after epoch; reports unreadable clips and clip warnings once each."""
         sampler = self.loader.batch_sampler
+        warned: set[str] = set()
         while True:
             sampler.set_epoch(self.epoch, self.batches_in_epoch)
             for batch in self.loader:
@@ -94,6 +95,10 @@ class Trainer:
                     if line not in self.skipped:
                         self.skipped.append(line)
                         self.console.print(f"[yellow]skipped clip: {line}")
+                for line in batch.warnings:
+                    if line not in warned:
+                        warned.add(line)
+                        self.console.print(f"warning: {line}", style="yellow", markup=False)
                 if len(batch):
                     yield batch
             self.epoch += 1
