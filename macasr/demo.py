@@ -77,7 +77,7 @@ def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: in
     console.print(f"[bold]2/3[/] tiny Whisper and Qwen3 saved to {out / 'models'}; training:")
     cfg = demo_config(out, manifests, whisper, qwen, max_steps)
     t1 = time.perf_counter()
-    result = train(cfg, console)
+    result = train(cfg, console, overwrite=True)
     train_seconds = time.perf_counter() - t1
     restored = restore_model(result.run_dir / "best.pt", cfg.train.device)
     scores, _ = evaluate_sets(restored.model, restored.config, dict(restored.config.eval.datasets), restored.device, restored.precision)

@@ -14,12 +14,16 @@ from macasr.cli._common import console, handle_errors
 def train(
     config: Annotated[Path, typer.Argument(help="TOML config (see `macasr config init`).")],
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in a run folder that holds an earlier run (removes its config.toml, metrics.jsonl and .pt files).")] = False,
 ) -> None:
-    """Train a connector (and whatever else the config unfreezes); writes runs/<name>/."""
+    """Train a connector (and whatever else the config unfreezes); writes runs/<name>/.
+
+    A run folder that already holds a run is never overwritten unless --resume or --overwrite is given.
+    """
     from macasr import config as config_module
     from macasr.train.run import train as run_training
 
     cfg = config_module.load(config)
-    result = run_training(cfg, console, resume=resume)
+    result = run_training(cfg, console, resume=resume, overwrite=overwrite)
     best = "n/a" if result.best_wer is None else f"{100 * result.best_wer:.2f} % at step {result.best_step}"
     console.print(f"done: {result.steps} steps, best valid WER {best}; checkpoints in {result.run_dir}")

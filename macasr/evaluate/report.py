@@ -9,8 +9,6 @@ always has its complete JSONL beside it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from macasr.evaluate.wer import DatasetScore, overall
+from macasr.fileio import write_atomic
 
 _RESERVED_KEYS = ("normalizer", "datasets", "overall")
 
@@ -92,15 +91,8 @@ def report_dict(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers never see half a file; the file gets the usual umask-based mode (see macasr.fileio)."""
+    write_atomic(path, text)
 
 
 def _utterance_lines(scores: Iterable[DatasetScore]) -> str:

@@ -4,17 +4,17 @@ A checkpoint holds the trainable weights only (connector, plus the encoder or LL
 trained), the config as a plain dict, the step and metrics; `last.pt` adds optimizer,
 scheduler, RNG and sampler state for resuming. Frozen encoder and LLM weights are never
 copied: they are reloaded from their hub id or folder named in the config. Files are written to
-a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+a temporary name and renamed (macasr.fileio), so a crash never leaves a half-written checkpoint;
+a checkpoint with NaN or infinite weights is never written, nor loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import random
-import tempfile
-import zipfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 
 from macasr import __version__
 from macasr.errors import CheckpointError
+from macasr.fileio import atomic_open
 
 FORMAT = "macasr-checkpoint"
 VERSION = 1
@@ -53,48 +54,135 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def nonfinite_weight(state: dict[str, torch.Tensor]) -> str | None:
+    """Name of the first floating tensor holding NaN or ±inf, else None."""
+    return next((n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Atomically write `payload` (+ format tag and version) to `path`."""
+    """Atomically write `payload` (+ format tag and version) to `path`, with the umask's mode.
+
+    Raises CheckpointError, writing nothing, when a weight holds NaN or ±inf: such a file would
+    only turn every later transcript empty.
+    """
     path = Path(path)
+    bad = nonfinite_weight(payload.get("model", {}))
+    if bad is not None:
+        raise CheckpointError(f"{path}: not written: weight {bad} holds NaN or infinite values")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, "macasr_version": __version__, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        torch.save(data, f)
     return path
+
+
+def _first_sentence(text: str) -> str:
+    """The first line of `text`, cut after its first full sentence (never mid-sentence)."""
+    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
+    return re.split(r"(?<=[.!?])\s+", line, maxsplit=1)[0]
+
+
+def _refusal_reason(message: str) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to switch it off.
+
+    torch's message is paragraphs: "Weights only load failed. ... Re-running `torch.load` with
+    `weights_only` set to `False` will likely succeed ...", then the reason ("Trying to load
+    unsupported GLOBAL posix.system ...", "Unsupported operand 149"), then a docs link.
+    """
+    lines = [x.strip() for x in message.splitlines() if x.strip()]
+    useful = [x for x in lines if "weights_only" not in x and not x.startswith(("Weights only load failed", "Check the documentation"))]
+    return _first_sentence(useful[0]) if useful else "it holds objects other than tensors and plain data"
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """`torch.load(weights_only=True)`; every failure becomes a one-line CheckpointError."""
+    try:
+        # torch warns about the pickle protocol of files it then refuses anyway; the error below
+        # says all a user can act on, so its warnings would only bury it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupted ({_first_sentence(str(e))})") from None
+        raise CheckpointError(
+            f"{path}: refused by the safe loader: the file holds more than tensors and plain data "
+            f"({_refusal_reason(str(e))}); macasr never runs code from a checkpoint"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - arbitrary bytes make torch raise almost any type
+        # torch's RuntimeErrors are sentences; a bare KeyError '101' needs its type to mean anything.
+        sentence = _first_sentence(str(e))
+        reason = sentence if sentence and isinstance(e, RuntimeError) else f"{type(e).__name__}: {sentence}".rstrip(": ")
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupted ({reason})") from None
+
+
+def _check_path(path: Path) -> None:
+    """A missing path, a folder and an empty file each get their own message."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt"))
+        inside = f"it holds {', '.join(found)}" if found else "it holds no .pt file"
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file ({inside}); give the .pt file itself")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes); it was not written or copied completely")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a macasr checkpoint safely; CheckpointError names the file and what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable macasr checkpoint ({first[:200]})") from None
+    _check_path(path)
+    data = _torch_load(path, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a macasr checkpoint (no '{FORMAT}' tag)")
     if data.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: written by a newer macasr (format {data['version']}); upgrade macasr")
+    require(data, ("config", "model", "step"), path, "any use")
+    if not isinstance(data["model"], dict) or not all(isinstance(t, torch.Tensor) for t in data["model"].values()):
+        raise CheckpointError(f"{path}: its 'model' part is not a mapping of weight names to tensors")
     return data
 
 
-def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load trainable weights; every trainable parameter must be present, nothing extra."""
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+def require(data: dict[str, Any], parts: tuple[str, ...], path: str | Path, purpose: str, hint: str = "") -> None:
+    """CheckpointError naming every part of `parts` that `data` lacks (instead of a KeyError)."""
+    missing = [p for p in parts if p not in data]
+    if missing:
+        raise CheckpointError(f"{path}: lacks {', '.join(missing)}, needed for {purpose}{'; ' + hint if hint else ''}")
+
+
+def _shape(t: torch.Tensor | torch.Size) -> str:
+    return f"[{', '.join(map(str, t.shape if isinstance(t, torch.Tensor) else t))}]"
+
+
+def _by_part(names: list[str]) -> str:
+    """'12 under llm. (e.g. llm.model.layers.0.q_proj.weight)' for each top-level part."""
+    parts: dict[str, list[str]] = {}
+    for n in names:
+        parts.setdefault(n.split(".", 1)[0], []).append(n)
+    return "; ".join(f"{len(v)} under {k}. (e.g. {v[0]})" for k, v in parts.items())
+
+
+def load_trainable(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path, built_from: str = "its stored config",
+) -> None:
+    """Load trainable weights: the same names and shapes as the model's trainable parameters,
+    all finite. CheckpointError names the first weight that does not fit, and both shapes;
+    `built_from` says where the model's config came from."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, extra = [n for n in params if n not in state], [n for n in state if n not in params]
     if missing or extra:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-        raise CheckpointError(f"{source}: weights do not fit the model built from its config ({detail})")
+        detail = (f"it lacks weights the model trains: {_by_part(missing)}" if missing
+                  else f"it holds weights the model does not train: {_by_part(extra)}")
+        raise CheckpointError(f"{source}: weights were saved for a different set of trained parts ({detail})")
+    for name, param in params.items():
+        if state[name].shape != param.shape:
+            raise CheckpointError(
+                f"{source}: weight {name} has shape {_shape(state[name])} in the checkpoint but {_shape(param)} "
+                f"in the model built from {built_from}"
+            )
+    bad = nonfinite_weight(state)
+    if bad is not None:
+        raise CheckpointError(f"{source}: weight {bad} holds NaN or infinite values (written by a diverged run)")
     model.load_state_dict(state, strict=False)
 
 
@@ -124,6 +212,6 @@ def restore_model(path: str | Path, device: str = "auto", precision: str | None 
     dev = resolve_device(device)
     precision = resolve_precision(precision or cfg.train.precision, dev)
     model = build_model(cfg, dev, precision)
-    load_trainable(model, data["model"], path)
+    load_trainable(model, data["model"], path, "its stored config (has a model folder it names changed?)")
     model.eval()
     return Restored(model, cfg, dev, precision, data)

@@ -1,6 +1,8 @@
 """The training loop, read top to bottom: micro-batches → optimizer step → log → validate → save.
 
-Counting is in optimizer steps; `grad_accum` micro-batches make one step. Validation decodes the
+Counting is in optimizer steps; `grad_accum` micro-batches make one step. A step whose loss or
+gradient norm is not finite is not taken (weights, optimizer and scheduler untouched) and is
+reported with its clips; MAX_BAD_STEPS such steps in a row stop the run. Validation decodes the
 valid set greedily and scores WER; the best WER so far is kept as best.pt, and training stops
 after `patience` validations without improvement. last.pt holds everything needed to resume.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from macasr import config as config_module
 from macasr.config import Config
@@ -23,6 +26,7 @@ from macasr.data.augment import spec_augment
 from macasr.data.collate import Batch
 from macasr.data.loader import build_loader
 from macasr.data.manifest import Utterance
+from macasr.errors import CheckpointError, MacasrError
 from macasr.evaluate.run import evaluate_utterances
 from macasr.model.build import autocast
 from macasr.model.llm import TargetTokenizer
@@ -30,6 +34,12 @@ from macasr.model.speech_llm import SpeechLLM
 from macasr.train import checkpoint
 from macasr.train.schedule import build_scheduler
 from macasr.train.tracking import MetricsLog, start_wandb, training_progress
+
+# Optimizer steps in a row with a non-finite loss or gradient before the run stops. One such step
+# is usually one bad batch; several in a row mean the run has diverged (or the data is broken).
+MAX_BAD_STEPS = 5
+# Parts of last.pt that --resume reads, besides the weights.
+RESUME_PARTS = ("optimizer", "scheduler", "rng", "epoch", "batches_in_epoch", "bad_validations", "metrics")
 
 
 @dataclasses.dataclass
@@ -53,6 +63,22 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=torch.cuda.is_available() or None)
+
+
+def config_changes(stored: dict[str, Any], given: dict[str, Any], tables: tuple[str, ...] = ("model", "prompt")) -> list[str]:
+    """'model.connector.hidden_dim: 64 in the checkpoint, 128 given' for each differing key of `tables`."""
+    def flat(d: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}.{key}").items()}
+
+    def show(values: dict[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "unset"
+
+    old = {k: v for t in tables for k, v in flat(stored.get(t, {}) if isinstance(stored, dict) else {}, t).items()}
+    new = {k: v for t in tables for k, v in flat(given.get(t, {}), t).items()}
+    return [f"{k}: {show(old, k)} in the checkpoint, {show(new, k)} given"
+            for k in sorted(old.keys() | new.keys()) if k not in old or k not in new or old[k] != new[k]]
 
 
 class Trainer:
@@ -79,6 +105,9 @@ class Trainer:
         self.best_wer: float | None = None
         self.best_step: int | None = None
         self.bad_validations = 0
+        self.bad_steps = 0  # optimizer steps refused in a row (non-finite loss or gradient)
+        self.saved_step: int | None = None  # step of the newest last.pt, the checkpoint a stop keeps
+        self.metrics: MetricsLog | None = None
         self.skipped: list[str] = []
 
     # ------------------------------------------------------------------ data
@@ -107,18 +136,27 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> TrainResult:
-        t, log_every = self.cfg.train, self.cfg.logging.log_every
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_module.dump(self.cfg, self.run_dir / "config.toml")
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._wandb(), fresh=self.step == 0)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._wandb(), fresh=self.step == 0)
+        try:
+            stopped_early = self._loop(self.metrics)
+        finally:
+            self.metrics.close()
+        return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir)
+
+    def _loop(self, metrics: MetricsLog) -> bool:
+        """Optimizer steps until max_steps or early stopping; returns whether it stopped early."""
+        t, log_every = self.cfg.train, self.cfg.logging.log_every
         batches = self._batches()
         self.model.train()
-        stopped_early = False
         window: dict[str, Any] = {"loss": 0.0, "steps": 0, "audio_s": 0.0, "t0": time.perf_counter()}
         with training_progress(self.console) as progress:
             task = progress.add_task("train", total=t.max_steps, completed=self.step, stats="")
             while self.step < t.max_steps:
                 loss, audio_s = self._optimizer_step(batches)
+                if loss is None:  # refused: no step was taken
+                    continue
                 self.step += 1
                 window["loss"] += loss
                 window["steps"] += 1
@@ -131,33 +169,70 @@ class Trainer:
                     stopped_early = self._validate(metrics)
                     self._save("last.pt", with_state=True)
                     if stopped_early:
-                        break
+                        return True
                     window["t0"] = time.perf_counter()  # audio s/s measures training, not validation
-        metrics.close()
-        return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir)
+        return False
 
-    def _optimizer_step(self, batches: Iterator[Batch]) -> tuple[torch.Tensor, float]:
+    def _optimizer_step(self, batches: Iterator[Batch]) -> tuple[torch.Tensor | None, float]:
         """One optimizer step over grad_accum micro-batches → (mean loss, audio seconds seen).
 
-        The loss stays a device tensor (no per-step host sync); it is read only when logged.
+        The loss stays a device tensor, read only when logged. The loss is None when the step was
+        refused because its loss or gradient norm is not finite (see `_refuse_step`).
         """
         accum = self.cfg.train.grad_accum
-        total_loss, audio_s = torch.zeros((), device=self.device), 0.0
+        losses: list[torch.Tensor] = []
+        ids: list[list[str]] = []
+        audio_s = 0.0
         for _ in range(accum):
             batch = next(batches)
             with autocast(self.device, self.precision):
                 loss = self.model(batch.to(self.device))
             # Each micro-batch loss is a mean; dividing by accum makes the summed gradient their mean.
             (loss / accum).backward()
-            total_loss += loss.detach() / accum
+            losses.append(loss.detach().float())
+            ids.append(batch.ids)
             audio_s += sum(batch.durations)
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if self.cfg.train.grad_clip > 0:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        mean_loss = torch.stack(losses).mean()
+        # The one host sync per optimizer step: a step on a NaN/inf loss or gradient would turn
+        # every trained weight (and the AdamW moments) into NaN for good.
+        finite = bool(torch.isfinite(torch.stack([mean_loss, norm.float().to(mean_loss.device)])).all())
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._refuse_step(losses, ids)
+            return None, audio_s
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, audio_s
+        self.bad_steps = 0
+        return mean_loss, audio_s
+
+    def _refuse_step(self, losses: list[torch.Tensor], ids: list[list[str]]) -> None:
+        """Report a refused step in one line naming its clips; MacasrError after MAX_BAD_STEPS in a row.
+
+        Runs only on the rare bad path, so reading each micro-batch loss (more host syncs) is fine:
+        it narrows the clips down to the micro-batches whose loss was not finite.
+        """
+        self.bad_steps += 1
+        bad = [group for loss, group in zip(losses, ids) if not bool(torch.isfinite(loss))]
+        what = "loss" if bad else "gradient"
+        clips = [c for group in (bad or ids) for c in group]
+        shown = ", ".join(clips[:8]) + (f" (+{len(clips) - 8} more)" if len(clips) > 8 else "")
+        line = f"step {self.step + 1}: non-finite {what}, step not taken (weights unchanged); clips: {shown}"
+        if self.metrics is not None:
+            self.metrics.log(self.step + 1, refused_steps_in_a_row=self.bad_steps)
+        if self.bad_steps >= MAX_BAD_STEPS:
+            kept = (f"keeping {self.run_dir / 'last.pt'} (step {self.saved_step})" if self.saved_step is not None
+                    else "no checkpoint was written yet")
+            raise MacasrError(
+                f"{line}; stopped after {MAX_BAD_STEPS} such steps in a row, {kept}; "
+                "check these clips for NaN or infinite samples, or lower [train] lr"
+            )
+        self.console.print(f"[yellow]{escape(line)}")
 
     def _log_window(self, window: dict[str, Any], metrics: MetricsLog) -> str:
         elapsed = max(time.perf_counter() - window["t0"], 1e-9)
@@ -202,20 +277,41 @@ class Trainer:
                 bad_validations=self.bad_validations,
             )
         checkpoint.save_checkpoint(self.run_dir / name, payload)
+        if with_state:
+            self.saved_step = self.step
 
     def resume(self, path: Path) -> None:
-        """Continue from last.pt: weights, optimizer, scheduler, RNG, data position, best so far."""
+        """Continue from last.pt: weights, optimizer, scheduler, RNG, data position, best so far.
+
+        CheckpointError when last.pt lacks the training state (a best.pt holds weights only) or
+        its weights do not fit the model built from the given config (the message then lists
+        the [model]/[prompt] settings that differ from those stored in last.pt).
+        """
         data = checkpoint.load_checkpoint(path)
-        checkpoint.load_trainable(self.model, data["model"], path)
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.scheduler.load_state_dict(data["scheduler"])
-        checkpoint.set_rng_state(data["rng"])
+        checkpoint.require(data, RESUME_PARTS, path, "--resume", "it holds weights only, like a best.pt; "
+                           "resume from a last.pt, or start over with --overwrite")
+        changed = config_changes(data["config"], config_module.to_dict(self.cfg))
+        try:
+            checkpoint.load_trainable(self.model, data["model"], path, "the given config")
+        except CheckpointError as e:
+            if not changed:
+                raise
+            raise CheckpointError(f"{e}; the given config differs from the one stored in it: {'; '.join(changed[:4])}; "
+                                  "resume with the stored settings, or start over with --overwrite") from None
+        if changed:
+            self.console.print(f"[yellow]resuming with settings that differ from {escape(str(path))}: {escape('; '.join(changed))}")
+        try:
+            self.optimizer.load_state_dict(data["optimizer"])
+            self.scheduler.load_state_dict(data["scheduler"])
+            checkpoint.set_rng_state(data["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: its training state does not fit this run ({type(e).__name__}: {e})") from None
         self.step, self.epoch, self.batches_in_epoch = data["step"], data["epoch"], data["batches_in_epoch"]
-        self.best_wer, self.best_step = data["metrics"]["best_wer"], data["metrics"]["best_step"]
+        self.best_wer, self.best_step = data["metrics"].get("best_wer"), data["metrics"].get("best_step")
         self.bad_validations = data["bad_validations"]
+        self.saved_step = self.step
 
     def _wandb(self) -> Any:
         if not self.cfg.logging.wandb:
             return None
         return start_wandb(self.cfg.logging.wandb_project, self.cfg.train.name, config_module.to_dict(self.cfg), self.run_dir)
-

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.table import Table
 
 from macasr import config as config_module
 from macasr.config import Config
 from macasr.data.manifest import Utterance, load_manifests
-from macasr.errors import CheckpointError, ConfigError
+from macasr.errors import CheckpointError, ConfigError, MacasrError
 from macasr.model.build import build_model, parameter_counts, resolve_device, resolve_precision
 from macasr.model.speech_llm import SpeechLLM
 from macasr.train.engine import Trainer, TrainResult, seed_everything
@@ -38,13 +40,40 @@ def training_sets(cfg: Config) -> tuple[list[Utterance], list[Utterance]]:
     return train_set, load_manifests(cfg.data.valid) if cfg.data.valid else []
 
 
-def train(cfg: Config, console: Console | None = None, resume: bool = False) -> TrainResult:
-    """Train as configured; with `resume`, continue from the run folder's last.pt."""
+def run_files(run_dir: Path) -> list[Path]:
+    """What a run leaves in its folder (config.toml, metrics.jsonl, checkpoints); other files,
+    such as the demo's data/ and models/, are not part of it."""
+    if not run_dir.is_dir():
+        return []
+    named = [run_dir / n for n in ("config.toml", "metrics.jsonl") if (run_dir / n).is_file()]
+    return named + sorted(p for p in run_dir.glob("*.pt") if p.is_file())
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Refuse to start over an earlier run unless told to → the files `overwrite` will remove."""
+    if resume and overwrite:
+        raise MacasrError("--resume continues the run in the folder and --overwrite starts it over; give only one")
+    found = run_files(run_dir)
+    names = ", ".join(p.name for p in found)
+    if resume and not (run_dir / "last.pt").is_file():
+        advice = f" (the folder holds {names}); start over with --overwrite" if found else "; start the run without --resume"
+        raise CheckpointError(f"{run_dir / 'last.pt'}: nothing to resume from{advice}")
+    if found and not (resume or overwrite):
+        raise MacasrError(f"{run_dir} already holds a run ({names}); continue it with --resume, "
+                          f"or start over with --overwrite (removes {names})")
+    return found if overwrite else []
+
+
+def train(cfg: Config, console: Console | None = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train as configured into cfg.run_dir.
+
+    A run folder that holds an earlier run (config.toml, metrics.jsonl, *.pt) is refused with a
+    MacasrError unless `resume` (continue from its last.pt) or `overwrite` (remove those files,
+    once the new run's data and model have loaded, and start over).
+    """
     console = console or Console()
     cfg = config_module.resolve_paths(cfg)
-    last = cfg.run_dir / "last.pt"
-    if resume and not last.is_file():
-        raise CheckpointError(f"{last}: nothing to resume from")
+    stale = check_run_dir(cfg.run_dir, resume, overwrite)
     train_set, valid_set = training_sets(cfg)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
@@ -56,6 +85,11 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False) -> 
                   f"device {device}, precision {precision}; run folder {cfg.run_dir}")
     trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console)
     if resume:
+        last = cfg.run_dir / "last.pt"
         trainer.resume(last)
         console.print(f"resumed from {last} at step {trainer.step}")
+    if stale:
+        for path in stale:
+            path.unlink()
+        console.print(f"--overwrite: removed {', '.join(p.name for p in stale)} of the earlier run in {cfg.run_dir}")
     return trainer.fit()
