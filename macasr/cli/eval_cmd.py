@@ -36,7 +36,7 @@ def evaluate(
     ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint to score (default: best.pt of --config's run folder).", show_default=False)] = None,
     manifest: Annotated[list[Path] | None, typer.Option("--manifest", help="JSONL manifest to score (repeatable).", show_default=False)] = None,
     dataset: Annotated[list[str] | None, typer.Option("--dataset", help="A dataset named in [eval] datasets (repeatable).", show_default=False)] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Config whose [eval] settings and datasets to use (default: the checkpoint's).", show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config whose [eval] settings and datasets, and [data] on_bad_clip, to use (default: the checkpoint's).", show_default=False)] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here (+ .utterances.jsonl beside it).", show_default=False)] = None,
     normalizer: Annotated[str | None, typer.Option("--normalizer", help="whisper, english, basic or none (default: [eval] normalizer).", show_default=False)] = None,
     on_bad_clip: Annotated[str | None, typer.Option("--on-bad-clip", help="An unreadable clip: skip (and count it) or error (stop) (default: [data] on_bad_clip).", show_default=False)] = None,
@@ -55,13 +55,12 @@ def evaluate(
             raise fail("give --ckpt CHECKPOINT (or --config CONFIG to use its run folder's best.pt)")
         ckpt = user_cfg.run_dir / "best.pt"
     restored = restore_model(ckpt, device)
-    overrides = {"eval": (user_cfg or restored.config).eval}
+    base = user_cfg or restored.config
+    overrides = {"eval": base.eval, "data.on_bad_clip": on_bad_clip or base.data.on_bad_clip}
     if normalizer:
         overrides["eval.normalizer"] = normalizer
     if batch_size:
         overrides["eval.batch_size"] = batch_size
-    if on_bad_clip:
-        overrides["data.on_bad_clip"] = on_bad_clip
     # Re-validate so a bad --normalizer or --on-bad-clip is reported like a bad config key.
     cfg = config_module.from_dict(config_module.to_dict(config_module.replace(restored.config, **overrides)), "command line")
     sets = named_sets(cfg, [str(m) for m in manifest or []], dataset or [])
