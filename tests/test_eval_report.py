@@ -31,6 +31,13 @@ def _row(text: str, name: str) -> list[str]:
     raise AssertionError(f"no row {name!r} in:\n{text}")
 
 
+def _cells(text: str, name: str, *headers: str) -> list[str]:
+    """The cells under `headers` in the row of dataset `name`."""
+    columns = _row(text, "Dataset")
+    row = _row(text, name)
+    return [row[columns.index(h)] for h in headers]
+
+
 def _scores() -> list:
     good = score("good", ["g1", "g2"], ["Hmm... uh, um!", "the cat"], ["hello", "the cat"], [1.0, 2.0], "english",
                  skipped=["/data/g3.wav: no such audio file"], warnings=["/data/g2.wav: read 1.0 s, manifest says 2.0 s"])
@@ -40,21 +47,28 @@ def _scores() -> list:
 
 def test_table_counts_skipped_clips_and_empty_references_per_dataset_and_overall() -> None:
     text = _render(wer_table(_scores(), "english"))
-    assert _row(text, "Dataset")[1:4] == ["Utts", "Skipped", "Empty refs"]
+    assert _row(text, "Dataset")[1:4] == ["Utts", "Skip", "Empty"]
     assert _row(text, "good")[1:4] == ["2", "1", "1"]
     assert _row(text, "unreadable")[1:4] == ["0", "2", "0"]
     assert _row(text, "overall")[1:4] == ["2", "3", "1"]
-    assert "english" in text
+    assert "normalizer: english · skipped clips: 3 · empty references: 1" in text
+
+
+def test_table_shows_skip_and_empty_columns_only_when_there_is_something_to_count() -> None:
+    clean = score("clean", ["a"], ["the cat"], ["the cat"], [1.0], "english")
+    text = _render(wer_table([clean], "english"))
+    assert _row(text, "Dataset")[1:3] == ["Utts", "Hours"]  # fits 80 columns
+    assert "skipped clips: 0 · empty references: 0" in text
 
 
 def test_no_wer_is_shown_for_a_dataset_with_nothing_scored() -> None:
     good, unreadable = _scores()
     assert unreadable.problem and "2 clips skipped" in unreadable.problem
-    row = _row(_render(wer_table([good, unreadable], "english")), "unreadable")
-    assert row[5:7] == ["n/a", "n/a"]  # WER %, CER %: never 0.00 over 0 utterances
+    text = _render(wer_table([good, unreadable], "english"))
+    assert _cells(text, "unreadable", "WER %", "CER %") == ["n/a", "n/a"]  # never 0.00 over 0 utterances
     all_empty = score("fillers", ["f"], ["uh... um."], ["yes"], [1.0], "english")
     assert all_empty.problem and "empty after normalization" in all_empty.problem
-    assert _row(_render(wer_table([all_empty], "english")), "fillers")[5:7] == ["n/a", "n/a"]
+    assert _cells(_render(wer_table([all_empty], "english")), "fillers", "WER %", "CER %") == ["n/a", "n/a"]
     assert overall([unreadable]).problem  # pooling nothing gives nothing
 
 
@@ -80,7 +94,7 @@ def test_report_is_written_despite_non_finite_numbers(tmp_path: Path) -> None:
     assert rep["datasets"]["d"]["hours"] is None and rep["overall"]["hours"] is None
     assert rep["speed"] is None and rep["runs"] == [None, 1.0]
     assert rep["datasets"]["d"]["wer"] == 0.0
-    assert "n/a" in _row(_render(wer_table([nan_hours], "basic")), "d")[4]  # hours
+    assert _cells(_render(wer_table([nan_hours], "basic")), "d", "Hours", "WER %") == ["n/a", "0.00"]
 
 
 def test_report_is_written_despite_a_lone_surrogate_in_a_transcript(tmp_path: Path) -> None:

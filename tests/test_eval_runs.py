@@ -75,7 +75,8 @@ def test_unreadable_clips_are_counted_and_a_dataset_with_none_fails(ckpt: Path, 
     assert any("g2.wav" in line for line in errors)
     row = next(line for line in result.stdout.splitlines() if "gone" in line)
     cells = [c.strip() for c in row.strip("│ ").split("│")]
-    assert cells[:7] == ["gone", "0", "2", "0", "0.00", "n/a", "n/a"]  # 0 hours, but no 0.00 % WER
+    assert cells[:6] == ["gone", "0", "2", "0.00", "n/a", "n/a"]  # Utts, Skip, 0 hours, but no 0.00 % WER
+    assert "skipped clips: 3" in result.stdout
     rep = json.loads((tmp_path / "r.json").read_text())  # written before exiting 1
     assert rep["datasets"]["good"]["utterances"] == 1 and rep["datasets"]["good"]["skipped"] == 1
     assert any("g2.wav" in line for line in rep["datasets"]["good"]["skipped_clips"])

@@ -48,34 +48,38 @@ def _check_names(scores: Sequence[DatasetScore]) -> None:
         raise ValueError(f"dataset names must be unique, repeated: {', '.join(duplicates)}")
 
 
+def _cells(s: DatasetScore, skip: bool, empty: bool) -> list[str | Text]:
+    """One table row; the Skip and Empty cells only when those columns are shown."""
+    c = s.counts
+    counts = [str(len(s.skipped))] * skip + [str(s.empty_references)] * empty
+    return [
+        Text(s.name),  # Text, not a str: a name like "[dev]" must not be read as markup
+        str(s.utterances), *counts, _hours(s.hours), _rate(s, s.wer), _rate(s, s.cer),
+        str(c.substitutions), str(c.deletions), str(c.insertions),
+    ]
+
+
 def wer_table(scores: Sequence[DatasetScore], normalizer: str, title: str = "WER") -> Table:
     """One row per dataset, plus a pooled "overall" row when there are several.
 
-    "Utts" are the scored utterances, "Skipped" the clips that could not be read, "Empty refs"
-    the references empty after normalization (their hypothesis words are counted in "Ins").
+    "Utts" counts the scored utterances. The caption always gives the total of clips skipped as
+    unreadable and of references empty after normalization (their hypothesis words count as
+    insertions); a "Skip" or "Empty" column gives them per dataset when any is non-zero (always
+    shown, they would push the table past 80 columns).
     """
-    table = Table(title=title, caption=Text(f"normalizer: {normalizer}"))
-    table.add_column("Dataset")
-    for header in ("Utts", "Skipped", "Empty refs", "Hours", "WER %", "CER %", "Sub", "Del", "Ins"):
-        table.add_column(header, justify="right")
     rows = list(scores)
     if len(rows) > 1:
         rows.append(overall(rows))
+    total = overall(scores)
+    skip, empty = bool(total.skipped), bool(total.empty_references)
+    caption = f"normalizer: {normalizer} · skipped clips: {len(total.skipped)} · empty references: {total.empty_references}"
+    table = Table(title=title, caption=Text(caption))
+    table.add_column("Dataset", overflow="fold")  # a long name wraps rather than losing its end
+    headers = ["Utts", *["Skip"] * skip, *["Empty"] * empty, "Hours", "WER %", "CER %", "Sub", "Del", "Ins"]
+    for header in headers:
+        table.add_column(header, justify="right")
     for index, s in enumerate(rows):
-        c = s.counts
-        table.add_row(
-            Text(s.name),  # Text, not a str: a name like "[dev]" must not be read as markup
-            str(s.utterances),
-            str(len(s.skipped)),
-            str(s.empty_references),
-            _hours(s.hours),
-            _rate(s, s.wer),
-            _rate(s, s.cer),
-            str(c.substitutions),
-            str(c.deletions),
-            str(c.insertions),
-            end_section=len(rows) > 1 and index == len(rows) - 2,
-        )
+        table.add_row(*_cells(s, skip, empty), end_section=len(rows) > 1 and index == len(rows) - 2)
     return table
 
 
