@@ -182,3 +182,13 @@ def test_a_perfect_hypothesis_of_a_punctuated_reference_scores_zero_with_english
     assert score("d", ["a", "b", "c"], refs, hyps, [1.0] * 3, "english").counts.word_errors == 0
     # The reason it exists: whisper counts a deletion and splits the typographic contraction.
     assert score("d", ["a", "b", "c"], refs, hyps, [1.0] * 3, "whisper").counts.word_errors > 0
+
+
+def test_the_config_offers_every_normalizer() -> None:
+    import dataclasses
+    import typing
+
+    from macasr.config import EvalConfig
+
+    field = next(f for f in dataclasses.fields(EvalConfig) if f.name == "normalizer")
+    assert typing.get_args(typing.get_type_hints(EvalConfig)[field.name]) == NORMALIZERS

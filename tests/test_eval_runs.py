@@ -45,9 +45,11 @@ def _eval(ckpt: Path, *args: str | Path):
 def test_manifests_with_the_same_file_name_are_two_datasets(ckpt: Path, tmp_path: Path) -> None:
     a = _manifest(tmp_path / "a" / "test.jsonl", {"x.wav": True})
     b = _manifest(tmp_path / "b" / "test.jsonl", {"y.wav": True, "z.wav": True})
-    result = _eval(ckpt, "--manifest", a, "--manifest", b, "--report", tmp_path / "r.json")
+    result = _eval(ckpt, "--manifest", a, "--manifest", b, "--report", tmp_path / "r.json", "--normalizer", "english")
     assert result.exit_code == 0, result.output
-    datasets = json.loads((tmp_path / "r.json").read_text())["datasets"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["normalizer"] == "english" and "normalizer: english" in result.stdout
+    datasets = report["datasets"]
     assert {name: d["utterances"] for name, d in datasets.items()} == {"a/test": 1, "b/test": 2}
     assert "a/test" in result.stdout and "b/test" in result.stdout
 
