@@ -64,8 +64,8 @@ def wer_table(scores: Sequence[DatasetScore], normalizer: str, title: str = "WER
 
     "Utts" counts the scored utterances. The caption always gives the total of clips skipped as
     unreadable and of references empty after normalization (their hypothesis words count as
-    insertions); a "Skip" or "Empty" column gives them per dataset when any is non-zero (always
-    shown, they would push the table past 80 columns).
+    insertions); a "Skip" or "Empty" column gives them per dataset when any is non-zero (shown
+    always, they would push the table past 80 columns).
     """
     rows = list(scores)
     if len(rows) > 1:

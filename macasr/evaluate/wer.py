@@ -103,10 +103,14 @@ class DatasetScore:
     def problem(self) -> str | None:
         """Why this dataset has no WER (one line), or None when it has one."""
         if self.utterances == 0:
-            return f"no utterance could be scored ({len(self.skipped)} clips skipped as unreadable)"
+            return f"no utterance could be scored ({_plural(len(self.skipped), 'clip')} skipped as unreadable)"
         if self.counts.ref_words == 0:
-            return f"all {self.utterances} references are empty after normalization"
+            return f"every reference is empty after normalization ({_plural(self.utterances, 'utterance')})"
         return None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _collapse(text: str) -> str:
