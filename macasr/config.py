@@ -126,7 +126,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    normalizer: Literal["whisper", "basic", "none"] = option("whisper", "Text normalization before WER: whisper (English), basic, none.")
+    normalizer: Literal["whisper", "english", "basic", "none"] = option("whisper", "Text normalization before WER: whisper (as published), english (whisper without its punctuation quirks), basic, none.")
     batch_size: int = option(16, "Utterances decoded together.")
     max_tokens_per_second: float = option(15.0, "Cap on new tokens per second of audio, so a looping decode stops.")
     max_tokens_base: int = option(16, "Tokens allowed on top of the per-second cap.")

@@ -144,7 +144,7 @@ def test_none_normalizer_keeps_case_and_punctuation() -> None:
 
 
 def test_unknown_normalizer_raises() -> None:
-    with pytest.raises(ValueError, match="whisper, basic, none"):
+    with pytest.raises(ValueError, match="whisper, english, basic, none"):
         get_normalizer("fancy")
 
 
@@ -169,13 +169,16 @@ def test_report_dict() -> None:
         "wer",
         "cer",
         "utterances",
+        "skipped",
+        "empty_references",
         "hours",
         "substitutions",
         "deletions",
         "insertions",
         "ref_words",
     }
-    assert set(rep["overall"]) == keys == set(rep["datasets"]["other"])
+    assert set(rep["overall"]) == keys
+    assert set(rep["datasets"]["other"]) == keys | {"skipped_clips", "warnings"}
 
 
 def test_report_dict_rejects_bad_input() -> None:

@@ -1,4 +1,8 @@
-"""`macasr eval --ckpt best.pt --manifest test.jsonl [--dataset NAME] [--report out.json]`."""
+"""`macasr eval --ckpt best.pt --manifest test.jsonl [--dataset NAME] [--report out.json]`.
+
+Exit status 1 when any dataset has no WER (no clip could be read, or every reference is empty
+after normalization), after the table and the report are written.
+"""
 
 from __future__ import annotations
 
@@ -32,15 +36,16 @@ def evaluate(
     ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint to score (default: best.pt of --config's run folder).", show_default=False)] = None,
     manifest: Annotated[list[Path] | None, typer.Option("--manifest", help="JSONL manifest to score (repeatable).", show_default=False)] = None,
     dataset: Annotated[list[str] | None, typer.Option("--dataset", help="A dataset named in [eval] datasets (repeatable).", show_default=False)] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Config whose [eval] settings and datasets to use (default: the checkpoint's).", show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config whose [eval] settings and datasets, and [data] on_bad_clip, to use (default: the checkpoint's).", show_default=False)] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here (+ .utterances.jsonl beside it).", show_default=False)] = None,
-    normalizer: Annotated[str | None, typer.Option("--normalizer", help="whisper, basic or none (default: [eval] normalizer).", show_default=False)] = None,
+    normalizer: Annotated[str | None, typer.Option("--normalizer", help="whisper, english, basic or none (default: [eval] normalizer).", show_default=False)] = None,
+    on_bad_clip: Annotated[str | None, typer.Option("--on-bad-clip", help="An unreadable clip: skip (and count it) or error (stop) (default: [data] on_bad_clip).", show_default=False)] = None,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Decode test sets and print a WER table per dataset and overall."""
     from macasr import config as config_module
-    from macasr.evaluate.report import wer_table, write_report
+    from macasr.evaluate.report import check_report_path, wer_table, write_report
     from macasr.evaluate.run import evaluate_sets, named_sets
     from macasr.train.checkpoint import restore_model
 
@@ -50,19 +55,28 @@ def evaluate(
             raise fail("give --ckpt CHECKPOINT (or --config CONFIG to use its run folder's best.pt)")
         ckpt = user_cfg.run_dir / "best.pt"
     restored = restore_model(ckpt, device)
-    overrides = {"eval": (user_cfg or restored.config).eval}
+    base = user_cfg or restored.config
+    overrides = {"eval": base.eval, "data.on_bad_clip": on_bad_clip or base.data.on_bad_clip}
     if normalizer:
         overrides["eval.normalizer"] = normalizer
     if batch_size:
         overrides["eval.batch_size"] = batch_size
-    # Re-validate so a bad --normalizer is reported like a bad config key.
+    # Re-validate so a bad --normalizer or --on-bad-clip is reported like a bad config key.
     cfg = config_module.from_dict(config_module.to_dict(config_module.replace(restored.config, **overrides)), "command line")
     sets = named_sets(cfg, [str(m) for m in manifest or []], dataset or [])
+    if report:
+        check_report_path(report, inputs=[Path(p) for p in sets.values()])  # before, not after, decoding
     with dataset_progress() as progress:
-        scores, skipped = evaluate_sets(restored.model, cfg, sets, restored.device, restored.precision, progress)
-    for line in skipped:
-        err_console.print(f"[yellow]skipped:[/] {escape(line)}")
+        scores, _ = evaluate_sets(restored.model, cfg, sets, restored.device, restored.precision, progress)
+    for s in scores:
+        for line in s.skipped:
+            err_console.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)
+        for line in s.warnings:
+            err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     console.print(wer_table(scores, cfg.eval.normalizer, title=f"WER of {ckpt}"))
     if report:
         json_path, jsonl_path = write_report(report, scores, cfg.eval.normalizer, extra={"checkpoint": str(ckpt)})
         console.print(f"report: {json_path} (per utterance: {jsonl_path})")
+    problems = [f"{s.name}: {s.problem}" for s in scores if s.problem]
+    if problems:
+        raise fail("\n".join(problems))

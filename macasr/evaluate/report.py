@@ -4,11 +4,18 @@ The JSON report holds the aggregate numbers (rates as fractions, plus the raw co
 from, so that reports can be pooled later); the JSONL next to it holds every utterance, for
 error analysis. Both are written atomically, the JSONL first, so that a JSON report on disk
 always has its complete JSONL beside it.
+
+A report must never be lost after hours of decoding: `check_report_path` is meant to run before
+decoding starts, and writing never fails on a value that JSON cannot hold (a non-finite number
+becomes null, a lone surrogate in a transcript is written as its JSON escape).
+A dataset without a WER (see `DatasetScore.problem`) shows "n/a" in tables and null in JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,14 +23,21 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from macasr.errors import MacasrError
 from macasr.evaluate.wer import DatasetScore, overall
 from macasr.fileio import write_atomic
 
 _RESERVED_KEYS = ("normalizer", "datasets", "overall")
+MISSING = "n/a"  # shown for a rate that does not exist (no utterance, no reference word)
 
 
-def _pct(rate: float) -> str:
-    return f"{100.0 * rate:.2f}"
+def _rate(s: DatasetScore, rate: float) -> str:
+    """A percentage, or n/a when the dataset has no WER (never 0.00 % over nothing)."""
+    return MISSING if s.problem else f"{100.0 * rate:.2f}"
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.2f}" if math.isfinite(hours) else MISSING
 
 
 def _check_names(scores: Sequence[DatasetScore]) -> None:
@@ -34,37 +48,50 @@ def _check_names(scores: Sequence[DatasetScore]) -> None:
         raise ValueError(f"dataset names must be unique, repeated: {', '.join(duplicates)}")
 
 
+def _cells(s: DatasetScore, skip: bool, empty: bool) -> list[str | Text]:
+    """One table row; the Skip and Empty cells only when those columns are shown."""
+    c = s.counts
+    counts = [str(len(s.skipped))] * skip + [str(s.empty_references)] * empty
+    return [
+        Text(s.name),  # Text, not a str: a name like "[dev]" must not be read as markup
+        str(s.utterances), *counts, _hours(s.hours), _rate(s, s.wer), _rate(s, s.cer),
+        str(c.substitutions), str(c.deletions), str(c.insertions),
+    ]
+
+
 def wer_table(scores: Sequence[DatasetScore], normalizer: str, title: str = "WER") -> Table:
-    """One row per dataset, plus a pooled "overall" row when there are several."""
-    table = Table(title=title, caption=f"normalizer: {normalizer}")
-    table.add_column("Dataset")
-    for header in ("Utts", "Hours", "WER %", "CER %", "Sub", "Del", "Ins"):
-        table.add_column(header, justify="right")
+    """One row per dataset, plus a pooled "overall" row when there are several.
+
+    "Utts" counts the scored utterances. The caption always gives the total of clips skipped as
+    unreadable and of references empty after normalization (their hypothesis words count as
+    insertions); a "Skip" or "Empty" column gives them per dataset when any is non-zero (shown
+    always, they would push the table past 80 columns).
+    """
     rows = list(scores)
     if len(rows) > 1:
         rows.append(overall(rows))
+    total = overall(scores)
+    skip, empty = bool(total.skipped), bool(total.empty_references)
+    caption = f"normalizer: {normalizer} · skipped clips: {len(total.skipped)} · empty references: {total.empty_references}"
+    table = Table(title=title, caption=Text(caption))
+    table.add_column("Dataset", overflow="fold")  # a long name wraps rather than losing its end
+    headers = ["Utts", *["Skip"] * skip, *["Empty"] * empty, "Hours", "WER %", "CER %", "Sub", "Del", "Ins"]
+    for header in headers:
+        table.add_column(header, justify="right")
     for index, s in enumerate(rows):
-        c = s.counts
-        table.add_row(
-            Text(s.name),  # Text, not a str: a name like "[dev]" must not be read as markup
-            str(s.utterances),
-            f"{s.hours:.2f}",
-            _pct(s.wer),
-            _pct(s.cer),
-            str(c.substitutions),
-            str(c.deletions),
-            str(c.insertions),
-            end_section=len(rows) > 1 and index == len(rows) - 2,
-        )
+        table.add_row(*_cells(s, skip, empty), end_section=len(rows) > 1 and index == len(rows) - 2)
     return table
 
 
 def _summary(s: DatasetScore) -> dict[str, Any]:
+    """Rates are null when the dataset has no WER; `skipped` counts clips that were not scored."""
     c = s.counts
     return {
-        "wer": s.wer,
-        "cer": s.cer,
+        "wer": None if s.problem else s.wer,
+        "cer": None if s.problem else s.cer,
         "utterances": s.utterances,
+        "skipped": len(s.skipped),
+        "empty_references": s.empty_references,
         "hours": s.hours,
         "substitutions": c.substitutions,
         "deletions": c.deletions,
@@ -82,12 +109,38 @@ def report_dict(
     clashes = [k for k in _RESERVED_KEYS if k in extra]
     if clashes:
         raise ValueError(f"extra report keys clash with reserved keys: {', '.join(clashes)}")
-    return {
-        "normalizer": normalizer,
-        "datasets": {s.name: _summary(s) for s in scores},
-        "overall": _summary(overall(scores)),
-        **extra,
-    }
+    return _finite(
+        {
+            "normalizer": normalizer,
+            "datasets": {s.name: _dataset_entry(s) for s in scores},
+            "overall": _summary(overall(scores)),
+            **extra,
+        }
+    )
+
+
+def _dataset_entry(s: DatasetScore) -> dict[str, Any]:
+    """A dataset's summary plus the lines of its skipped and suspicious clips."""
+    return {**_summary(s), "skipped_clips": list(s.skipped), "warnings": list(s.warnings)}
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None: JSON has no such numbers, and a
+    report that fails to serialize after decoding loses all of the decoding."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_text(value: Any, **kwargs: Any) -> str:
+    """JSON text that UTF-8 can always encode: a lone surrogate (valid in a JSON manifest, so
+    possible in a transcript) becomes its JSON escape, which reads back as the same string."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, **kwargs)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -97,7 +150,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _utterance_lines(scores: Iterable[DatasetScore]) -> str:
     lines = [
-        json.dumps(
+        _json_text(
             {
                 "dataset": s.name,
                 "id": u.id,
@@ -106,8 +159,7 @@ def _utterance_lines(scores: Iterable[DatasetScore]) -> str:
                 "ref_norm": u.ref_norm,
                 "hyp_norm": u.hyp_norm,
                 "errors": u.errors,
-            },
-            ensure_ascii=False,
+            }
         )
         for s in scores
         for u in s.per_utterance
@@ -120,6 +172,30 @@ def utterances_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.utterances.jsonl")
 
 
+def check_report_path(path: Path, inputs: Iterable[Path] = ()) -> Path:
+    """Refuse a report path that cannot be written, before any decoding is spent on it.
+
+    Checks the report and its .utterances.jsonl: neither may be a folder or one of `inputs`
+    (the manifests being scored), and the nearest existing folder above them must be writable
+    (missing folders are created only when the report is written). Raises MacasrError.
+    """
+    path = Path(path)
+    inputs = {Path(p).resolve() for p in inputs}
+    for target in (path, utterances_path(path)):
+        if target.is_dir():
+            raise MacasrError(f"report {path}: {target} is a folder; give a file name such as {path / 'eval.json'}")
+        if target.resolve() in inputs:
+            raise MacasrError(f"report {path}: {target} is a manifest being scored and would be overwritten")
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise MacasrError(f"report {path}: {folder} is not a folder, so the report cannot be written under it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MacasrError(f"report {path}: cannot write in {folder} (permission denied)")
+    return path
+
+
 def write_report(
     path: Path,
     scores: Sequence[DatasetScore],
@@ -129,9 +205,7 @@ def write_report(
     """Write the JSON report and its per-utterance JSONL; returns (json_path, jsonl_path)."""
     path = Path(path)
     # Serialize before touching the disk, so an unserializable `extra` leaves nothing behind.
-    report = json.dumps(
-        report_dict(scores, normalizer, extra), indent=2, ensure_ascii=False, allow_nan=False
-    )
+    report = _json_text(report_dict(scores, normalizer, extra), indent=2)
     utterances = _utterance_lines(scores)
     jsonl_path = utterances_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

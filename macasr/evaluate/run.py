@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 
 import torch
 
 from macasr.config import Config
 from macasr.data.collate import Batch
 from macasr.data.loader import build_loader
-from macasr.data.manifest import Utterance
+from macasr.data.manifest import Utterance, load_manifest
+from macasr.errors import ConfigError
 from macasr.evaluate.wer import DatasetScore, score
 from macasr.infer.decode import decode_loader
 from macasr.model.decoding import DecodingOptions
@@ -28,35 +30,66 @@ def evaluate_utterances(
     model: SpeechLLM, utterances: Sequence[Utterance], name: str, cfg: Config, device: torch.device, precision: str,
     num_workers: int = 0, on_batch: Callable[[Batch], None] | None = None,
 ) -> tuple[DatasetScore, list[str]]:
-    """→ (the dataset's score, lines for clips that could not be read and were left out)."""
+    """→ (the dataset's score, lines for clips that could not be read and were left out).
+
+    The score also carries those lines (`skipped`) and the lines of clips that were read but look
+    wrong (`warnings`); `[data] on_bad_clip = "error"` stops at the first unreadable clip instead.
+    """
     loader = build_loader(
         utterances, model.encoder.featurizer, batch_size=cfg.eval.batch_size, shuffle=False,
         num_workers=num_workers, on_bad_clip=cfg.data.on_bad_clip,
     )
-    hyps, skipped = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch)
-    kept = [i for i in range(len(utterances)) if i in hyps]
+    decoded = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch)
+    kept = [i for i in range(len(utterances)) if i in decoded.hypotheses]
     result = score(
-        name, [utterances[i].id for i in kept], [utterances[i].text for i in kept], [hyps[i] for i in kept],
-        [utterances[i].duration for i in kept], cfg.eval.normalizer,
+        name, [utterances[i].id for i in kept], [utterances[i].text for i in kept],
+        [decoded.hypotheses[i] for i in kept], [utterances[i].duration for i in kept], cfg.eval.normalizer,
+        skipped=decoded.skipped, warnings=decoded.warnings,
     )
-    return result, skipped
+    return result, decoded.skipped
+
+
+def _name_candidates(path: Path) -> list[str]:
+    """Ever longer names for a manifest: its stem, then with its folders ("b/test", "a/b/test"),
+    then the full path with extension (which only the same file shares)."""
+    parts = path.resolve().with_suffix("").parts
+    return ["/".join(parts[-k:]) for k in range(1, len(parts))] + [str(path.resolve())]
+
+
+def _distinct_names(paths: Sequence[Path], taken: Collection[str]) -> list[str]:
+    """The shortest names that tell `paths` apart and clash with none of `taken`:
+    a/test.jsonl and b/test.jsonl become "a/test" and "b/test"; a lone test.jsonl stays "test"."""
+    candidates = [_name_candidates(p) for p in paths]
+    depth = [0] * len(paths)
+    while True:
+        names = [c[d] for c, d in zip(candidates, depth, strict=True)]
+        clashing = [i for i, n in enumerate(names) if n in taken or names.count(n) > 1]
+        if not clashing:
+            return names
+        longer = [i for i in clashing if depth[i] + 1 < len(candidates[i])]
+        if not longer:
+            i = clashing[0]
+            raise ConfigError(f"--manifest {paths[i]}: its name `{names[i]}` is already a dataset name; rename one of them")
+        for i in longer:
+            depth[i] += 1
 
 
 def named_sets(cfg: Config, manifests: Sequence[str], datasets: Sequence[str]) -> dict[str, str]:
-    """Which manifests to score: --manifest files by their stem, --dataset names looked up in
-    `[eval] datasets`; with neither, every dataset the config names."""
-    from pathlib import Path
-
-    from macasr.errors import ConfigError
-
+    """Which manifests to score, by dataset name: --dataset names looked up in `[eval] datasets`,
+    then --manifest files named by their stem (with folders added until every name is distinct);
+    with neither, every dataset the config names. The same file given twice is scored once."""
     chosen: dict[str, str] = {}
     for name in datasets:
         if name not in cfg.eval.datasets:
             known = ", ".join(cfg.eval.datasets) or "none"
             raise ConfigError(f"[eval] datasets: no dataset named `{name}` (the config names: {known})")
         chosen[name] = cfg.eval.datasets[name]
-    for path in manifests:
-        chosen[Path(path).stem] = str(path)
+    unique: dict[Path, Path] = {}
+    for path in map(Path, manifests):
+        unique.setdefault(path.resolve(), path)
+    paths = list(unique.values())
+    for name, path in zip(_distinct_names(paths, set(chosen)), paths, strict=True):
+        chosen[name] = str(path)
     if not chosen:
         chosen = dict(cfg.eval.datasets)
     if not chosen:
@@ -70,13 +103,12 @@ def evaluate_sets(
 ) -> tuple[list[DatasetScore], list[str]]:
     """Score each named manifest → (scores in order, lines for clips left out).
 
+    Every manifest is read before any decoding, so a bad line in the last one costs nothing.
     `progress(name, n_utterances)` may return a per-batch callback (for a progress bar).
     """
-    from macasr.data.manifest import load_manifest
-
+    loaded = {name: load_manifest(path) for name, path in sets.items()}
     scores, skipped = [], []
-    for name, path in sets.items():
-        utterances = load_manifest(path)
+    for name, utterances in loaded.items():
         on_batch = progress(name, len(utterances)) if progress else None
         result, left_out = evaluate_utterances(model, utterances, name, cfg, device, precision, on_batch=on_batch)
         scores.append(result)

@@ -8,7 +8,12 @@ Alignment is jiwer's (Levenshtein via rapidfuzz). Pairs where either side is emp
 here instead, because some jiwer versions refuse empty references and the answer is trivial:
 an empty reference against a k-word hypothesis is k insertions, a k-word reference against an
 empty hypothesis is k deletions. Characters are counted the jiwer way: after whitespace is
-collapsed, the single space between two words is a character too.
+collapsed, the single space between two words is a character too. Every normalizer is treated
+alike here: a reference that is empty after normalization is counted in `empty_references`.
+
+A dataset can have no WER at all: when none of its clips could be read (0 utterances) or when
+every reference is empty after normalization (0 reference words). `DatasetScore.problem` then
+says which, and reports show the rate as missing rather than as 0.00 % or a made-up number.
 """
 
 from __future__ import annotations
@@ -70,21 +75,42 @@ class UtteranceResult:
 
 @dataclass(frozen=True)
 class DatasetScore:
-    """Scores of one dataset (or of several pooled, see `overall`)."""
+    """Scores of one dataset (or of several pooled, see `overall`).
+
+    `utterances` counts the scored ones; `skipped` holds one line per clip that could not be
+    read (not scored), `warnings` one line per clip that was read but looks wrong.
+    """
 
     name: str
     utterances: int
     hours: float
     counts: ErrorCounts
     per_utterance: tuple[UtteranceResult, ...] = ()
+    empty_references: int = 0
+    skipped: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def wer(self) -> float:
+        """WER as a fraction; meaningless when `problem` is set (check it before showing this)."""
         return self.counts.wer
 
     @property
     def cer(self) -> float:
         return self.counts.cer
+
+    @property
+    def problem(self) -> str | None:
+        """Why this dataset has no WER (one line), or None when it has one."""
+        if self.utterances == 0:
+            return f"no utterance could be scored ({_plural(len(self.skipped), 'clip')} skipped as unreadable)"
+        if self.counts.ref_words == 0:
+            return f"every reference is empty after normalization ({_plural(self.utterances, 'utterance')})"
+        return None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _collapse(text: str) -> str:
@@ -165,8 +191,13 @@ def score(
     hyps: Sequence[str],
     durations: Sequence[float],
     normalizer: str,
+    skipped: Sequence[str] = (),
+    warnings: Sequence[str] = (),
 ) -> DatasetScore:
-    """Normalize with `normalizer`, then score one dataset; `durations` are in seconds."""
+    """Normalize with `normalizer`, then score one dataset; `durations` are in seconds.
+
+    `skipped` and `warnings` (one line per clip) are kept on the result for tables and reports.
+    """
     _check_lengths(ids=ids, refs=refs, hyps=hyps, durations=durations)
     normalize = get_normalizer(normalizer)
     ref_norm = [normalize(r) for r in refs]
@@ -177,7 +208,8 @@ def score(
         for i, r, h, rn, hn, e in zip(ids, refs, hyps, ref_norm, hyp_norm, errors, strict=True)
     )
     hours = float(sum(durations)) / 3600.0
-    return DatasetScore(name, len(ids), hours, counts, per_utterance)
+    empty = sum(1 for r in ref_norm if not r)
+    return DatasetScore(name, len(ids), hours, counts, per_utterance, empty, tuple(skipped), tuple(warnings))
 
 
 def overall(scores: Sequence[DatasetScore]) -> DatasetScore:
@@ -190,4 +222,7 @@ def overall(scores: Sequence[DatasetScore]) -> DatasetScore:
         utterances=sum(s.utterances for s in scores),
         hours=sum(s.hours for s in scores),
         counts=counts,
+        empty_references=sum(s.empty_references for s in scores),
+        skipped=tuple(line for s in scores for line in s.skipped),
+        warnings=tuple(line for s in scores for line in s.warnings),
     )

@@ -65,7 +65,8 @@ class Transcriber:
         if utterances:
             loader = build_loader(utterances, self.model.encoder.featurizer, shuffle=False, on_bad_clip="skip",
                                   batch_size=batch_size or self.cfg.eval.batch_size)
-            hyps, skipped = decode_loader(self.model, loader, decoding_options(self.cfg), self.device, self.precision)
+            decoded = decode_loader(self.model, loader, decoding_options(self.cfg), self.device, self.precision)
+            hyps, skipped = decoded.hypotheses, decoded.skipped
         for j, i in enumerate(owners):
             if j not in hyps:
                 path = utterances[j].audio
