@@ -3,7 +3,9 @@
 Config flows one way: TOML → `load` → frozen dataclasses → builders. Every field carries a help
 text (`option(default, help)`) that becomes the comment above it in `config init` output and in
 docs/config.md. Validation gathers *every* problem (unknown keys with a did-you-mean, wrong
-types, cross-field rules) into one `ConfigError`, one line each, with the file and line.
+types, value and cross-field rules, keys set twice) into one `ConfigError`, one line each, with
+the file and line, in file order. `check` (for `macasr config check`) also reports the files a
+config names that do not exist; `load` does not, as each command needs only some of them.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class DataConfig:
 
 # Device names macasr knows how to check for availability (see model.build.resolve_device).
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (N = 0, 1, ...), mps, xpu or xpu:N"
-_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+_DEVICE = re.compile(r"auto|cpu|(cuda|mps|xpu)(:\d+)?")
 
 
 def device_problem(name: str) -> str | None:
