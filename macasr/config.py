@@ -388,9 +388,15 @@ def load(path: str | Path) -> Config:
 # ----------------------------------------------------------------------------- checking files
 
 
-def check(path: str | Path) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    problems: list[str]  # one line each, `FILE:LINE: message`, in file order
+    notes: list[str]  # the same form; worth knowing, not wrong: a model path that is a hub id
+
+
+def check(path: str | Path) -> CheckReport:
     """What `macasr config check` reports: every schema problem and every file the config names
-    that is missing, in one `ConfigError`; returns notes that are not errors (hub ids).
+    that is missing, with notes; raises ConfigError only for an unreadable file or bad TOML.
 
     Files are checked here and not in `load`, because each command needs only some of them
     (training needs no [eval] datasets, eval needs no training manifests).
@@ -399,14 +405,14 @@ def check(path: str | Path) -> list[str]:
     text = _read(path)
     errors = _Errors()
     cfg = _parse_table(Config, _parse_toml(text, str(path)), "", errors, None)
-    notes = _check_files(cfg, errors)
-    if errors.items:
-        raise _config_error(errors, str(path), text)
-    return notes
+    notes = _Errors()
+    _check_files(cfg, errors, notes)
+    located = [_config_error(found, str(path), text).problems if found.items else [] for found in (errors, notes)]
+    return CheckReport(*located)
 
 
-def _check_files(cfg: Config, errors: _Errors) -> list[str]:
-    """Add a problem per missing manifest or local model folder; return notes about hub ids."""
+def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
+    """Add a problem per missing manifest or local model folder, a note per hub id."""
     manifests = [("data.train", "[data] train", p) for p in cfg.data.train]
     manifests += [("data.valid", "[data] valid", p) for p in cfg.data.valid]
     manifests += [(f"eval.datasets.{name}", f"[eval] datasets.{name}", p) for name, p in cfg.eval.datasets.items()]
@@ -414,7 +420,6 @@ def _check_files(cfg: Config, errors: _Errors) -> list[str]:
         problem = _manifest_problem(p)
         if problem:
             errors.add(key, f"{label}: {problem}")
-    notes = []
     for table, part in (("model.encoder", cfg.model.encoder), ("model.llm", cfg.model.llm)):
         p = getattr(part, "path", "")
         if not p or Path(p).is_dir():
@@ -422,11 +427,10 @@ def _check_files(cfg: Config, errors: _Errors) -> list[str]:
         if Path(p).exists():
             errors.add(f"{table}.path", f"[{table}] path: {p!r} is a file; expected a model folder or a Hugging Face id")
         elif _HUB_ID.fullmatch(p) and ".." not in p:
-            notes.append(f"[{table}] path: {p!r} is not a local folder{_relative_to_cwd(p)}; "
-                         "it will be loaded as a Hugging Face hub id (from the cache or the network)")
+            notes.add(f"{table}.path", f"[{table}] path: {p!r} is not a local folder{_relative_to_cwd(p)}; "
+                                       "it will be loaded as a Hugging Face hub id (from the cache or the network)")
         else:
             errors.add(f"{table}.path", f"[{table}] path: no such model folder {p!r}{_relative_to_cwd(p)}")
-    return notes
 
 
 # A Hugging Face repo id: `name` or `org/name` of word characters, dots and dashes. Anything else
@@ -584,5 +588,5 @@ def resolve_paths(cfg: Config, base: Path | None = None) -> Config:
 __all__ = [
     "Config", "ModelConfig", "LLMConfig", "PromptConfig", "DataConfig", "TrainConfig", "EvalConfig",
     "LoggingConfig", "ComponentConfig", "load", "loads", "from_dict", "dump", "dumps", "to_dict",
-    "load_preset", "preset_names", "replace", "resolve_paths",
+    "load_preset", "preset_names", "replace", "resolve_paths", "check", "CheckReport", "device_problem",
 ]

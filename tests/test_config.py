@@ -203,7 +203,9 @@ def test_config_check_tells_hub_ids_from_missing_local_folders(path: str, proble
     result = CliRunner().invoke(app, ["config", "check", str(cfg)])
     if problem is None:
         assert result.exit_code == 0, result.output
-        assert f"note: [model.llm] path: {path!r} is not a local folder" in result.stderr
+        lines = cfg.read_text().splitlines()
+        llm_path = next(n for n in range(lines.index("[model.llm]"), len(lines)) if lines[n].startswith("path = ")) + 1
+        assert f"note: {cfg}:{llm_path}: [model.llm] path: {path!r} is not a local folder" in result.stderr
         assert "Hugging Face hub id" in result.stderr
     else:
         assert result.exit_code == 1

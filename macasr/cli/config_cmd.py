@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from macasr import config as config_module
 from macasr.cli._common import console, err_console, fail, handle_errors, typer_app
+from macasr.errors import ConfigError
 
 app = typer_app(no_args_is_help=True, help="Write a complete, commented config, or check one.")
 
@@ -36,8 +37,11 @@ def init(
 @handle_errors
 def check(config: Annotated[Path, typer.Argument(help="TOML config to validate.")]) -> None:
     """Validate a config and the files it names, and report every problem at once."""
-    for note in config_module.check(config):
+    report = config_module.check(config)
+    for note in report.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if report.problems:
+        raise ConfigError(report.problems)
     console.print(f"[green]ok[/] {escape(str(config))}")
 
 
