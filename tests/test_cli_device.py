@@ -83,3 +83,12 @@ def test_train_device_misspelt_in_the_config_is_one_line(tmp_path: Path) -> None
         errors = [line for line in result.stderr.splitlines() if not line.startswith("note: ")]  # default hub ids
         assert errors == [f"error: {path}:2: [train] device: expected {DEVICE_CHOICES}, got 'gpu'; "
                           "a GPU is cuda (NVIDIA or AMD), mps (Apple) or xpu (Intel)"]
+
+
+@pytest.mark.usefixtures("no_cuda")
+@pytest.mark.parametrize(("build", "why"), [(None, "is a CPU-only build"), ("12.8", "no GPU visible")])
+def test_absent_cuda_says_why(build: str | None, why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.version, "cuda", build)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    with pytest.raises(ConfigError, match=why):
+        resolve_device("cuda")

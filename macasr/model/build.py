@@ -42,15 +42,22 @@ def _unavailable(device: torch.device) -> str | None:
     """Why `device` cannot be used on this machine, or None."""
     if device.type == "cpu":
         return None
-    backend, label = (torch.backends.mps, "torch.backends.mps") if device.type == "mps" else (getattr(torch, device.type), f"torch.{device.type}")
+    if device.type == "mps":
+        backend, label = torch.backends.mps, "torch.backends.mps"
+    else:
+        backend, label = getattr(torch, device.type), f"torch.{device.type}"
     if not backend.is_available():
-        cpu_only = device.type == "cuda" and torch.version.cuda is None and getattr(torch.version, "hip", None) is None
-        why = f" (this torch {torch.__version__} is a CPU-only build)" if cpu_only else ""
-        return f"{device.type} requested but {label}.is_available() is false{why}"
+        return f"{device.type} requested but {label}.is_available() is false{_why_no_cuda() if device.type == 'cuda' else ''}"
     count = backend.device_count() if hasattr(backend, "device_count") else 1
     if (device.index or 0) >= count:
         return f"{device} requested but {count} {device.type} device{'s are' if count != 1 else ' is'} visible"
     return None
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f" (this torch {torch.__version__} is a CPU-only build)"
+    return " (no GPU visible: check the NVIDIA driver with nvidia-smi, and CUDA_VISIBLE_DEVICES)"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
