@@ -3,7 +3,9 @@
 Config flows one way: TOML → `load` → frozen dataclasses → builders. Every field carries a help
 text (`option(default, help)`) that becomes the comment above it in `config init` output and in
 docs/config.md. Validation gathers *every* problem (unknown keys with a did-you-mean, wrong
-types, cross-field rules) into one `ConfigError`, one line each, with the file and line.
+types, value and cross-field rules, keys set twice) into one `ConfigError`, one line each, with
+the file and line, in file order. `check` (for `macasr config check`) also reports the files a
+config names that do not exist; `load` does not, as each command needs only some of them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import tomllib
 
 import typing
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -78,9 +81,26 @@ class DataConfig:
             problems.append("[data] batch_size: must be at least 1")
         if self.num_workers < 0:
             problems.append("[data] num_workers: must be 0 or more")
-        if self.max_batch_seconds < 0 or self.max_duration < 0:
-            problems.append("[data] max_batch_seconds and max_duration: must be 0 (off) or positive")
+        for key in ("max_batch_seconds", "max_duration"):
+            if getattr(self, key) < 0:
+                problems.append(f"[data] {key}: must be 0 (off) or positive, got {getattr(self, key)}")
         return problems
+
+
+# Device names macasr knows how to check for availability (see model.build.resolve_device).
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (N = 0, 1, ...), mps, xpu or xpu:N"
+_DEVICE = re.compile(r"auto|cpu|(cuda|mps|xpu)(:\d+)?")
+
+
+def device_problem(name: str) -> str | None:
+    """What is wrong with a device name (`[train] device`, `--device`), or None when it is valid.
+
+    Only the spelling is checked here, so a config written on a laptop loads there; whether the
+    device exists is checked when a command resolves it."""
+    if _DEVICE.fullmatch(name):
+        return None
+    hint = "; a GPU is cuda (NVIDIA or AMD), mps (Apple) or xpu (Intel)" if "gpu" in name.lower() else ""
+    return f"expected {DEVICE_CHOICES}, got {name!r}{hint}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +116,7 @@ class TrainConfig:
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
     grad_clip: float = option(1.0, "Clip the global gradient norm to this (0 = off).")
     precision: Literal["auto", "bf16", "fp32"] = option("auto", "auto = bf16 on CUDA GPUs that support it, fp32 elsewhere.")
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps, xpu.")
     valid_every: int = option(1_000, "Validate (decode the valid set, WER) every this many optimizer steps.")
     patience: int = option(5, "Stop after this many validations without a better WER (0 = never stop early).")
 
@@ -121,7 +141,9 @@ class TrainConfig:
             "patience": "must be 0 (off) or positive",
             "min_lr_ratio": "must be between 0 and 1",
         }
-        return [f"[train] {key}: {rules[key]}, got {getattr(self, key)!r}" for key, ok in checks.items() if not ok]
+        problems = [f"[train] {key}: {rules[key]}, got {getattr(self, key)!r}" for key, ok in checks.items() if not ok]
+        device = device_problem(self.device)
+        return problems + ([f"[train] device: {device}"] if device else [])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,34 +265,65 @@ def _parse_table(cls: type, data: Any, key: str, errors: _Errors, registry: Regi
         close = difflib.get_close_matches(unknown, fields, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(fields)}"
         errors.add(_join(key, unknown), f"unknown key `{unknown}` in {f'[{key}]' if key else 'the top level'}{hint}")
-    kwargs = {}
-    before = len(errors.items)
+    kwargs, broken = {}, []
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], _join(key, name), errors, f.metadata.get("registry"))
-    if len(errors.items) > before:
-        return None
+            value = _convert(hints[name], data[name], _join(key, name), errors, f.metadata.get("registry"))
+            if value is None:
+                broken.append(name)
+            else:
+                kwargs[name] = value
+    # Value rules run on the fields that parsed (broken ones at their defaults), so one run reports
+    # every problem; a rule that mentions a broken field would judge its default, so it is dropped.
     obj = cls(**kwargs)
     for problem in getattr(obj, "validate", lambda: [])():
+        if any(re.search(rf"\b{re.escape(name)}\b", re.sub(r"^\[[\w.]+\] ", "", problem)) for name in broken):
+            continue
         problem = problem if problem.startswith("[") else f"[{key}] {problem}"  # shared types name no table
         named = re.match(r"\[([\w.]+)\] (\w+):", problem)  # "[train] lr: ..." points at train.lr's line
         errors.add(f"{named.group(1)}.{named.group(2)}" if named else key, problem)
     return obj
 
 
+_HEADER = re.compile(r"\s*\[\[?([^\[\]]+)\]\]?\s*(#.*)?$")
+_ASSIGNMENT = re.compile(r"\s*([^=#\[\]\s][^=#\[\]]*?)\s*=")
+
+
+def _normalize_key(key: str) -> str:
+    """`"eval" . datasets` → eval.datasets (quotes and spaces around dots dropped)."""
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
+
+
+def _keys(text: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, "table" or "key", dotted name) of each `[table]` and `key = value` line.
+
+    Best effort for error messages: a line inside a multi-line string may be misread."""
+    table = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if header := _HEADER.match(line):
+            table = _normalize_key(header.group(1))
+            yield number, "table", table
+        elif assignment := _ASSIGNMENT.match(line):
+            yield number, "key", _join(table, _normalize_key(assignment.group(1)))
+
+
 def _line_of(text: str, dotted: str) -> int | None:
     """Best-effort line number of `dotted` (e.g. train.lr) in TOML text, for error messages."""
-    table, _, leaf = dotted.rpartition(".")
-    current = ""
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = re.match(r"\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
-        if header:
-            current = header.group(1).strip()
-            if current == dotted:
-                return number
-        elif current == table and re.match(rf"\s*{re.escape(leaf)}\s*=", line):
-            return number
-    return None
+    return next((number for number, _, name in _keys(text) if name == dotted), None)
+
+
+def _key_line(text: str, key: str) -> int | None:
+    """The line of `key`, else of its table (a `datasets = { ... }` inline table holds its keys)."""
+    return _line_of(text, key) or (_line_of(text, key.rpartition(".")[0]) if "." in key else None)
+
+
+def _config_error(errors: _Errors, source: str | None, text: str | None) -> ConfigError:
+    """One ConfigError line per problem, in file order: `FILE:LINE: message` where the key's line
+    is found, `FILE: message` (after those) where it is not."""
+    where = source or "config"
+    located = [(_key_line(text, key) if text else None, message) for key, message in errors.items]
+    located.sort(key=lambda item: item[0] or float("inf"))
+    return ConfigError([f"{where}:{line}: {message}" if line else f"{where}: {message}" for line, message in located])
 
 
 def from_dict(data: dict[str, Any], source: str | None = None, text: str | None = None) -> Config:
@@ -278,31 +331,123 @@ def from_dict(data: dict[str, Any], source: str | None = None, text: str | None 
     errors = _Errors()
     cfg = _parse_table(Config, data, "", errors, None)
     if errors.items:
-        where = source or "config"
-        problems = []
-        for key, message in errors.items:
-            line = _line_of(text, key) if text else None
-            problems.append(f"{where}:{line}: {message}" if line else f"{where}: {message}")
-        raise ConfigError(problems)
+        raise _config_error(errors, source, text)
     return cfg
 
 
+_TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)$")
+
+
+def _duplicate_message(message: str, text: str) -> str | None:
+    """tomllib's "Cannot overwrite a value (at line N, ...)" names no key: find it on line N.
+
+    Returns "N: duplicate key `train.lr` (first set on line M); ..." or None when line N holds no
+    `key = value` or `[table]` (the caller then keeps tomllib's own message).
+    """
+    position = _TOML_POSITION.search(message)
+    if not position or not message.startswith(("Cannot overwrite a value", "Cannot declare")):
+        return None
+    number = int(position.group(1))
+    found = next(((kind, name) for n, kind, name in _keys(text) if n == number), None)
+    if found is None:
+        return None
+    kind, dotted = found
+    first = _line_of("\n".join(text.splitlines()[: number - 1]), dotted)
+    shown = f"[{dotted}]" if kind == "table" else dotted
+    again = f" (first set on line {first})" if first else ""
+    return f"{number}: duplicate {kind} `{shown}`{again}; a TOML file sets each key and table once"
+
+
 def loads(text: str, source: str | None = None) -> Config:
+    return from_dict(_parse_toml(text, source), source, text)
+
+
+def _parse_toml(text: str, source: str | None) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
+        duplicate = _duplicate_message(str(e), text)
+        if duplicate:
+            raise ConfigError(f"{source or 'config'}:{duplicate}") from None
         raise ConfigError(f"TOML syntax error: {e}", source) from None
-    return from_dict(data, source, text)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config: {e.strerror or e}", str(path)) from None
 
 
 def load(path: str | Path) -> Config:
-    """Read and validate a TOML config file."""
+    """Read and validate a TOML config file (paths it names are not checked: see `check`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read config: {e.strerror or e}", str(path)) from None
-    return loads(text, str(path))
+    return loads(_read(path), str(path))
+
+
+# ----------------------------------------------------------------------------- checking files
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    problems: list[str]  # one line each, `FILE:LINE: message`, in file order
+    notes: list[str]  # the same form; worth knowing, not wrong: a model path that is a hub id
+
+
+def check(path: str | Path) -> CheckReport:
+    """What `macasr config check` reports: every schema problem and every file the config names
+    that is missing, with notes; raises ConfigError only for an unreadable file or bad TOML.
+
+    Files are checked here and not in `load`, because each command needs only some of them
+    (training needs no [eval] datasets, eval needs no training manifests).
+    """
+    path = Path(path)
+    text = _read(path)
+    errors = _Errors()
+    cfg = _parse_table(Config, _parse_toml(text, str(path)), "", errors, None)
+    notes = _Errors()
+    _check_files(cfg, errors, notes)
+    located = [_config_error(found, str(path), text).problems if found.items else [] for found in (errors, notes)]
+    return CheckReport(*located)
+
+
+def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
+    """Add a problem per missing manifest or local model folder, a note per hub id."""
+    manifests = [("data.train", "[data] train", p) for p in cfg.data.train]
+    manifests += [("data.valid", "[data] valid", p) for p in cfg.data.valid]
+    manifests += [(f"eval.datasets.{name}", f"[eval] datasets.{name}", p) for name, p in cfg.eval.datasets.items()]
+    for key, label, p in manifests:
+        problem = _manifest_problem(p)
+        if problem:
+            errors.add(key, f"{label}: {problem}")
+    for table, part in (("model.encoder", cfg.model.encoder), ("model.llm", cfg.model.llm)):
+        p = getattr(part, "path", "")
+        if not p or Path(p).is_dir():
+            continue
+        if Path(p).exists():
+            errors.add(f"{table}.path", f"[{table}] path: {p!r} is a file; expected a model folder or a Hugging Face id")
+        elif _HUB_ID.fullmatch(p) and ".." not in p:
+            notes.add(f"{table}.path", f"[{table}] path: {p!r} is not a local folder{_relative_to_cwd(p)}; "
+                                       "it will be loaded as a Hugging Face hub id (from the cache or the network)")
+        else:
+            errors.add(f"{table}.path", f"[{table}] path: no such model folder {p!r}{_relative_to_cwd(p)}")
+
+
+# A Hugging Face repo id: `name` or `org/name` of word characters, dots and dashes. Anything else
+# (an absolute path, ./x, a/b/c) can only be a local folder.
+_HUB_ID = re.compile(r"\w[\w.-]*(/\w[\w.-]*)?")
+
+
+def _relative_to_cwd(p: str) -> str:
+    return "" if Path(p).is_absolute() else f" (relative paths are read from {Path.cwd()})"
+
+
+def _manifest_problem(p: str) -> str | None:
+    if Path(p).is_dir():
+        return f"{p!r} is a folder; expected a JSON Lines manifest file"
+    if not Path(p).exists():
+        return f"no such manifest {p!r}{_relative_to_cwd(p)}"
+    return None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -443,5 +588,5 @@ def resolve_paths(cfg: Config, base: Path | None = None) -> Config:
 __all__ = [
     "Config", "ModelConfig", "LLMConfig", "PromptConfig", "DataConfig", "TrainConfig", "EvalConfig",
     "LoggingConfig", "ComponentConfig", "load", "loads", "from_dict", "dump", "dumps", "to_dict",
-    "load_preset", "preset_names", "replace", "resolve_paths",
+    "load_preset", "preset_names", "replace", "resolve_paths", "check", "CheckReport", "device_problem",
 ]

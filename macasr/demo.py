@@ -8,11 +8,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shlex
+import shutil
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from macasr import config as config_module
@@ -35,15 +42,72 @@ def synthesize_corpus(out: Path, console: Console, seed: int) -> dict[str, Path]
         return synth.build_corpus(out, n_train=N_TRAIN, seed=seed, progress=lambda done, total: progress.update(task, completed=done, total=total))
 
 
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Hide transformers' tqdm bars (save_pretrained draws "Writing model shards" for each model),
+    which would land between the demo's own lines."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
 def build_models(out: Path, train_manifest: Path, seed: int) -> tuple[Path, Path]:
     """Tiny Whisper + tiny Qwen3 (tokenizer trained on the training transcripts), saved to `out`."""
     from macasr import testing
 
     texts = [u.text for u in load_manifest(train_manifest)]
     tokenizer = testing.train_tokenizer(texts, VOCAB_SIZE)
-    whisper = testing.save_tiny_whisper(out / "whisper", d_model=ENCODER_WIDTH, layers=2, heads=4, seed=seed)
-    qwen = testing.save_tiny_qwen3(out / "qwen3", tokenizer, hidden=LLM_WIDTH, layers=2, heads=4, kv_heads=2, seed=seed)
+    with no_progress_bars():
+        whisper = testing.save_tiny_whisper(out / "whisper", d_model=ENCODER_WIDTH, layers=2, heads=4, seed=seed)
+        qwen = testing.save_tiny_qwen3(out / "qwen3", tokenizer, hidden=LLM_WIDTH, layers=2, heads=4, kv_heads=2, seed=seed)
     return whisper, qwen
+
+
+def macasr_command(cwd: Path | None = None) -> str:
+    """How the user can start this macasr from a shell in `cwd` (default: the current folder).
+
+    `macasr` when PATH finds this install's script; else that script's path (`.venv/bin/macasr`
+    after `make demo`, whose venv is not activated), relative to `cwd` when inside it; else
+    `PYTHON -m macasr` for an install without scripts.
+    """
+    cwd = cwd or Path.cwd()
+    python = Path(sys.executable)
+    script = shutil.which("macasr", path=str(python.parent))
+    if script is None:
+        return f"{_shown(python, cwd)} -m macasr"
+    on_path = shutil.which("macasr")
+    if on_path and os.path.samefile(on_path, script):
+        return "macasr"
+    return _shown(Path(script), cwd)
+
+
+def _shown(path: Path, cwd: Path) -> str:
+    """`path` as a shell word: relative to `cwd` when inside it (always with a slash, so the shell
+    does not search PATH for it), quoted when needed."""
+    try:
+        path = path.relative_to(cwd)
+    except ValueError:
+        pass
+    return shlex.quote(str(path) if path.is_absolute() or len(path.parts) > 1 else f"./{path}")
+
+
+def try_next(out: Path, clip: str, command: str) -> str:
+    """The demo's closing hints, runnable as printed. The preset trains into runs/demo (the demo's
+    own run folder), so the last hint says to rename the run first."""
+    ckpt = shlex.quote(str(out / "best.pt"))
+    same = out.resolve() == DEMO_DIR.resolve()
+    edit = "set [train] name (\"demo\" is this run's folder)" if same else f"point its runs/demo paths at {out} and set [train] name"
+    return "\n".join([
+        f"  {command} transcribe {shlex.quote(clip)} --ckpt {ckpt}",
+        f"  {command} eval --ckpt {ckpt} --dataset test_unseen_voice",
+        f"  {command} config init my.toml --preset demo    # then {edit}, and: {command} train my.toml",
+    ])
 
 
 def demo_config(out: Path, manifests: dict[str, Path], whisper: Path, qwen: Path, max_steps: int | None) -> Config:
@@ -88,9 +152,6 @@ def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: in
     clip = load_manifest(manifests["test"])[0].audio
     console.print(
         f"\ntrained {result.steps} steps in {train_seconds / 60:.1f} min; report: {report_path}\n"
-        "[bold]Try next:[/]\n"
-        f"  macasr transcribe {clip} --ckpt {out / 'best.pt'}\n"
-        f"  macasr eval --ckpt {out / 'best.pt'} --dataset test_unseen_voice\n"
-        "  macasr config init my.toml --preset demo    # then edit, and: macasr train my.toml"
+        "[bold]Try next:[/]\n" + escape(try_next(out, clip, macasr_command()))
     )
     return json.loads(report_path.read_text())

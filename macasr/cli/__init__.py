@@ -7,9 +7,10 @@ import typer
 from macasr import __version__
 from macasr.cli import config_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
 from macasr.cli import plan_cmd
+from macasr.cli._common import typer_app
 
-app = typer.Typer(
-    name="macasr", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer_app(
+    name="macasr", no_args_is_help=True,
     help="Speech-LLM ASR: a frozen speech encoder, a trainable connector and a causal LLM.",
 )
 app.command("train")(train_cmd.train)

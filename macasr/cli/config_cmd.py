@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from macasr import config as config_module
-from macasr.cli._common import console, fail, handle_errors
+from macasr.cli._common import console, err_console, fail, handle_errors, typer_app
+from macasr.errors import ConfigError
 
-app = typer.Typer(no_args_is_help=True, help="Write a complete, commented config, or check one.")
+app = typer_app(no_args_is_help=True, help="Write a complete, commented config, or check one.")
 
 
 @app.command("init")
@@ -34,9 +36,13 @@ def init(
 @app.command("check")
 @handle_errors
 def check(config: Annotated[Path, typer.Argument(help="TOML config to validate.")]) -> None:
-    """Validate a config and report every problem at once."""
-    config_module.load(config)
-    console.print(f"[green]ok[/] {config}")
+    """Validate a config and the files it names, and report every problem at once."""
+    report = config_module.check(config)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if report.problems:
+        raise ConfigError(report.problems)
+    console.print(f"[green]ok[/] {escape(str(config))}")
 
 
 @app.command("presets")

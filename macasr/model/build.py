@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from macasr.config import device_problem
 from macasr.errors import ConfigError
 from macasr.model.connectors import CONNECTORS
 from macasr.model.encoders import ENCODERS
@@ -19,10 +20,44 @@ if TYPE_CHECKING:
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, source: str = "device") -> torch.device:
+    """`auto` → cuda when available, else cpu; any other name must be valid and present here.
+
+    Raises a one-line ConfigError naming `source` (`--device`, `[train] device`), the value and
+    what to do, instead of torch's error at the first tensor moved to a missing device.
+    """
+    problem = device_problem(name)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    missing = _unavailable(device)
+    if missing:
+        raise ConfigError(f"{source} {name!r}: {missing}; use auto or cpu")
+    return device
+
+
+def _unavailable(device: torch.device) -> str | None:
+    """Why `device` cannot be used on this machine, or None."""
+    if device.type == "cpu":
+        return None
+    if device.type == "mps":
+        backend, label = torch.backends.mps, "torch.backends.mps"
+    else:
+        backend, label = getattr(torch, device.type), f"torch.{device.type}"
+    if not backend.is_available():
+        return f"{device.type} requested but {label}.is_available() is false{_why_no_cuda() if device.type == 'cuda' else ''}"
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if (device.index or 0) >= count:
+        return f"{device} requested but {count} {device.type} device{'s are' if count != 1 else ' is'} visible"
+    return None
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f" (this torch {torch.__version__} is a CPU-only build)"
+    return " (no GPU visible: check the NVIDIA driver with nvidia-smi, and CUDA_VISIBLE_DEVICES)"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
