@@ -87,7 +87,8 @@ def test_training_prints_each_warning_once(tmp_path: Path) -> None:
     utterances = [utterance(clip(tmp_path, f"{i}.wav", 1.0), 1.0 if i else 5.0, id=f"u{i}") for i in range(3)]
     console = Console(record=True, width=400)
     trainer = types.SimpleNamespace(loader=build_loader(utterances, featurize, batch_size=2, shuffle=True),
-                                    epoch=0, batches_in_epoch=0, skipped=[], console=console)
+                                    epoch=0, batches_in_epoch=0, reported=set(), console=console)
+    trainer._report_once = lambda label, lines: Trainer._report_once(trainer, label, lines)  # type: ignore[arg-type]
     batches = Trainer._batches(trainer)  # type: ignore[arg-type]
     for _ in range(6):  # three epochs of two batches
         next(batches)

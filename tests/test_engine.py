@@ -184,3 +184,16 @@ def test_resume_with_a_harmless_change_says_so(tiny_config, corpus, run_copy) ->
     assert result.steps == 1
     assert "resuming with settings that differ from" in out.getvalue()
     assert "model.connector.dropout: 0.0 in the checkpoint, 0.2 given" in out.getvalue()
+
+
+def test_a_validation_set_with_no_readable_clip_stops_the_run_instead_of_scoring_zero(tiny_config, corpus, tmp_path: Path) -> None:
+    """Every valid clip unreadable used to give "valid WER 0.00 %, new best"; it is no WER at all."""
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text(json.dumps({"audio": str(tmp_path / "gone.wav"), "text": "hello world", "duration": 1.0}) + "\n")
+    cfg = run_config(tiny_config, corpus, tmp_path, **{"data.valid": [str(valid)]})
+    trainer = Trainer(cfg, build_model(cfg), load_manifest(cfg.data.train[0]), load_manifest(valid),
+                      torch.device("cpu"), "fp32", Console(file=io.StringIO(), width=400))
+    with pytest.raises(MacasrError, match=r"^\[data\] valid: no utterance could be scored \(1 clip skipped"):
+        trainer.fit()
+    assert "gone.wav: no such audio file" in printed(trainer)
+    assert (cfg.run_dir / "last.pt").is_file() and not (cfg.run_dir / "best.pt").exists()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from macasr.data.augment import spec_augment
 from macasr.data.collate import Batch
 from macasr.data.loader import build_loader
 from macasr.data.manifest import Utterance
-from macasr.errors import CheckpointError, MacasrError
+from macasr.errors import CheckpointError, DataError, MacasrError
 from macasr.evaluate.run import evaluate_utterances
 from macasr.model.build import autocast
 from macasr.model.llm import TargetTokenizer
@@ -108,30 +108,30 @@ class Trainer:
         self.bad_steps = 0  # optimizer steps refused in a row (non-finite loss or gradient)
         self.saved_step: int | None = None  # step of the newest last.pt, the checkpoint a stop keeps
         self.metrics: MetricsLog | None = None
-        self.skipped: list[str] = []
+        self.reported: set[str] = set()  # clip problems already printed (skipped clips, warnings)
 
     # ------------------------------------------------------------------ data
 
     def _batches(self) -> Iterator[Batch]:
         """Endless micro-batches, epoch after epoch; reports unreadable clips and clip warnings once each."""
         sampler = self.loader.batch_sampler
-        warned: set[str] = set()
         while True:
             sampler.set_epoch(self.epoch, self.batches_in_epoch)
             for batch in self.loader:
                 self.batches_in_epoch += 1
-                for line in batch.skipped:
-                    if line not in self.skipped:
-                        self.skipped.append(line)
-                        self.console.print(f"[yellow]skipped clip: {line}")
-                for line in batch.warnings:
-                    if line not in warned:
-                        warned.add(line)
-                        self.console.print(f"warning: {line}", style="yellow", markup=False)
+                self._report_once("skipped clip", batch.skipped)
+                self._report_once("warning", batch.warnings)
                 if len(batch):
                     yield batch
             self.epoch += 1
             self.batches_in_epoch = 0
+
+    def _report_once(self, label: str, lines: Iterable[str]) -> None:
+        """Print each clip problem once per run, however many epochs or validations meet it."""
+        for line in lines:
+            if line not in self.reported:
+                self.reported.add(line)
+                self.console.print(f"{label}: {line}", style="yellow", markup=False)
 
     # ------------------------------------------------------------------ loop
 
@@ -251,6 +251,12 @@ class Trainer:
             self._save("best.pt")
             return False
         result, _ = evaluate_utterances(self.model, self.valid_set, "valid", self.cfg, self.device, self.precision)
+        self._report_once("skipped valid clip", result.skipped)
+        self._report_once("warning", result.warnings)
+        if result.problem:  # a WER of nothing is no WER: never keep a "best" model by it
+            self._save("last.pt", with_state=True)
+            raise DataError(f"[data] valid: {result.problem}; training stopped at step {self.step}, "
+                            f"resumable from {self.run_dir / 'last.pt'}")
         wer = result.wer
         improved = self.best_wer is None or wer < self.best_wer
         if improved:

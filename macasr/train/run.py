@@ -76,7 +76,7 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     stale = check_run_dir(cfg.run_dir, resume, overwrite)
     train_set, valid_set = training_sets(cfg)
     seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "[train] device")
     precision = resolve_precision(cfg.train.precision, device)
     model = build_model(cfg, device, precision)
     console.print(parameter_table(model))
