@@ -1,11 +1,117 @@
-"""Small helpers around transformers that several model modules share."""
+"""Small helpers around transformers and the Hugging Face Hub that several model modules share.
+
+`locate` decides, before transformers is asked, where a `path` setting points: an existing local
+folder (checked for the files its part needs), a hub id in the local cache, or a hub id on a hub
+that answers. Anything else is one line naming the key and what to do, at once: transformers
+would otherwise read a missing folder as a malformed hub id, and without network
+huggingface_hub retries each file with backoff (about twenty log lines over most of a minute)
+before giving up.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 from macasr.errors import MacasrError
+
+HUB_PROBE_SECONDS = 5.0  # one request, no retries: a hub that does not answer in this is unreachable
+HUB_FILE = "config.json"  # every model repo has one; its presence in the cache marks a cached model
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where `from_pretrained` finds a model: a local folder, or a hub id (online or from the cache)."""
+
+    path: str  # a local folder (with `~` expanded) or a hub id
+    local_files_only: bool = False  # a cached hub id while the hub cannot be reached: never ask it
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Extra `from_pretrained` keyword arguments."""
+        return {"local_files_only": True} if self.local_files_only else {}
+
+
+def locate(key: str, path: str, required: Mapping[str, str] | None = None) -> Source:
+    """Where `path` (the value of `[key] path`) is, or a one-line MacasrError saying why it is nowhere.
+
+    `required` maps file names a local folder must hold to what they are (named in the error).
+    A hub id is used when it is in the local cache or the hub answers one short probe; with
+    HF_HUB_OFFLINE=1 only the cache counts. Raises MacasrError.
+    """
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        _require_files(key, folder, required or {})
+        return Source(str(folder))
+    if folder.exists():
+        raise MacasrError(f"[{key}] path: {path!r} is a file; expected a model folder or a hub id (org/name)")
+    if _is_file_path(path):
+        raise MacasrError(f"[{key}] path: folder {path!r} does not exist")
+    _check_repo_id(key, path)
+    return _hub_source(key, path)
+
+
+def _require_files(key: str, folder: Path, required: Mapping[str, str]) -> None:
+    missing = [f"{name} ({what})" for name, what in required.items() if not (folder / name).is_file()]
+    if missing:
+        raise MacasrError(f"[{key}] path: folder '{folder}' has no {', no '.join(missing)}; copy the missing files from the model's hub repo")
+
+
+def _is_file_path(path: str) -> bool:
+    """True for what can only be a filesystem path, never a hub id (`name` or `org/name`)."""
+    parent = Path(path).expanduser().parent
+    return (
+        path.startswith(("/", "./", "../", "~", "\\")) or "\\" in path or path.count("/") > 1
+        or path in (".", "..") or (parent != Path(".") and parent.is_dir())
+    )
+
+
+def _check_repo_id(key: str, path: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError as e:
+        raise MacasrError(f"[{key}] path: {path!r} is neither an existing folder nor a hub id (org/name)") from e
+
+
+def _hub_source(key: str, repo_id: str) -> Source:
+    """A hub id: from the hub when it answers, else from the local cache, else an error."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(repo_id, HUB_FILE), str)
+    hint = f"download it where the hub is reachable (`hf download {repo_id} --local-dir DIR`) and set [{key}] path = DIR"
+    if constants.is_offline_mode():
+        if cached:
+            return Source(repo_id, local_files_only=True)
+        raise MacasrError(f"[{key}] path: {repo_id!r} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set; {hint}")
+    why = hub_unreachable(repo_id)
+    if why is None:
+        return Source(repo_id)
+    if cached:
+        return Source(repo_id, local_files_only=True)
+    raise MacasrError(f"[{key}] path: {repo_id!r} is neither a local folder nor reachable on the hub ({why}); {hint}")
+
+
+def hub_unreachable(repo_id: str) -> str | None:
+    """Why the hub cannot be reached (one short request, no retries), or None when it answers.
+
+    Any HTTP answer counts as reachable, a 401 or 404 included: transformers then reports it.
+    """
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    url = f"{constants.ENDPOINT}/api/models/{repo_id}"
+    try:
+        get_session().head(url, timeout=HUB_PROBE_SECONDS)
+    except httpx2.HTTPError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"{constants.ENDPOINT}: {reason}"
+    return None
 
 
 @contextlib.contextmanager
