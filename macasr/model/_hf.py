@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from macasr.errors import MacasrError
 
@@ -27,12 +26,7 @@ class Source:
     """Where `from_pretrained` finds a model: a local folder, or a hub id (online or from the cache)."""
 
     path: str  # a local folder (with `~` expanded) or a hub id
-    local_files_only: bool = False  # a cached hub id while the hub cannot be reached: never ask it
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """Extra `from_pretrained` keyword arguments."""
-        return {"local_files_only": True} if self.local_files_only else {}
+    offline: bool = False  # a cached hub id while the hub cannot be reached: load as with HF_HUB_OFFLINE=1
 
 
 def locate(key: str, path: str, required: Mapping[str, str] | None = None) -> Source:
@@ -47,9 +41,9 @@ def locate(key: str, path: str, required: Mapping[str, str] | None = None) -> So
         _require_files(key, folder, required or {})
         return Source(str(folder))
     if folder.exists():
-        raise MacasrError(f"[{key}] path: {path!r} is a file; expected a model folder or a hub id (org/name)")
+        raise MacasrError(f"[{key}] path: cannot load {path!r}: it is a file; expected a model folder or a hub id (org/name)")
     if _is_file_path(path):
-        raise MacasrError(f"[{key}] path: folder {path!r} does not exist")
+        raise MacasrError(f"[{key}] path: cannot load {path!r}: the folder does not exist")
     _check_repo_id(key, path)
     return _hub_source(key, path)
 
@@ -57,7 +51,7 @@ def locate(key: str, path: str, required: Mapping[str, str] | None = None) -> So
 def _require_files(key: str, folder: Path, required: Mapping[str, str]) -> None:
     missing = [f"{name} ({what})" for name, what in required.items() if not (folder / name).is_file()]
     if missing:
-        raise MacasrError(f"[{key}] path: folder '{folder}' has no {', no '.join(missing)}; copy the missing files from the model's hub repo")
+        raise MacasrError(f"[{key}] path: cannot load '{folder}': the folder has no {', no '.join(missing)}; copy {'them' if len(missing) > 1 else 'it'} from the model's hub repo")
 
 
 def _is_file_path(path: str) -> bool:
@@ -75,7 +69,7 @@ def _check_repo_id(key: str, path: str) -> None:
     try:
         validate_repo_id(path)
     except HFValidationError as e:
-        raise MacasrError(f"[{key}] path: {path!r} is neither an existing folder nor a hub id (org/name)") from e
+        raise MacasrError(f"[{key}] path: cannot load {path!r}: it is neither an existing folder nor a hub id (org/name)") from e
 
 
 def _hub_source(key: str, repo_id: str) -> Source:
@@ -86,14 +80,14 @@ def _hub_source(key: str, repo_id: str) -> Source:
     hint = f"download it where the hub is reachable (`hf download {repo_id} --local-dir DIR`) and set [{key}] path = DIR"
     if constants.is_offline_mode():
         if cached:
-            return Source(repo_id, local_files_only=True)
-        raise MacasrError(f"[{key}] path: {repo_id!r} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set; {hint}")
+            return Source(repo_id, offline=True)
+        raise MacasrError(f"[{key}] path: cannot load {repo_id!r}: it is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set; {hint}")
     why = hub_unreachable(repo_id)
     if why is None:
         return Source(repo_id)
     if cached:
-        return Source(repo_id, local_files_only=True)
-    raise MacasrError(f"[{key}] path: {repo_id!r} is neither a local folder nor reachable on the hub ({why}); {hint}")
+        return Source(repo_id, offline=True)
+    raise MacasrError(f"[{key}] path: cannot load {repo_id!r}: it is neither a local folder nor reachable on the hub ({why}); {hint}")
 
 
 def hub_unreachable(repo_id: str) -> str | None:
@@ -115,24 +109,30 @@ def hub_unreachable(repo_id: str) -> str | None:
 
 
 @contextlib.contextmanager
-def loading(key: str, path: str) -> Iterator[None]:
+def loading(key: str, path: str, offline: bool = False) -> Iterator[None]:
     """Load quietly and explain failures in one line naming the config key.
 
     Silences transformers' load report while we load part of a checkpoint on purpose (the
     Whisper encoder without its decoder lists every decoder weight as UNEXPECTED) and its
     progress bars; a missing model or folder becomes `[model.llm] path: cannot load ...`.
+    `offline` (see `Source.offline`) switches huggingface_hub's offline mode on meanwhile, so
+    no call asks the hub (`local_files_only` alone does not reach transformers' adapter lookup).
     """
+    from huggingface_hub import constants
     from transformers.utils import logging
 
     level = logging.get_verbosity()
     bars = logging.is_progress_bar_enabled()
+    was_offline = constants.HF_HUB_OFFLINE
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    constants.HF_HUB_OFFLINE = was_offline or offline
     try:
         yield
     except OSError as e:
         raise MacasrError(f"[{key}] path: cannot load {path!r}: {str(e).strip().splitlines()[0]}") from e
     finally:
+        constants.HF_HUB_OFFLINE = was_offline
         logging.set_verbosity(level)
         if bars:
             logging.enable_progress_bar()

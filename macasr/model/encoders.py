@@ -103,11 +103,11 @@ class WhisperEncoder(nn.Module):
 
         # Checkpoints store the encoder under model.encoder (full model) or encoder (WhisperModel).
         source = locate("model.encoder", cfg.path, ENCODER_FILES)
-        with loading("model.encoder", cfg.path):
+        with loading("model.encoder", cfg.path, offline=source.offline):
             self.model = HFWhisperEncoder.from_pretrained(
-                source.path, dtype=dtype, key_mapping={r"^(model\.)?encoder\.": ""}, attn_implementation="sdpa", **source.kwargs
+                source.path, dtype=dtype, key_mapping={r"^(model\.)?encoder\.": ""}, attn_implementation="sdpa"
             )
-            fe = WhisperFeatureExtractor.from_pretrained(source.path, **source.kwargs)
+            fe = WhisperFeatureExtractor.from_pretrained(source.path)
         self.featurizer = WhisperFeaturizer(fe.mel_filters, fe.n_fft, fe.hop_length, fe.sampling_rate)
         conv_stride = self.model.conv1.stride[0] * self.model.conv2.stride[0]
         self.window_frames = self.model.config.max_source_positions * conv_stride  # 3000 mel frames = 30 s
@@ -259,11 +259,11 @@ class SSLEncoder(nn.Module):
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
         source = locate("model.encoder", cfg.path, ENCODER_FILES)
-        with loading("model.encoder", cfg.path):
-            config = AutoConfig.from_pretrained(source.path, **source.kwargs)
+        with loading("model.encoder", cfg.path, offline=source.offline):
+            config = AutoConfig.from_pretrained(source.path)
             self._check(cfg, config)
-            self.model = AutoModel.from_pretrained(source.path, config=config, dtype=dtype, **source.kwargs)
-            fe = AutoFeatureExtractor.from_pretrained(source.path, **source.kwargs)
+            self.model = AutoModel.from_pretrained(source.path, config=config, dtype=dtype)
+            fe = AutoFeatureExtractor.from_pretrained(source.path)
         if fe.sampling_rate != SAMPLE_RATE:
             raise MacasrError(f"[model.encoder] path: {cfg.path!r} expects {fe.sampling_rate} Hz audio; macasr feeds {SAMPLE_RATE} Hz")
         if cfg.layer:

@@ -57,8 +57,8 @@ def load_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> tuple[Any, A
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = locate("model.llm", cfg.path, {"config.json": "the model's architecture"})
-    common = {"trust_remote_code": cfg.trust_remote_code, **source.kwargs}
-    with loading("model.llm", cfg.path):
+    common = {"trust_remote_code": cfg.trust_remote_code}
+    with loading("model.llm", cfg.path, offline=source.offline):
         tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
         check_tokenizer(tokenizer, cfg.path)
         model = AutoModelForCausalLM.from_pretrained(
@@ -82,10 +82,10 @@ def check_tokenizer(tokenizer: Any, path: str) -> None:
     folder = Path(path).expanduser()
     if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise MacasrError(
-            f"[model.llm] path: folder {path!r} has no tokenizer files (tokenizer.json, tokenizer.model, or vocab.json and "
+            f"[model.llm] path: cannot load {path!r}: the folder has no tokenizer files (tokenizer.json, tokenizer.model, or vocab.json and "
             "merges.txt), so every transcript would encode as nothing; copy them from the model's hub repo"
         )
-    raise MacasrError(f"[model.llm] path: the tokenizer of {path!r} cannot encode plain text: {PROBE_TEXT!r} decodes back as {back!r}")
+    raise MacasrError(f"[model.llm] path: cannot load {path!r}: its tokenizer cannot encode plain text: {PROBE_TEXT!r} decodes back as {back!r}")
 
 
 def hidden_size(model: Any) -> int:
