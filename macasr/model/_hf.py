@@ -58,8 +58,8 @@ def _is_file_path(path: str) -> bool:
     """True for what can only be a filesystem path, never a hub id (`name` or `org/name`)."""
     parent = Path(path).expanduser().parent
     return (
-        path.startswith(("/", "./", "../", "~", "\\")) or "\\" in path or path.count("/") > 1
-        or path in (".", "..") or (parent != Path(".") and parent.is_dir())
+        path.startswith(("/", "./", "../", "~")) or "\\" in path or path.count("/") > 1
+        or (parent != Path(".") and parent.is_dir())
     )
 
 
