@@ -23,7 +23,7 @@ from torch import nn
 
 from macasr.audio import SAMPLE_RATE
 from macasr.errors import MacasrError
-from macasr.model._hf import loading
+from macasr.model._hf import loading, locate
 from macasr.model.lora import WHISPER_TARGETS, LoraConfig
 from macasr.registry import ComponentConfig, Registry, option
 
@@ -49,6 +49,8 @@ class WhisperEncoderConfig(EncoderConfig):
 
 
 ENCODERS: Registry[nn.Module] = Registry("encoder", EncoderConfig)
+# What a local encoder folder must hold besides its weights (the file → what it is, for the error).
+ENCODER_FILES = {"config.json": "the model's architecture", "preprocessor_config.json": "the feature extractor's settings"}
 
 
 class WhisperFeaturizer:
@@ -100,11 +102,12 @@ class WhisperEncoder(nn.Module):
         from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
         # Checkpoints store the encoder under model.encoder (full model) or encoder (WhisperModel).
-        with loading("model.encoder", cfg.path):
+        source = locate("model.encoder", cfg.path, ENCODER_FILES)
+        with loading("model.encoder", cfg.path, offline=source.offline):
             self.model = HFWhisperEncoder.from_pretrained(
-                cfg.path, dtype=dtype, key_mapping={r"^(model\.)?encoder\.": ""}, attn_implementation="sdpa"
+                source.path, dtype=dtype, key_mapping={r"^(model\.)?encoder\.": ""}, attn_implementation="sdpa"
             )
-            fe = WhisperFeatureExtractor.from_pretrained(cfg.path)
+            fe = WhisperFeatureExtractor.from_pretrained(source.path)
         self.featurizer = WhisperFeaturizer(fe.mel_filters, fe.n_fft, fe.hop_length, fe.sampling_rate)
         conv_stride = self.model.conv1.stride[0] * self.model.conv2.stride[0]
         self.window_frames = self.model.config.max_source_positions * conv_stride  # 3000 mel frames = 30 s
@@ -255,11 +258,12 @@ class SSLEncoder(nn.Module):
         super().__init__()
         from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
-        with loading("model.encoder", cfg.path):
-            config = AutoConfig.from_pretrained(cfg.path)
+        source = locate("model.encoder", cfg.path, ENCODER_FILES)
+        with loading("model.encoder", cfg.path, offline=source.offline):
+            config = AutoConfig.from_pretrained(source.path)
             self._check(cfg, config)
-            self.model = AutoModel.from_pretrained(cfg.path, config=config, dtype=dtype)
-            fe = AutoFeatureExtractor.from_pretrained(cfg.path)
+            self.model = AutoModel.from_pretrained(source.path, config=config, dtype=dtype)
+            fe = AutoFeatureExtractor.from_pretrained(source.path)
         if fe.sampling_rate != SAMPLE_RATE:
             raise MacasrError(f"[model.encoder] path: {cfg.path!r} expects {fe.sampling_rate} Hz audio; macasr feeds {SAMPLE_RATE} Hz")
         if cfg.layer:

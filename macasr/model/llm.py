@@ -6,17 +6,24 @@ loss: eos for `[prompt] style = "plain"`, the chat template's turn terminator fo
 when the tokenizer adds one itself (Gemma, Llama; not Qwen or GPT-2). Padding is tracked with
 lengths and masks, never by comparing ids with `pad_token_id`, so tokenizers that have no pad
 token (Llama 3, GPT-2) or reuse eos as pad (Qwen3) are handled the same way.
+
+Transcripts and the user's prompt text are text, never control tokens: a transcript holding
+`<|endoftext|>`, `<|im_end|>`, `<end_of_turn>`, `<s>`... is encoded as those characters
+(`text_ids`), so special tokens appear only where macasr puts them (BOS, the chat template's own
+markers, the end token). A tokenizer that cannot encode plain text is refused at load.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from macasr.errors import ConfigError, MacasrError
-from macasr.model._hf import loading
+from macasr.model._hf import loading, locate
 
 if TYPE_CHECKING:
     from macasr.config import LLMConfig, PromptConfig
@@ -27,6 +34,10 @@ REPLY_MARKER = "macasr-assistant-reply"  # an assistant message, to find what th
 # templates answer without a <think> block, and Llama 3.2's date line stays fixed instead of
 # following the clock, so training and inference days render the same prompt.
 CHAT_TEMPLATE_KWARGS = {"enable_thinking": False, "date_string": "26 Jul 2024"}
+# Encoded and decoded at load: a tokenizer that loses any of it would train on wrong or empty targets.
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog, 0123456789."
+# A tokenizer's vocabulary lives in one of these (fast; SentencePiece; byte-level BPE with merges.txt).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,16 +50,42 @@ class PromptTokens:
 
 
 def load_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """AutoModelForCausalLM + AutoTokenizer from a hub id or a local folder."""
+    """AutoModelForCausalLM + AutoTokenizer from a hub id or a local folder (see `_hf.locate`).
+
+    Raises MacasrError for a path that is nowhere and for a tokenizer that cannot encode text.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    source = locate("model.llm", cfg.path, {"config.json": "the model's architecture"})
     common = {"trust_remote_code": cfg.trust_remote_code}
-    with loading("model.llm", cfg.path):
-        tokenizer = AutoTokenizer.from_pretrained(cfg.path, **common)
+    with loading("model.llm", cfg.path, offline=source.offline):
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
+        check_tokenizer(tokenizer, cfg.path)
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.path, dtype=dtype, attn_implementation=cfg.attn_implementation, **common
+            source.path, dtype=dtype, attn_implementation=cfg.attn_implementation, **common
         )
     return model, tokenizer
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """`text` as plain text: special-token strings in it (`<|endoftext|>`, `<s>`, ...) are spelled
+    out like any other characters, never matched as the control tokens they name; nothing added."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+
+def check_tokenizer(tokenizer: Any, path: str) -> None:
+    """Refuse a tokenizer that does not give `PROBE_TEXT` back (a folder without tokenizer files
+    loads one that encodes every transcript as nothing). Raises MacasrError naming `path`."""
+    back = tokenizer.decode(text_ids(tokenizer, PROBE_TEXT), skip_special_tokens=True)
+    if back.split() == PROBE_TEXT.split():
+        return
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise MacasrError(
+            f"[model.llm] path: cannot load {path!r}: the folder has no tokenizer files (tokenizer.json, tokenizer.model, or vocab.json and "
+            "merges.txt), so every transcript would encode as nothing; copy them from the model's hub repo"
+        )
+    raise MacasrError(f"[model.llm] path: cannot load {path!r}: its tokenizer cannot encode plain text: {PROBE_TEXT!r} decodes back as {back!r}")
 
 
 def hidden_size(model: Any) -> int:
@@ -99,21 +136,33 @@ def chat_prompt_ids(tokenizer: Any, prompt: PromptConfig) -> tuple[list[int], li
     """Token ids before and after the speech in the chat template's generation prompt.
 
     One user message `prefix + <speech> + suffix`, rendered up to the assistant's turn and split at
-    the speech placeholder. The rendered text already holds the template's special tokens (BOS
-    included where the template writes it), so it is encoded without adding any.
+    the speech placeholder. The template's own control tokens (BOS included where it writes one)
+    become tokens; the same strings inside prefix or suffix stay text (transformers'
+    `sanitize_control_tokens`). The placeholder is an added token of a copy of the tokenizer, so
+    the split falls between tokens. Raises ConfigError.
     """
     content = prompt.prefix + SPEECH_PLACEHOLDER + prompt.suffix
-    text = render_chat(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True)
-    if text.count(SPEECH_PLACEHOLDER) != 1:
+    render_chat(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True)  # has a template?
+    marked = copy.deepcopy(tokenizer)
+    marked.add_tokens([SPEECH_PLACEHOLDER])  # not special, so sanitizing leaves it a token
+    speech = marked.convert_tokens_to_ids(SPEECH_PLACEHOLDER)
+    try:
+        ids = marked.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True, return_dict=False,
+            sanitize_control_tokens=True, **CHAT_TEMPLATE_KWARGS,
+        )
+    except ValueError as e:  # a control token that the tokenizer also produces from plain text
+        raise ConfigError(f"[prompt] prefix: cannot encode the prompt as text for {tokenizer.name_or_path!r}: {e}") from e
+    if ids.count(speech) != 1:
         raise ConfigError(f"[prompt] style: the chat template of {tokenizer.name_or_path!r} does not keep the user message's text as written")
-    before, after = text.split(SPEECH_PLACEHOLDER)
-    return tokenizer(before, add_special_tokens=False).input_ids, tokenizer(after, add_special_tokens=False).input_ids
+    at = ids.index(speech)
+    return ids[:at], ids[at + 1 :]
 
 
 def prompt_tokens(tokenizer: Any, prompt: PromptConfig) -> PromptTokens:
     """The prompt's token ids and the end token for `prompt.style`.
 
-    plain: prefix and suffix encoded as raw text, eos as the end token.
+    plain: prefix and suffix encoded as plain text (`text_ids`), eos as the end token.
     chat: the tokenizer's chat template (see `chat_prompt_ids`), its turn terminator as the end
     token (see `chat_end_token_id`).
     BOS leads the prefix exactly when the tokenizer adds one itself, and never twice.
@@ -122,8 +171,7 @@ def prompt_tokens(tokenizer: Any, prompt: PromptConfig) -> PromptTokens:
         prefix, suffix = chat_prompt_ids(tokenizer, prompt)
         end_id = chat_end_token_id(tokenizer)
     else:
-        prefix = tokenizer(prompt.prefix, add_special_tokens=False).input_ids
-        suffix = tokenizer(prompt.suffix, add_special_tokens=False).input_ids
+        prefix, suffix = text_ids(tokenizer, prompt.prefix), text_ids(tokenizer, prompt.suffix)
         end_id = end_token_id(tokenizer)
     if expects_bos(tokenizer) and prefix[:1] != [tokenizer.bos_token_id]:
         prefix = [tokenizer.bos_token_id, *prefix]
@@ -131,11 +179,15 @@ def prompt_tokens(tokenizer: Any, prompt: PromptConfig) -> PromptTokens:
 
 
 class TargetTokenizer:
-    """Transcript → target ids ending in the end token. Picklable for DataLoader workers."""
+    """Transcript → target ids ending in the end token. Picklable for DataLoader workers.
+
+    The transcript is plain text (`text_ids`): the end token comes only from here, never from
+    a transcript that happens to spell it.
+    """
 
     def __init__(self, tokenizer: Any, end_id: int) -> None:
         self.tokenizer = tokenizer
         self.end_id = end_id
 
     def __call__(self, text: str) -> list[int]:
-        return [*self.tokenizer(text, add_special_tokens=False).input_ids, self.end_id]
+        return [*text_ids(self.tokenizer, text), self.end_id]
