@@ -45,7 +45,7 @@ from torch import nn
 
 from macasr import hub_configs
 from macasr.errors import MacasrError
-from macasr.model._hf import loading
+from macasr.model._hf import loading, locate
 from macasr.model.connectors import CONNECTORS
 from macasr.model.lora import check_targets
 
@@ -115,13 +115,15 @@ def architecture_config(path: str, key: str, trust_remote_code: bool = False) ->
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    with loading(key, path):
-        if Path(path).is_dir():
-            return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), "folder"
-        shipped = hub_configs.load(path)
-        if shipped is not None:
-            return CONFIG_MAPPING[shipped["model_type"]].from_dict(shipped), "shipped"
-        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), "hub"
+    shipped = None if Path(path).is_dir() else hub_configs.load(path)
+    if shipped is not None:
+        return CONFIG_MAPPING[shipped["model_type"]].from_dict(shipped), "shipped"
+    # A folder must hold config.json; a hub id must be cached or the hub must answer (one quick
+    # probe instead of huggingface_hub's retries when offline).
+    source = locate(key, path, {"config.json": "the model's architecture"})
+    with loading(key, path, offline=source.offline):
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    return config, "folder" if Path(source.path).is_dir() else "hub"
 
 
 def build_meta_model(cfg: Config) -> MetaModel:

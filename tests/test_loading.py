@@ -209,3 +209,14 @@ def test_the_probe_tells_an_answering_hub_from_a_closed_one(online, answering_hu
     assert CLOSED in hub_unreachable("org/name")
     monkeypatch.setattr(constants, "ENDPOINT", answering_hub)
     assert hub_unreachable("org/name") is None  # any answer, a 404 included, means the hub is there
+
+
+def test_plan_of_an_unreachable_hub_id_is_one_line_at_once(online, capfd, caplog) -> None:
+    """`macasr plan` reads architecture configs; an id we ship none for goes through the same probe."""
+    from macasr.plan import architecture_config
+
+    with pytest.raises(MacasrError) as caught:
+        architecture_config("macasr-test/absent-model", "model.llm")
+    assert "cannot load 'macasr-test/absent-model': it is neither a local folder nor reachable on the hub" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert_quiet(capfd, caplog)
