@@ -37,7 +37,7 @@ def test_table_names_in_help_texts_are_shown() -> None:
 
 
 def test_a_flag_shows_no_value_placeholder() -> None:
-    line = next(line for line in _help(("train",)).splitlines() if "--resume" in line)
+    line = next(line for line in _help(("train",)).splitlines() if line.lstrip().startswith("--resume"))
     assert "<bool>" not in line and "Continue from the run folder's last.pt." in line
 
 
