@@ -33,7 +33,8 @@ def evaluate_utterances(
         utterances, model.encoder.featurizer, batch_size=cfg.eval.batch_size, shuffle=False,
         num_workers=num_workers, on_bad_clip=cfg.data.on_bad_clip,
     )
-    hyps, skipped = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch)
+    decoded = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch)
+    hyps, skipped = decoded.hypotheses, decoded.skipped
     kept = [i for i in range(len(utterances)) if i in hyps]
     result = score(
         name, [utterances[i].id for i in kept], [utterances[i].text for i in kept], [hyps[i] for i in kept],
