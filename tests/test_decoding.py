@@ -147,11 +147,13 @@ def test_generate_uses_beam_search_when_asked(tiny) -> None:
 
 
 def cut_at_first_loop(tokens: list[int], n: int) -> list[int]:
-    """What the repeat guard should leave: the tokens up to the first place where the last n tokens
-    repeat those p places earlier, for a period p from 1 to n, minus those n tokens."""
-    for end in range(n + 1, len(tokens) + 1):
-        if any(tokens[end - n : end] == tokens[end - n - p : end - p] for p in range(1, min(n, end - n) + 1)):
-            return tokens[: end - n]
+    """What the repeat guard should leave: the tokens up to the first place where they end in a
+    unit of p <= n tokens repeated over max(n, 2p) more tokens, minus those repeats."""
+    for end in range(len(tokens) + 1):
+        for p in range(1, n + 1):
+            span = max(n, 2 * p)
+            if span + p <= end and tokens[end - span : end] == tokens[end - span - p : end - p]:
+                return tokens[: end - span]
     return tokens
 
 
@@ -159,11 +161,12 @@ def test_greedy_stops_where_the_real_model_loops(tiny) -> None:
     caps = [20] * 3
     free = greedy_hypotheses(tiny.llm, *tiny.rows, caps, tiny.model.prompt.end_id)
     assert [h.stop for h in free] == ["max_tokens"] * 3  # the random LM never ends on its own
-    for n in (1, 2, 4):
+    for n in (1, 2, 4, 6, 8):
         guarded = greedy_hypotheses(tiny.llm, *tiny.rows, caps, tiny.model.prompt.end_id, repeat_ngram_stop=n)
         assert [h.tokens for h in guarded] == [cut_at_first_loop(h.tokens, n) for h in free]
         assert [h.stop for h in guarded] == ["repeat" if cut_at_first_loop(h.tokens, n) != h.tokens else "max_tokens" for h in free]
-    assert any(cut_at_first_loop(h.tokens, 2) != cut_at_first_loop(h.tokens, 1) != h.tokens for h in free)  # it loops both ways
+    cuts = [{len(cut_at_first_loop(h.tokens, n)) for n in (1, 4, 6, 8)} for h in free]
+    assert any(len(lengths) > 2 for lengths in cuts)  # it loops with units of several lengths, so n matters
 
 
 class TableLM(nn.Module):

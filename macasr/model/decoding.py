@@ -35,11 +35,11 @@ REASONS: tuple[Stop, ...] = (STOP_CAP, STOP_END, STOP_REPEAT)
 class DecodingOptions:
     """How to decode; built from `[eval]`."""
 
-    max_tokens_per_second: float = 15.0  # cap on new tokens per second of audio
+    max_tokens_per_second: float = 10.0  # cap on new tokens per second of audio
     max_tokens_base: int = 16  # tokens allowed on top of the per-second cap
     num_beams: int = 1  # 1 = greedy search
     length_penalty: float = 1.0  # beam score = sum of log-probs / length ** length_penalty
-    repeat_ngram_stop: int = 4  # end a hypothesis whose last n tokens repeat with a period <= n (0 = off)
+    repeat_ngram_stop: int = 8  # end a hypothesis whose last n tokens repeat with a period <= n (0 = off)
 
     def max_new_tokens(self, durations: Sequence[float]) -> list[int]:
         """A cap per clip, so a decode that loops stops in time proportional to the audio."""
@@ -56,15 +56,23 @@ def cache_kwargs(llm: Any) -> dict[str, Any]:
     return {keyword: DynamicCache(config=llm.config), "use_cache": True}
 
 
-def repeats_back_to_back(tokens: torch.Tensor, n: int) -> torch.Tensor:
-    """tokens (R, T) → (R,): is the row looping, i.e. do its last n tokens repeat the tokens
-    p places earlier for some period p from 1 to n? With p = n that is an n-gram said twice back
-    to back; a shorter loop needs n + p tokens ("a a a a a" for n = 4, p = 1), so every loop of
-    up to n tokens is caught after n repeated tokens, whatever n is a multiple of."""
-    looped = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    for period in range(1, min(n, tokens.shape[1] - n) + 1):
-        looped |= (tokens[:, -n:] == tokens[:, -n - period : -period]).all(1)
-    return looped
+def loop_repeats(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """tokens (R, T) → (R,) long: how many trailing tokens are repeats of a loop (0: no loop).
+
+    A row loops when it ends in a unit of p tokens (p from 1 to n) said again and again, the
+    repeats after the first copy spanning at least n tokens and at least two more copies. For
+    n = 8: one token 9 times in a row, a 2-token unit 5 times, a 6-token phrase 3 times. So speech
+    that says a word a few times or a phrase twice is not cut, and every loop of up to n tokens
+    is. The count returned drops the repeats and keeps the first copy.
+    """
+    repeats = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    for period in range(1, n + 1):
+        span = max(n, 2 * period)  # repeated tokens after the first copy
+        if tokens.shape[1] < span + period:
+            break
+        periodic = (tokens[:, -span:] == tokens[:, -span - period : -period]).all(1)  # (R,)
+        repeats = torch.where(periodic & (repeats == 0), span, repeats)
+    return repeats
 
 
 class Hypothesis(NamedTuple):
@@ -103,8 +111,8 @@ def greedy_hypotheses(
     """Batched greedy decoding; each row's new tokens without the end token, their summed float32
     log-probs (the end token's too) and why the row stopped.
 
-    embeds (B, L, H), attention_mask and position_ids (B, L). A row that loops (`repeats_back_to_back`
-    with n = `repeat_ngram_stop`) ends there, without the repeated n tokens.
+    embeds (B, L, H), attention_mask and position_ids (B, L). A row that loops (`loop_repeats`
+    with n = `repeat_ngram_stop`) ends there, without the repeats.
     """
     batch, n, device = embeds.shape[0], repeat_ngram_stop, embeds.device
     caps = torch.tensor(max_new_tokens, device=device)
@@ -121,9 +129,10 @@ def greedy_hypotheses(
         score += logprobs.gather(1, token[:, None])[:, 0].masked_fill(done, 0.0)
         tokens[:, step] = token
         ended = ~done & (token == end_id)  # (B,)
-        looped = ~done & ~ended & repeats_back_to_back(tokens[:, : step + 1], n)  # (B,)
-        if n:
-            tokens[looped, step + 1 - n : step + 1] = end_id  # drop the repeated copy
+        repeats = loop_repeats(tokens[:, : step + 1], n).masked_fill(done | ended, 0)  # (B,)
+        looped = repeats > 0
+        for row, count in zip(looped.nonzero()[:, 0].tolist(), repeats[looped].tolist()):
+            tokens[row, step + 1 - count : step + 1] = end_id  # drop the repeats, keep the first copy
         reason[ended], reason[looped] = REASONS.index(STOP_END), REASONS.index(STOP_REPEAT)
         done |= ended | looped | (step + 1 >= caps)
         if bool(done.all()):
@@ -151,7 +160,7 @@ def _beam_step(
     """Extend every clip's beams by one token and keep the best K that go on.
 
     score (R,), logprobs (R, V), history (R, T). Candidates are ranked by summed log-probs; one
-    that emits the end token or loops (`repeats_back_to_back`) ends its hypothesis, and counts only
+    that emits the end token or loops (`loop_repeats`) ends its hypothesis, and counts only
     if it ranks above the K-th open candidate (as in Whisper's beam search).
     """
     vocab, n = logprobs.shape[-1], repeat_ngram_stop
@@ -163,7 +172,8 @@ def _beam_step(
     source = torch.arange(total.shape[0], device=total.device)[:, None] * beams + index // vocab  # (B, C) rows
     token = index % vocab  # (B, C)
     sequences = torch.cat([history[source], token[..., None]], dim=-1)  # (B, C, T+1)
-    looped = repeats_back_to_back(sequences.flatten(0, 1), n).view_as(token)  # (B, C)
+    repeats = loop_repeats(sequences.flatten(0, 1), n).view_as(token)  # (B, C)
+    looped = repeats > 0
     is_end = token == end_id
     stops = is_end | looped
     opens_ahead = torch.cumsum(~stops, dim=1) - (~stops).long()  # (B, C) open candidates ranked higher
@@ -173,7 +183,7 @@ def _beam_step(
         if bool(is_end[clip, rank]):
             ended.append((clip, float(top[clip, rank]), tokens[:-1], STOP_END))  # without the end token
         else:
-            ended.append((clip, float(top[clip, rank]), tokens[:-n], STOP_REPEAT))  # without the repeated copy
+            ended.append((clip, float(top[clip, rank]), tokens[: -int(repeats[clip, rank])], STOP_REPEAT))  # without the repeats
     keep = torch.sort(stops.to(torch.int8), dim=1, stable=True).indices[:, :beams]  # (B, K) best open ones
     history = sequences.gather(1, keep[..., None].expand(-1, -1, sequences.shape[-1])).flatten(0, 1)  # (R, T+1)
     source, token, top = (values.gather(1, keep).flatten() for values in (source, token, top))  # (R,) each
