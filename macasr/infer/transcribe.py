@@ -20,7 +20,7 @@ from macasr.data.manifest import Utterance
 from macasr.errors import DataError
 from macasr.evaluate.run import decoding_options
 from macasr.infer.decode import Decoded, decode_loader
-from macasr.model.decoding import STOP_END, Stop
+from macasr.model.decoding import STOP_END, STOP_REPEAT, Stop
 from macasr.model.speech_llm import SpeechLLM
 
 
@@ -37,7 +37,7 @@ class Transcript:
         """One line for a transcript a guard cut (it may be a truncated loop), else None."""
         if self.stop is None or self.stop == STOP_END:
             return None
-        why = "it repeated itself" if self.stop == "repeat" else "it reached the token cap"
+        why = "it repeated itself" if self.stop == STOP_REPEAT else "it reached the token cap"
         return f"{self.path}: decoding stopped because {why} (stop: {self.stop}); the transcript may be cut short or looped"
 
 

@@ -39,7 +39,7 @@ class DecodingOptions:
     max_tokens_base: int = 16  # tokens allowed on top of the per-second cap
     num_beams: int = 1  # 1 = greedy search
     length_penalty: float = 1.0  # beam score = sum of log-probs / length ** length_penalty
-    repeat_ngram_stop: int = 8  # end a hypothesis whose last n tokens repeat with a period <= n (0 = off)
+    repeat_ngram_stop: int = 8  # end a hypothesis that loops on a unit of up to n tokens (`loop_repeats`; 0 = off)
 
     def max_new_tokens(self, durations: Sequence[float]) -> list[int]:
         """A cap per clip, so a decode that loops stops in time proportional to the audio."""
@@ -76,8 +76,8 @@ def loop_repeats(tokens: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class Hypothesis(NamedTuple):
-    """A decoding result: new tokens without the end token (or the repeated copy), the score it was
-    ranked by, and why it stopped (`STOP_END`, `STOP_REPEAT` or `STOP_CAP`)."""
+    """A decoding result: new tokens without the end token (or the loop's repeats), the score it
+    was ranked by, and why it stopped (`STOP_END`, `STOP_REPEAT` or `STOP_CAP`)."""
 
     tokens: list[int]
     score: float  # summed log-probs (the end token's too, when it ended) / length ** length_penalty
