@@ -128,11 +128,11 @@ class TrainConfig:
 class EvalConfig:
     normalizer: Literal["whisper", "basic", "none"] = option("whisper", "Text normalization before WER: whisper (English), basic, none.")
     batch_size: int = option(16, "Utterances decoded together.")
-    max_tokens_per_second: float = option(10.0, "Token cap per second of audio (a backstop for loops; transcripts stop as `max_tokens`). See docs/decoding.md.")
+    max_tokens_per_second: float = option(10.0, "Token cap per second of audio, a backstop for loops (stop: max_tokens).")
     max_tokens_base: int = option(16, "Tokens allowed on top of the per-second cap.")
     num_beams: int = option(1, "Beam width (1 = greedy search).")
-    length_penalty: float = option(1.0, "Beam scores are log-probability / length ** length_penalty; a hypothesis that ended on the end token always outranks one a guard stopped.")
-    repeat_ngram_stop: int = option(8, "Repeat guard: end a hypothesis when its last n tokens repeat the tokens p before them, for a period p of 1 to n (0 = off); it stops as `repeat`.")
+    length_penalty: float = option(1.0, "Beam scores are log-probability / length ** length_penalty; ended beams outrank guard-stopped ones.")
+    repeat_ngram_stop: int = option(8, "Repeat guard: end a loop of a 1..n-token unit, once repeated over n tokens and twice (stop: repeat; 0 = off).")
     valid_max_utterances: int = option(0, "Decode at most this many validation utterances (0 = all).")
     datasets: dict[str, str] = option({}, "Named test manifests for `macasr eval --dataset NAME`.")
 

@@ -254,7 +254,8 @@ def test_a_loop_ends_the_hypothesis(beams: int, n: int, looping_row: list[int], 
 def test_every_stop_reason_is_reported(beams: int) -> None:
     """Clip 0 ends on the end token, clip 1 loops (a 1-token loop: 3 tokens for n = 2), clip 2 runs
     to its cap."""
-    llm = table_lm({1: {2: 0.9, 3: 0.1}, 2: {0: 0.9, 3: 0.1}, 11: {12: 0.99}, 12: {12: 0.99}} | {t: {t + 1: 0.99} for t in range(20, 31)})
+    ends, loops, runs_on = {1: {2: 0.9, 3: 0.1}, 2: {0: 0.9, 3: 0.1}}, {11: {12: 0.99}, 12: {12: 0.99}}, {t: {t + 1: 0.99} for t in range(20, 31)}
+    llm = table_lm(ends | loops | runs_on)
     hypotheses = decode(llm, table_prompts([1, 11, 20]), [6, 6, 6], beams, repeat_ngram_stop=2)
     assert [h.tokens for h in hypotheses] == [[2], [12], [21, 22, 23, 24, 25, 26]]
     assert [h.stop for h in hypotheses] == ["end", "repeat", "max_tokens"]

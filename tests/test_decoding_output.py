@@ -34,11 +34,8 @@ GUARDS = {4: "repeat", 0: "max_tokens"}  # repeat_ngram_stop → the guard that 
 def ckpts(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """A checkpoint per repeat_ngram_stop setting in GUARDS (the same weights)."""
     folder, model = tmp_path_factory.mktemp("guard_ckpts"), build_model(tiny_config)
-    return {
-        n: checkpoint.save_checkpoint(folder / f"repeat{n}.pt",
-                                      checkpoint.model_payload(model, config_module.replace(tiny_config, **{"eval.repeat_ngram_stop": n})))
-        for n in GUARDS
-    }
+    configs = {n: config_module.replace(tiny_config, **{"eval.repeat_ngram_stop": n}) for n in GUARDS}
+    return {n: checkpoint.save_checkpoint(folder / f"repeat{n}.pt", checkpoint.model_payload(model, cfg)) for n, cfg in configs.items()}
 
 
 @pytest.fixture(scope="module")
