@@ -150,11 +150,11 @@ class TrainConfig:
 class EvalConfig:
     normalizer: Literal["whisper", "english", "basic", "none"] = option("whisper", "Text normalization before WER: whisper (as published), english (whisper without its punctuation quirks), basic, none.")
     batch_size: int = option(16, "Utterances decoded together.")
-    max_tokens_per_second: float = option(15.0, "Cap on new tokens per second of audio, so a looping decode stops.")
+    max_tokens_per_second: float = option(10.0, "Token cap per second of audio, a backstop for loops (stop: max_tokens).")
     max_tokens_base: int = option(16, "Tokens allowed on top of the per-second cap.")
     num_beams: int = option(1, "Beam width (1 = greedy search).")
-    length_penalty: float = option(1.0, "Beam scores are log-probability / length ** length_penalty.")
-    repeat_ngram_stop: int = option(0, "End a hypothesis when an n-gram of this many tokens repeats back to back (0 = off).")
+    length_penalty: float = option(1.0, "Beam scores are log-probability / length ** length_penalty; ended beams outrank guard-stopped ones.")
+    repeat_ngram_stop: int = option(8, "Repeat guard: end a loop of a 1..n-token unit, once repeated over n tokens and twice (stop: repeat; 0 = off).")
     valid_max_utterances: int = option(0, "Decode at most this many validation utterances (0 = all).")
     datasets: dict[str, str] = option({}, "Named test manifests for `macasr eval --dataset NAME`.")
 

@@ -17,7 +17,7 @@ from macasr import config as config_module
 from macasr.data.collate import Example, collate
 from macasr.evaluate.run import decoding_options
 from macasr.model.build import build_model
-from macasr.model.decoding import DecodingOptions, beam_search, greedy_search
+from macasr.model.decoding import DecodingOptions, Hypothesis, beam_search, greedy_hypotheses, greedy_search
 from macasr.model.llm import TargetTokenizer
 
 TEXTS = ["the cat sat on the mat", "hello world", "seven green apples"]
@@ -138,7 +138,8 @@ def test_prefill_runs_once_per_clip_not_per_beam(tiny) -> None:
 def test_generate_uses_beam_search_when_asked(tiny) -> None:
     options = DecodingOptions(num_beams=3, max_tokens_per_second=4.0, max_tokens_base=2)
     texts = tiny.model.generate(collate(tiny.examples), options)
-    best = beam_search(tiny.llm, *tiny.rows, options.max_new_tokens(SECONDS), tiny.model.prompt.end_id, num_beams=3)
+    best = beam_search(tiny.llm, *tiny.rows, options.max_new_tokens(SECONDS), tiny.model.prompt.end_id, num_beams=3,
+                       repeat_ngram_stop=options.repeat_ngram_stop)
     decoded = tiny.model.tokenizer.batch_decode([h.tokens for h in best], skip_special_tokens=True)
     assert texts == [" ".join(text.split()) for text in decoded]
     greedy = tiny.model.generate(collate(tiny.examples), DecodingOptions(max_tokens_per_second=4.0, max_tokens_base=2))
@@ -146,20 +147,26 @@ def test_generate_uses_beam_search_when_asked(tiny) -> None:
 
 
 def cut_at_first_loop(tokens: list[int], n: int) -> list[int]:
-    """What the repeat guard should leave: the tokens up to the first back-to-back n-gram repeat."""
-    for end in range(2 * n, len(tokens) + 1):
-        if tokens[end - n : end] == tokens[end - 2 * n : end - n]:
-            return tokens[: end - n]
+    """What the repeat guard should leave: the tokens up to the first place where they end in a
+    unit of p <= n tokens repeated over max(n, 2p) more tokens, minus those repeats."""
+    for end in range(len(tokens) + 1):
+        for p in range(1, n + 1):
+            span = max(n, 2 * p)
+            if span + p <= end and tokens[end - span : end] == tokens[end - span - p : end - p]:
+                return tokens[: end - span]
     return tokens
 
 
 def test_greedy_stops_where_the_real_model_loops(tiny) -> None:
     caps = [20] * 3
-    free = greedy_search(tiny.llm, *tiny.rows, caps, tiny.model.prompt.end_id)
-    for n in (1, 2):
-        guarded = greedy_search(tiny.llm, *tiny.rows, caps, tiny.model.prompt.end_id, repeat_ngram_stop=n)
-        assert guarded == [cut_at_first_loop(t, n) for t in free]
-    assert any(cut_at_first_loop(t, 2) != cut_at_first_loop(t, 1) != t for t in free)  # the LM loops both ways
+    free = greedy_hypotheses(tiny.llm, *tiny.rows, caps, tiny.model.prompt.end_id)
+    assert [h.stop for h in free] == ["max_tokens"] * 3  # the random LM never ends on its own
+    for n in (1, 2, 4, 6, 8):
+        guarded = greedy_hypotheses(tiny.llm, *tiny.rows, caps, tiny.model.prompt.end_id, repeat_ngram_stop=n)
+        assert [h.tokens for h in guarded] == [cut_at_first_loop(h.tokens, n) for h in free]
+        assert [h.stop for h in guarded] == ["repeat" if cut_at_first_loop(h.tokens, n) != h.tokens else "max_tokens" for h in free]
+    cuts = [{len(cut_at_first_loop(h.tokens, n)) for n in (1, 4, 6, 8)} for h in free]
+    assert any(len(lengths) > 2 for lengths in cuts)  # it loops with units of several lengths, so n matters
 
 
 class TableLM(nn.Module):
@@ -220,15 +227,59 @@ def test_beam_search_finds_what_greedy_misses_and_stops_in_time(length_penalty: 
     assert llm.calls == 3  # prefill and two steps: both clips are settled long before their caps
 
 
-CHAIN = {t: {t + 1: 0.99} for t in range(1, 31)} | {7: {5: 0.99}}  # t → t + 1, except 5 → 6 → 7 → 5
+# t → t + 1, except 5 → 6 → 7 → 5 (a loop of 3 tokens), and 31 → 31: no path ever ends.
+CHAIN = {t: {t + 1: 0.99} for t in range(1, 31)} | {7: {5: 0.99}, 31: {31: 0.99}}
+
+
+def decode(llm, rows, caps: list[int], beams: int, **kwargs) -> list[Hypothesis]:
+    """Greedy for one beam, else beam search: the two must agree on what the guards do."""
+    if beams == 1:
+        return greedy_hypotheses(llm, *rows, caps, 0, **kwargs)
+    return beam_search(llm, *rows, caps, 0, num_beams=beams, **kwargs)
 
 
 @pytest.mark.parametrize("beams", [1, 3])
-@pytest.mark.parametrize(("n", "looping_row"), [(3, [5, 6, 7]), (2, [5, 6, 7] * 4), (0, [5, 6, 7] * 4)])
-def test_a_back_to_back_repeat_ends_the_hypothesis(beams: int, n: int, looping_row: list[int]) -> None:
+@pytest.mark.parametrize(("n", "looping_row", "stop"), [
+    (3, [5, 6, 7], "repeat"), (4, [5, 6, 7], "repeat"), (6, [5, 6, 7], "repeat"),  # a loop shorter than n is caught
+    (2, [5, 6, 7] * 4, "max_tokens"), (0, [5, 6, 7] * 4, "max_tokens"),  # a loop longer than n is not
+])
+def test_a_loop_ends_the_hypothesis(beams: int, n: int, looping_row: list[int], stop: str) -> None:
     llm, rows, caps = table_lm(CHAIN), table_prompts([4, 9]), [12, 12]
-    if beams == 1:
-        tokens = greedy_search(llm, *rows, caps, 0, repeat_ngram_stop=n)
-    else:
-        tokens = [h.tokens for h in beam_search(llm, *rows, caps, 0, num_beams=beams, repeat_ngram_stop=n)]
-    assert tokens == [looping_row, list(range(10, 22))]  # the other clip, which does not loop, runs to its cap
+    hypotheses = decode(llm, rows, caps, beams, repeat_ngram_stop=n)
+    assert [h.tokens for h in hypotheses] == [looping_row, list(range(10, 22))]  # the other clip runs to its cap
+    assert [h.stop for h in hypotheses] == [stop, "max_tokens"]
+
+
+@pytest.mark.parametrize("beams", [1, 2])
+def test_every_stop_reason_is_reported(beams: int) -> None:
+    """Clip 0 ends on the end token, clip 1 loops (a 1-token loop: 3 tokens for n = 2), clip 2 runs
+    to its cap."""
+    ends, loops, runs_on = {1: {2: 0.9, 3: 0.1}, 2: {0: 0.9, 3: 0.1}}, {11: {12: 0.99}, 12: {12: 0.99}}, {t: {t + 1: 0.99} for t in range(20, 31)}
+    llm = table_lm(ends | loops | runs_on)
+    hypotheses = decode(llm, table_prompts([1, 11, 20]), [6, 6, 6], beams, repeat_ngram_stop=2)
+    assert [h.tokens for h in hypotheses] == [[2], [12], [21, 22, 23, 24, 25, 26]]
+    assert [h.stop for h in hypotheses] == ["end", "repeat", "max_tokens"]
+
+
+# Clip 0: greedy takes 2 and ends ([2], mean log-prob -0.35); beam search also finds 3 5 5 5 ...,
+# whose 5 → 5 (0.99) makes a loop more likely per token (-0.11 at 8 tokens) than any answer.
+LOOP_BAIT = {1: {2: 0.55, 3: 0.45}, 2: {0: 0.9, 9: 0.1}, 3: {5: 1.0}, 5: {5: 0.99, 0: 0.01}}
+
+
+@pytest.mark.parametrize("n", [0, 2, 4])
+@pytest.mark.parametrize("beams", [2, 4])
+def test_beam_search_prefers_an_ended_hypothesis_to_a_loop(beams: int, n: int) -> None:
+    """A hypothesis that ended on the end token outranks any the cap or the repeat guard stopped,
+    however well its length-normalized score looks (the real-LLM failure: 4 beams looped to the
+    cap on 7 of 20 clips where greedy ended)."""
+    llm, rows, caps = table_lm(LOOP_BAIT), table_prompts([1, 1]), [8, 8]
+    assert [h.tokens for h in greedy_hypotheses(llm, *rows, caps, 0, repeat_ngram_stop=n)] == [[2], [2]]
+    best = beam_search(llm, *rows, caps, 0, num_beams=beams, repeat_ngram_stop=n)
+    assert [(h.tokens, h.stop) for h in best] == [([2], "end")] * 2
+    assert best[0].score == pytest.approx((math.log(0.55) + math.log(0.9)) / 2, abs=1e-4)
+
+
+def test_beam_search_falls_back_to_the_best_guard_stop_when_nothing_ends() -> None:
+    llm, rows, never = table_lm({1: {2: 0.6, 3: 0.4}, 2: {2: 0.99}, 3: {3: 0.999}}), table_prompts([1]), -1
+    best = beam_search(llm, *rows, [8], never, num_beams=2, repeat_ngram_stop=2)[0]
+    assert (best.tokens, best.stop) == ([2], "repeat")  # 2 2 2 is cut to 2; 3 3 3 scores lower (log 0.4 < log 0.6)

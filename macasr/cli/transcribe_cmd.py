@@ -22,7 +22,7 @@ class Format(str, Enum):
 def transcribe(
     audio: Annotated[list[Path], typer.Argument(help="Audio files: WAV, FLAC, OGG, MP3; any rate and channels.", show_default=False)],
     ckpt: CheckpointOpt,
-    output_format: Annotated[Format, typer.Option("--format", help="txt: the transcript (path<TAB>text for several files); json: one object per line.")] = Format.txt,
+    output_format: Annotated[Format, typer.Option("--format", help="txt: the transcript (path<TAB>text for several files), with a note on stderr for one a guard cut; json: one object per line, `stop` saying why decoding stopped (end, repeat, max_tokens).")] = Format.txt,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -35,8 +35,10 @@ def transcribe(
         if r.error is not None:
             err_console.print(f"[red]error:[/] {escape(r.error)}", soft_wrap=True)
         elif output_format is Format.json:
-            typer.echo(json.dumps({"audio": r.path, "text": r.text, "duration": r.duration}, ensure_ascii=False))
+            typer.echo(json.dumps({"audio": r.path, "text": r.text, "duration": r.duration, "stop": r.stop}, ensure_ascii=False))
         else:
             typer.echo(r.text if len(audio) == 1 else f"{r.path}\t{r.text}")
+            if r.guard_note is not None:
+                err_console.print(f"[yellow]note:[/] {escape(r.guard_note)}", soft_wrap=True)
     if any(r.error is not None for r in results):
         raise typer.Exit(1)

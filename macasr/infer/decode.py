@@ -10,18 +10,22 @@ from torch.utils.data import DataLoader
 
 from macasr.data.collate import Batch
 from macasr.model.build import autocast
-from macasr.model.decoding import DecodingOptions
+from macasr.model.decoding import STOP_END, DecodingOptions, Stop
 from macasr.model.speech_llm import SpeechLLM
 
 
 @dataclasses.dataclass
 class Decoded:
-    """What `decode_loader` returns; indices are positions in the loader's dataset."""
+    """What `decode_loader` found, keyed by dataset index."""
 
-    hypotheses: dict[int, str]  # dataset index -> transcript
-    stop_reasons: dict[int, str]  # dataset index -> "end" | "repeat" | "max_tokens"
-    skipped: list[str]  # one line per clip that could not be read (from Batch.skipped)
-    warnings: list[str]  # one line per clip that was read but looks wrong (Batch.warnings)
+    hypotheses: dict[int, str] = dataclasses.field(default_factory=dict)  # dataset index -> transcript
+    stop_reasons: dict[int, Stop] = dataclasses.field(default_factory=dict)  # -> "end" | "repeat" | "max_tokens"
+    skipped: list[str] = dataclasses.field(default_factory=list)  # one line per clip that could not be read
+    warnings: list[str] = dataclasses.field(default_factory=list)  # one line per clip read that looks wrong
+
+    def guard_stops(self) -> dict[int, Stop]:
+        """The clips a guard cut (stop reason other than "end"): their transcripts may be truncated loops."""
+        return {i: stop for i, stop in self.stop_reasons.items() if stop != STOP_END}
 
 
 @torch.no_grad()
@@ -29,20 +33,22 @@ def decode_loader(
     model: SpeechLLM, loader: DataLoader[Batch], options: DecodingOptions, device: torch.device, precision: str,
     on_batch: Callable[[Batch], None] | None = None,
 ) -> Decoded:
-    """Decode every batch; clips that could not be read are listed in `skipped`, not decoded."""
+    """Decode every batch → `Decoded` (transcripts and stop reasons by dataset index, and the
+    lines for clips skipped or warned about)."""
     was_training = model.training
     model.eval()
-    out = Decoded({}, {}, [], [])
+    decoded = Decoded()
     try:
         for batch in loader:
-            out.skipped += batch.skipped
-            out.warnings += getattr(batch, "warnings", [])
+            decoded.skipped += batch.skipped
+            decoded.warnings += getattr(batch, "warnings", [])
             if len(batch):
                 with autocast(device, precision):
-                    texts = model.generate(batch.to(device), options)
-                out.hypotheses.update(zip(batch.indices, texts))
+                    generated = model.generate_with_stops(batch.to(device), options)
+                decoded.hypotheses.update(zip(batch.indices, (g.text for g in generated)))
+                decoded.stop_reasons.update(zip(batch.indices, (g.stop for g in generated)))
             if on_batch is not None:
                 on_batch(batch)
     finally:
         model.train(was_training)
-    return out
+    return decoded

@@ -1,7 +1,8 @@
 """Transcribe audio files with a trained checkpoint; the `Transcriber` public API.
 
 Files are read in batches; a file that is missing, empty or undecodable gets an error naming it
-and why, and the others are still transcribed.
+and why, and the others are still transcribed. Each transcript says why decoding stopped, so a
+loop cut by a guard is never passed off as a finished transcript.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from macasr.data.loader import build_loader
 from macasr.data.manifest import Utterance
 from macasr.errors import DataError
 from macasr.evaluate.run import decoding_options
-from macasr.infer.decode import decode_loader
+from macasr.infer.decode import Decoded, decode_loader
+from macasr.model.decoding import STOP_END, STOP_REPEAT, Stop
 from macasr.model.speech_llm import SpeechLLM
 
 
@@ -28,6 +30,15 @@ class Transcript:
     text: str | None  # None when the file could not be transcribed
     error: str | None = None
     duration: float = 0.0  # seconds
+    stop: Stop | None = None  # why decoding stopped: "end", or a guard: "repeat", "max_tokens"; None on error
+
+    @property
+    def guard_note(self) -> str | None:
+        """One line for a transcript a guard cut (it may be a truncated loop), else None."""
+        if self.stop is None or self.stop == STOP_END:
+            return None
+        why = "it repeated itself" if self.stop == STOP_REPEAT else "it reached the token cap"
+        return f"{self.path}: decoding stopped because {why} (stop: {self.stop}); the transcript may be cut short or looped"
 
 
 class Transcriber:
@@ -60,20 +71,21 @@ class Transcriber:
                 continue
             utterances.append(Utterance(id=path, audio=str(Path(path).resolve()), text="", duration=duration))
             owners.append(i)
-        hyps: dict[int, str] = {}
-        skipped: list[str] = []
+        decoded = Decoded()
         if utterances:
             loader = build_loader(utterances, self.model.encoder.featurizer, shuffle=False, on_bad_clip="skip",
                                   batch_size=batch_size or self.cfg.eval.batch_size)
             decoded = decode_loader(self.model, loader, decoding_options(self.cfg), self.device, self.precision)
-            hyps, skipped = decoded.hypotheses, decoded.skipped
         for j, i in enumerate(owners):
-            if j not in hyps:
+            if j not in decoded.hypotheses:
                 path = utterances[j].audio
-                errors[i] = next((s for s in skipped if s.startswith(path)), f"{paths[i]}: could not be decoded")
+                errors[i] = next((s for s in decoded.skipped if s.startswith(path)), f"{paths[i]}: could not be decoded")
         by_index = dict(zip(owners, range(len(owners))))
-        return [
-            Transcript(str(p), None, errors[i]) if i in errors
-            else Transcript(str(p), hyps[by_index[i]], None, round(utterances[by_index[i]].duration, 3))
-            for i, p in enumerate(paths)
-        ]
+        results = []
+        for i, p in enumerate(map(str, paths)):
+            if i in errors:
+                results.append(Transcript(p, None, errors[i]))
+                continue
+            j = by_index[i]
+            results.append(Transcript(p, decoded.hypotheses[j], None, round(utterances[j].duration, 3), decoded.stop_reasons[j]))
+        return results

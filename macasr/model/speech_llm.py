@@ -1,4 +1,5 @@
-"""SpeechLLM: encoder → connector → LLM, with exactly two entry points, `forward` and `generate`.
+"""SpeechLLM: encoder → connector → LLM, with two entry points, `forward` and `generate` (and
+`generate_with_stops`, which also says why each clip's decoding stopped).
 
 Symbols: B batch, N speech embeddings, P/S prefix/suffix tokens, M target tokens, H LLM width.
 
@@ -9,18 +10,26 @@ from. Position ids count from each row's first real token.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
-from macasr.model.decoding import DecodingOptions, beam_search, greedy_search
+from macasr.model.decoding import DecodingOptions, Stop, beam_search, greedy_hypotheses
 from macasr.model.llm import PromptTokens
 
 if TYPE_CHECKING:
     from macasr.data.collate import Batch
 
 IGNORE_INDEX = -100
+
+
+class Generated(NamedTuple):
+    """One clip's transcript and why decoding stopped: "end" (the model ended it), "repeat" (the
+    repeat guard cut a loop) or "max_tokens" (the token cap cut it)."""
+
+    text: str
+    stop: Stop
 
 
 class SpeechLLM(nn.Module):
@@ -94,14 +103,19 @@ class SpeechLLM(nn.Module):
     def generate(self, batch: Batch, options: DecodingOptions | None = None) -> list[str]:
         """Batched transcription (greedy, or beam search when `num_beams` > 1); each row equals
         decoding that clip alone."""
+        return [g.text for g in self.generate_with_stops(batch, options)]
+
+    @torch.no_grad()
+    def generate_with_stops(self, batch: Batch, options: DecodingOptions | None = None) -> list[Generated]:
+        """`generate`, with why each clip stopped, so a transcript cut by a guard can be flagged."""
         options = options or DecodingOptions()
         speech, speech_lengths = self.encode_speech(batch.features, batch.feature_lengths)
         embeds, mask, positions = self._layout(speech, speech_lengths)
         caps, end, stop = options.max_new_tokens(batch.durations), self.prompt.end_id, options.repeat_ngram_stop
         if options.num_beams > 1:
             best = beam_search(self.llm, embeds, mask, positions, caps, end, options.num_beams, options.length_penalty, stop)
-            tokens = [hypothesis.tokens for hypothesis in best]
         else:
-            tokens = greedy_search(self.llm, embeds, mask, positions, caps, end, stop)
+            best = greedy_hypotheses(self.llm, embeds, mask, positions, caps, end, stop)
+        texts = self.tokenizer.batch_decode([h.tokens for h in best], skip_special_tokens=True)
         # A transcript is one line: runs of whitespace (newlines included) become one space.
-        return [" ".join(text.split()) for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        return [Generated(" ".join(text.split()), h.stop) for text, h in zip(texts, best)]
