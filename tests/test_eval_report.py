@@ -61,6 +61,20 @@ def test_table_shows_skip_and_empty_columns_only_when_there_is_something_to_coun
     assert "skipped clips: 0 · empty references: 0" in text
 
 
+def test_hypotheses_cut_by_a_decoding_guard_are_counted_and_marked(tmp_path: Path) -> None:
+    looped = score("looped", ["a", "b", "c"], ["the cat", "a dog", "hi"], ["the the the", "a dog", "hi hi"], [1.0] * 3,
+                   "basic", stops=["repeat", "end", "max_tokens"])
+    clean = score("clean", ["d"], ["the cat"], ["the cat"], [1.0], "basic")
+    text = _render(wer_table([looped, clean], "basic"))
+    assert _cells(text, "looped", "Guard") == ["2"] and _cells(text, "overall", "Guard") == ["2"]
+    assert "cut by a decoding guard: 2" in " ".join(text.split())  # the caption wraps to the table width
+    assert "Guard" not in _render(wer_table([clean], "basic"))  # only when something was cut
+    json_path, jsonl_path = write_report(tmp_path / "r.json", [looped, clean], "basic")
+    rep = json.loads(json_path.read_text())
+    assert (rep["datasets"]["looped"]["guard_stops"], rep["overall"]["guard_stops"]) == (2, 2)
+    assert [json.loads(line)["stop"] for line in jsonl_path.read_text().splitlines()] == ["repeat", "end", "max_tokens", "end"]
+
+
 def test_no_wer_is_shown_for_a_dataset_with_nothing_scored() -> None:
     good, unreadable = _scores()
     assert unreadable.problem and "2 clips skipped" in unreadable.problem

@@ -75,9 +75,11 @@ def test_unreadable_clips_are_counted_and_a_dataset_with_none_fails(ckpt: Path, 
     assert errors[-1] == "error: gone: no utterance could be scored (2 clips skipped as unreadable)"
     assert sum(line.startswith("skipped: ") for line in errors) == 3
     assert any("g2.wav" in line for line in errors)
+    header = next(line for line in result.stdout.splitlines() if "Dataset" in line)
     row = next(line for line in result.stdout.splitlines() if "gone" in line)
-    cells = [c.strip() for c in row.strip("│ ").split("│")]
-    assert cells[:6] == ["gone", "0", "2", "0.00", "n/a", "n/a"]  # Utts, Skip, 0 hours, but no 0.00 % WER
+    cells = dict(zip((c.strip() for c in header.strip("┃ ").split("┃")), (c.strip() for c in row.strip("│ ").split("│"))))
+    # Utts, Skip, 0 hours, but no 0.00 % WER
+    assert [cells[k] for k in ("Dataset", "Utts", "Skip", "Hours", "WER %", "CER %")] == ["gone", "0", "2", "0.00", "n/a", "n/a"]
     assert "skipped clips: 3" in result.stdout
     rep = json.loads((tmp_path / "r.json").read_text())  # written before exiting 1
     assert rep["datasets"]["good"]["utterances"] == 1 and rep["datasets"]["good"]["skipped"] == 1

@@ -171,6 +171,7 @@ def test_report_dict() -> None:
         "utterances",
         "skipped",
         "empty_references",
+        "guard_stops",
         "hours",
         "substitutions",
         "deletions",
@@ -204,6 +205,7 @@ def test_write_report_round_trip(tmp_path: Path) -> None:
         "ref_norm": "on the mat",
         "hyp_norm": "on mat",
         "errors": 1,
+        "stop": "end",
     }
     assert sorted(p.name for p in json_path.parent.iterdir()) == [
         "eval.json",

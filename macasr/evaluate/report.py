@@ -48,10 +48,10 @@ def _check_names(scores: Sequence[DatasetScore]) -> None:
         raise ValueError(f"dataset names must be unique, repeated: {', '.join(duplicates)}")
 
 
-def _cells(s: DatasetScore, skip: bool, empty: bool) -> list[str | Text]:
-    """One table row; the Skip and Empty cells only when those columns are shown."""
+def _cells(s: DatasetScore, skip: bool, empty: bool, guard: bool) -> list[str | Text]:
+    """One table row; the Skip, Empty and Guard cells only when those columns are shown."""
     c = s.counts
-    counts = [str(len(s.skipped))] * skip + [str(s.empty_references)] * empty
+    counts = [str(len(s.skipped))] * skip + [str(s.empty_references)] * empty + [str(s.guard_stops)] * guard
     return [
         Text(s.name),  # Text, not a str: a name like "[dev]" must not be read as markup
         str(s.utterances), *counts, _hours(s.hours), _rate(s, s.wer), _rate(s, s.cer),
@@ -65,21 +65,23 @@ def wer_table(scores: Sequence[DatasetScore], normalizer: str, title: str = "WER
     "Utts" counts the scored utterances. The caption always gives the total of clips skipped as
     unreadable and of references empty after normalization (their hypothesis words count as
     insertions); a "Skip" or "Empty" column gives them per dataset when any is non-zero (shown
-    always, they would push the table past 80 columns).
+    always, they would push the table past 80 columns). A "Guard" column, shown likewise, counts
+    hypotheses a decoding guard cut (a loop or the token cap) rather than the end token.
     """
     rows = list(scores)
     if len(rows) > 1:
         rows.append(overall(rows))
     total = overall(scores)
-    skip, empty = bool(total.skipped), bool(total.empty_references)
+    skip, empty, guard = bool(total.skipped), bool(total.empty_references), bool(total.guard_stops)
     caption = f"normalizer: {normalizer} · skipped clips: {len(total.skipped)} · empty references: {total.empty_references}"
+    caption += f" · cut by a decoding guard: {total.guard_stops}" if guard else ""
     table = Table(title=title, caption=Text(caption))
     table.add_column("Dataset", overflow="fold")  # a long name wraps rather than losing its end
-    headers = ["Utts", *["Skip"] * skip, *["Empty"] * empty, "Hours", "WER %", "CER %", "Sub", "Del", "Ins"]
+    headers = ["Utts", *["Skip"] * skip, *["Empty"] * empty, *["Guard"] * guard, "Hours", "WER %", "CER %", "Sub", "Del", "Ins"]
     for header in headers:
         table.add_column(header, justify="right")
     for index, s in enumerate(rows):
-        table.add_row(*_cells(s, skip, empty), end_section=len(rows) > 1 and index == len(rows) - 2)
+        table.add_row(*_cells(s, skip, empty, guard), end_section=len(rows) > 1 and index == len(rows) - 2)
     return table
 
 
@@ -92,6 +94,7 @@ def _summary(s: DatasetScore) -> dict[str, Any]:
         "utterances": s.utterances,
         "skipped": len(s.skipped),
         "empty_references": s.empty_references,
+        "guard_stops": s.guard_stops,
         "hours": s.hours,
         "substitutions": c.substitutions,
         "deletions": c.deletions,
@@ -159,6 +162,7 @@ def _utterance_lines(scores: Iterable[DatasetScore]) -> str:
                 "ref_norm": u.ref_norm,
                 "hyp_norm": u.hyp_norm,
                 "errors": u.errors,
+                "stop": u.stop,
             }
         )
         for s in scores

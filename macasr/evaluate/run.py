@@ -44,7 +44,7 @@ def evaluate_utterances(
     result = score(
         name, [utterances[i].id for i in kept], [utterances[i].text for i in kept],
         [decoded.hypotheses[i] for i in kept], [utterances[i].duration for i in kept], cfg.eval.normalizer,
-        skipped=decoded.skipped, warnings=decoded.warnings,
+        skipped=decoded.skipped, warnings=decoded.warnings, stops=[decoded.stop_reasons[i] for i in kept],
     )
     return result, decoded.skipped
 

@@ -71,6 +71,7 @@ class UtteranceResult:
     ref_norm: str
     hyp_norm: str
     errors: int
+    stop: str = "end"  # why decoding stopped: "end", or the guard that cut it ("repeat", "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class DatasetScore:
     """Scores of one dataset (or of several pooled, see `overall`).
 
     `utterances` counts the scored ones; `skipped` holds one line per clip that could not be
-    read (not scored), `warnings` one line per clip that was read but looks wrong.
+    read (not scored), `warnings` one line per clip that was read but looks wrong, `guard_stops`
+    counts hypotheses a decoding guard cut (a loop or the token cap) instead of the end token.
     """
 
     name: str
@@ -89,6 +91,7 @@ class DatasetScore:
     empty_references: int = 0
     skipped: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    guard_stops: int = 0
 
     @property
     def wer(self) -> float:
@@ -193,23 +196,27 @@ def score(
     normalizer: str,
     skipped: Sequence[str] = (),
     warnings: Sequence[str] = (),
+    stops: Sequence[str] | None = None,
 ) -> DatasetScore:
     """Normalize with `normalizer`, then score one dataset; `durations` are in seconds.
 
-    `skipped` and `warnings` (one line per clip) are kept on the result for tables and reports.
+    `skipped` and `warnings` (one line per clip) are kept on the result for tables and reports;
+    `stops` gives each hypothesis's stop reason (default: all "end").
     """
-    _check_lengths(ids=ids, refs=refs, hyps=hyps, durations=durations)
+    stops = ["end"] * len(ids) if stops is None else stops
+    _check_lengths(ids=ids, refs=refs, hyps=hyps, durations=durations, stops=stops)
     normalize = get_normalizer(normalizer)
     ref_norm = [normalize(r) for r in refs]
     hyp_norm = [normalize(h) for h in hyps]
     counts, errors = _align(ref_norm, hyp_norm)
     per_utterance = tuple(
-        UtteranceResult(str(i), r, h, rn, hn, e)
-        for i, r, h, rn, hn, e in zip(ids, refs, hyps, ref_norm, hyp_norm, errors, strict=True)
+        UtteranceResult(str(i), r, h, rn, hn, e, stop)
+        for i, r, h, rn, hn, e, stop in zip(ids, refs, hyps, ref_norm, hyp_norm, errors, stops, strict=True)
     )
     hours = float(sum(durations)) / 3600.0
     empty = sum(1 for r in ref_norm if not r)
-    return DatasetScore(name, len(ids), hours, counts, per_utterance, empty, tuple(skipped), tuple(warnings))
+    guarded = sum(1 for stop in stops if stop != "end")
+    return DatasetScore(name, len(ids), hours, counts, per_utterance, empty, tuple(skipped), tuple(warnings), guarded)
 
 
 def overall(scores: Sequence[DatasetScore]) -> DatasetScore:
@@ -225,4 +232,5 @@ def overall(scores: Sequence[DatasetScore]) -> DatasetScore:
         empty_references=sum(s.empty_references for s in scores),
         skipped=tuple(line for s in scores for line in s.skipped),
         warnings=tuple(line for s in scores for line in s.warnings),
+        guard_stops=sum(s.guard_stops for s in scores),
     )
