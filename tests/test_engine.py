@@ -197,3 +197,29 @@ def test_a_validation_set_with_no_readable_clip_stops_the_run_instead_of_scoring
         trainer.fit()
     assert "gone.wav: no such audio file" in printed(trainer)
     assert (cfg.run_dir / "last.pt").is_file() and not (cfg.run_dir / "best.pt").exists()
+
+
+def test_a_run_that_failed_before_its_first_step_can_simply_be_rerun(tiny_config, corpus, tmp_path: Path) -> None:
+    """Nothing of value is in a folder holding only config.toml and an empty metrics.jsonl."""
+    cfg = run_config(tiny_config, corpus, tmp_path)
+    cfg.run_dir.mkdir(parents=True)
+    config_module.dump(cfg, cfg.run_dir / "config.toml")
+    (cfg.run_dir / "metrics.jsonl").write_text("")
+    console = Console(file=io.StringIO(), width=400)
+    assert train(cfg, console).steps == 1
+    assert "a run that never took a step: removed config.toml, metrics.jsonl" in console.file.getvalue()
+
+
+def test_a_training_set_with_no_readable_clip_stops_instead_of_looping(tiny_config, corpus, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"audio": str(tmp_path / f"gone{i}.wav"), "text": "hi", "duration": 1.0}) + "\n"
+                           for i in range(3)))
+    cfg = run_config(tiny_config, corpus, tmp_path, **{"data.train": [str(bad)]})
+    with pytest.raises(MacasrError, match=r"^\[data\] train: none of the 3 training clips could be read"):
+        train(cfg, Console(file=io.StringIO()))
+
+
+def test_a_max_duration_that_drops_every_clip_is_one_line(tiny_config, corpus, tmp_path: Path) -> None:
+    cfg = run_config(tiny_config, corpus, tmp_path, **{"data.max_duration": 0.01})
+    with pytest.raises(MacasrError, match=r"^\[data\] max_duration: all 32 training clips are longer than 0.01 s"):
+        train(cfg, Console(file=io.StringIO()))

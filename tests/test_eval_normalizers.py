@@ -143,6 +143,11 @@ def test_english_unifies_apostrophes_before_contractions() -> None:
         assert norm(text.replace("'", apostrophe)) == expected, apostrophe
 
 
+def test_basic_keeps_every_apostrophe_variant_inside_the_word() -> None:
+    for apostrophe in "'\u2019\u2018\u02bc\u2032`\u00b4":
+        assert get_normalizer("basic")(f"I don{apostrophe}t know") == "i don't know", apostrophe
+
+
 @pytest.mark.parametrize(
     "text",
     [

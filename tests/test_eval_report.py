@@ -134,7 +134,7 @@ def test_report_path_is_checked_before_decoding(tmp_path: Path) -> None:
         check_report_path(blocker / "sub" / "r.json")
     manifest = tmp_path / "test.jsonl"
     manifest.write_text("{}\n")
-    with pytest.raises(MacasrError, match="manifest being scored"):
+    with pytest.raises(MacasrError, match="one of this command's inputs"):
         check_report_path(tmp_path / "test.jsonl", inputs=[manifest])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,13 @@ def test_manifests_with_the_same_file_name_are_two_datasets(ckpt: Path, tmp_path
     datasets = report["datasets"]
     assert {name: d["utterances"] for name, d in datasets.items()} == {"a/test": 1, "b/test": 2}
     assert "a/test" in result.stdout and "b/test" in result.stdout
+
+
+def test_a_file_named_by_dataset_and_by_manifest_is_scored_once(tiny_config, tmp_path: Path) -> None:
+    test = str(tmp_path / "data" / "test.jsonl")
+    cfg = config_module.replace(tiny_config, **{"eval.datasets": {"test": test}})
+    same = str(tmp_path / "data" / ".." / "data" / "test.jsonl")
+    assert run_module.named_sets(cfg, [same, test], ["test", "test"]) == {"test": test}
 
 
 def test_named_sets_keeps_every_input_distinct(tiny_config, tmp_path: Path) -> None:
@@ -107,10 +115,11 @@ def test_on_bad_clip_skip_overrides_the_config(ckpt: Path, tiny_config, tmp_path
     assert "gone.wav" in result.stderr
 
 
-@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+@pytest.mark.parametrize("where", ["folder", "under_a_file", "the_checkpoint"])
 def test_report_path_is_refused_before_decoding(where: str, ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = _manifest(tmp_path / "m.jsonl", {"ok.wav": True})
-    report = tmp_path if where == "folder" else manifest / "r.json"
+    ckpt = Path(shutil.copy(ckpt, tmp_path / "ck.pt"))  # a copy: a failing test must not ruin the shared one
+    report = {"folder": tmp_path, "under_a_file": manifest / "r.json", "the_checkpoint": ckpt}[where]
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoding started before the report path was checked")

@@ -65,7 +65,8 @@ def evaluate(
     cfg = config_module.from_dict(config_module.to_dict(config_module.replace(restored.config, **overrides)), "command line")
     sets = named_sets(cfg, [str(m) for m in manifest or []], dataset or [])
     if report:
-        check_report_path(report, inputs=[Path(p) for p in sets.values()])  # before, not after, decoding
+        inputs = [Path(p) for p in sets.values()] + [ckpt] + ([config] if config else [])
+        check_report_path(report, inputs=inputs)  # before, not after, decoding
     with dataset_progress() as progress:
         scores, _ = evaluate_sets(restored.model, cfg, sets, restored.device, restored.precision, progress)
     for s in scores:

@@ -84,7 +84,7 @@ def _english() -> Callable[[str], str]:
 
 def _basic_normalize(text: str) -> str:
     """Lower-case, drop punctuation and symbols but keep in-word apostrophes, collapse spaces."""
-    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).lower()
+    text = unicodedata.normalize("NFKC", text.translate(_APOSTROPHES)).lower()  # apostrophes first, as in english
     # Only punctuation (P*) and symbols (S*): combining marks (M*) are part of letters in many
     # scripts, and turning them into spaces would split words.
     text = "".join(" " if unicodedata.category(c)[0] in "PS" and c != "'" else c for c in text)

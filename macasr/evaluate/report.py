@@ -180,7 +180,7 @@ def check_report_path(path: Path, inputs: Iterable[Path] = ()) -> Path:
     """Refuse a report path that cannot be written, before any decoding is spent on it.
 
     Checks the report and its .utterances.jsonl: neither may be a folder or one of `inputs`
-    (the manifests being scored), and the nearest existing folder above them must be writable
+    (the manifests being scored, the checkpoint, the config), and the nearest existing folder above them must be writable
     (missing folders are created only when the report is written). Raises MacasrError.
     """
     path = Path(path)
@@ -189,7 +189,8 @@ def check_report_path(path: Path, inputs: Iterable[Path] = ()) -> Path:
         if target.is_dir():
             raise MacasrError(f"report {path}: {target} is a folder; give a file name such as {path / 'eval.json'}")
         if target.resolve() in inputs:
-            raise MacasrError(f"report {path}: {target} is a manifest being scored and would be overwritten")
+            raise MacasrError(f"report {path}: {target} is one of this command's inputs (a manifest, the checkpoint "
+                              "or the config) and would be overwritten; give another file name")
     folder = path.absolute().parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

@@ -84,10 +84,12 @@ def named_sets(cfg: Config, manifests: Sequence[str], datasets: Sequence[str]) -
             known = ", ".join(cfg.eval.datasets) or "none"
             raise ConfigError(f"[eval] datasets: no dataset named `{name}` (the config names: {known})")
         chosen[name] = cfg.eval.datasets[name]
-    unique: dict[Path, Path] = {}
+    seen = {Path(path).resolve() for path in chosen.values()}  # a file named twice is scored once
+    paths = []
     for path in map(Path, manifests):
-        unique.setdefault(path.resolve(), path)
-    paths = list(unique.values())
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            paths.append(path)
     for name, path in zip(_distinct_names(paths, set(chosen)), paths, strict=True):
         chosen[name] = str(path)
     if not chosen:

@@ -117,12 +117,17 @@ class Trainer:
         sampler = self.loader.batch_sampler
         while True:
             sampler.set_epoch(self.epoch, self.batches_in_epoch)
+            usable = skipped = 0
             for batch in self.loader:
                 self.batches_in_epoch += 1
                 self._report_once("skipped clip", batch.skipped)
                 self._report_once("warning", batch.warnings)
+                usable, skipped = usable + len(batch), skipped + len(batch.skipped)
                 if len(batch):
                     yield batch
+            if not usable and skipped:  # another epoch would find nothing either: never loop forever
+                raise DataError(f"[data] train: none of the {skipped:,} training clips could be read "
+                                f"(each is named above); fix or remove them")
             self.epoch += 1
             self.batches_in_epoch = 0
 

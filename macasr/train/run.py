@@ -36,7 +36,11 @@ def training_sets(cfg: Config) -> tuple[list[Utterance], list[Utterance]]:
         raise ConfigError("[data] train: no training manifests given")
     train_set = load_manifests(cfg.data.train)
     if cfg.data.max_duration > 0:
-        train_set = [u for u in train_set if u.duration <= cfg.data.max_duration]
+        kept = [u for u in train_set if u.duration <= cfg.data.max_duration]
+        if not kept:
+            raise ConfigError(f"[data] max_duration: all {len(train_set):,} training clips are longer than "
+                              f"{cfg.data.max_duration:g} s; raise it or set 0 to keep every clip")
+        train_set = kept
     return train_set, load_manifests(cfg.data.valid) if cfg.data.valid else []
 
 
@@ -49,12 +53,20 @@ def run_files(run_dir: Path) -> list[Path]:
     return named + sorted(p for p in run_dir.glob("*.pt") if p.is_file())
 
 
+def _took_a_step(files: list[Path]) -> bool:
+    """Whether a run's files hold any progress: a checkpoint, or a metrics line."""
+    return any(p.suffix == ".pt" or (p.name == "metrics.jsonl" and p.stat().st_size > 0) for p in files)
+
+
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
-    """Refuse to start over an earlier run unless told to → the files `overwrite` will remove."""
+    """Refuse to start over an earlier run unless told to → the files that will be removed: those of
+    an earlier run with `overwrite`, and those of a run that never took a step (nothing to lose)."""
     if resume and overwrite:
         raise MacasrError("--resume continues the run in the folder and --overwrite starts it over; give only one")
     found = run_files(run_dir)
     names = ", ".join(p.name for p in found)
+    if found and not resume and not _took_a_step(found):
+        return found  # a run that failed before its first step: nothing of value to keep
     if resume and not (run_dir / "last.pt").is_file():
         advice = f" (the folder holds {names}); start over with --overwrite" if found else "; start the run without --resume"
         raise CheckpointError(f"{run_dir / 'last.pt'}: nothing to resume from{advice}")
@@ -91,5 +103,6 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     if stale:
         for path in stale:
             path.unlink()
-        console.print(f"--overwrite: removed {', '.join(p.name for p in stale)} of the earlier run in {cfg.run_dir}")
+        why = "--overwrite" if overwrite else "a run that never took a step"
+        console.print(f"{why}: removed {', '.join(p.name for p in stale)} of the earlier run in {cfg.run_dir}")
     return trainer.fit()
