@@ -123,7 +123,7 @@ class TrainConfig:
     def validate(self) -> list[str]:
         checks = {
             "max_steps": self.max_steps >= 1,
-            "lr": self.lr > 0,
+            "lr": 0 < self.lr <= 1,
             "warmup_steps": 0 <= self.warmup_steps <= self.max_steps,
             "grad_accum": self.grad_accum >= 1,
             "grad_clip": self.grad_clip >= 0,
@@ -133,7 +133,7 @@ class TrainConfig:
         }
         rules = {
             "max_steps": "must be at least 1",
-            "lr": "must be positive",
+            "lr": "must be positive and at most 1 (a larger AdamW step overflows float32 at once)",
             "warmup_steps": f"must be between 0 and max_steps ({self.max_steps})",
             "grad_accum": "must be at least 1",
             "grad_clip": "must be 0 (off) or positive",

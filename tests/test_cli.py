@@ -101,7 +101,7 @@ def test_debug_mode_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("MACASR_DEBUG")
     result = runner.invoke(app, ["config", "check", str(bad)])
     errors = [line for line in result.stderr.splitlines() if not line.startswith("note: ")]  # notes: the default hub ids
-    assert result.exit_code == 1 and errors == [f"error: {bad}:2: [train] lr: must be positive, got -1.0"]
+    assert result.exit_code == 1 and errors == [f"error: {bad}:2: [train] lr: must be positive and at most 1 (a larger AdamW step overflows float32 at once), got -1.0"]
 
 
 def test_python_dash_m_macasr_runs_the_cli() -> None:

@@ -135,6 +135,13 @@ def test_a_rule_between_tables_is_checked_beside_a_type_error_below_it() -> None
     assert "cfg.toml:6: `model.llm.lora.r`: expected an integer" in e.value.problems[1]
 
 
+@pytest.mark.parametrize("lr", ["1e38", "2.0", "nan", "inf", "0.0"])
+def test_a_learning_rate_no_step_survives_is_refused_at_load(lr: str) -> None:
+    """1e38 passed the old "positive" rule, then overflowed float32 inside AdamW with a traceback."""
+    with pytest.raises(ConfigError, match=r"cfg.toml:2: \[train\] lr: must be positive and at most 1"):
+        config_module.loads(f"[train]\nlr = {lr}\n", "cfg.toml")
+
+
 @pytest.mark.parametrize("device", ["gpu", "cuda0", "CUDA", "cuda:", "cuda:one", ""])
 def test_a_misspelt_device_is_refused_at_load(device: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -194,7 +201,7 @@ def test_loading_a_config_does_not_require_its_files(tmp_path: Path) -> None:
     ("path", "problem"),
     [
         ("Qwen/Qwen3-1.7B", None), ("gpt2", None),
-        ("./models/qwen", "no such model folder './models/qwen'"), ("runs/demo/models/qwen3", "no such model folder"),
+        ("./models/qwen", "no such model folder './models/qwen'"), ("runs/no-such-run/models/qwen3", "no such model folder"),
         ("../qwen", "no such model folder"), ("/nonexistent/qwen", "no such model folder '/nonexistent/qwen'"),
     ],
 )

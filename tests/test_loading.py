@@ -220,3 +220,19 @@ def test_plan_of_an_unreachable_hub_id_is_one_line_at_once(online, capfd, caplog
     assert "cannot load 'macasr-test/absent-model': it is neither a local folder nor reachable on the hub" in str(caught.value)
     assert "\n" not in str(caught.value)
     assert_quiet(capfd, caplog)
+
+
+@pytest.mark.parametrize(("part", "damage"), [
+    ("llm", "truncated_weights"), ("llm", "tokenizer_not_json"), ("whisper", "truncated_weights"),
+])
+def test_a_damaged_model_folder_is_one_line(part, damage, folders, tmp_path) -> None:
+    """A half-copied folder used to end in a 60-line traceback from safetensors or json."""
+    folder = copy_without(folders[part], tmp_path / part)
+    if damage == "truncated_weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (folder / "tokenizer.json").write_text("{")
+    message = one_line_error(part, str(folder))
+    assert message.startswith(f"[model.{'llm' if part == 'llm' else 'encoder'}] path: cannot load '{folder}': ")
+    assert message.endswith("a file in the model folder may be damaged, incomplete or missing")

@@ -15,6 +15,8 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from macasr.errors import MacasrError
 
 HUB_PROBE_SECONDS = 5.0  # one request, no retries: a hub that does not answer in this is unreachable
@@ -108,6 +110,10 @@ def hub_unreachable(repo_id: str) -> str | None:
     return None
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 @contextlib.contextmanager
 def loading(key: str, path: str, offline: bool = False) -> Iterator[None]:
     """Load quietly and explain failures in one line naming the config key.
@@ -130,7 +136,12 @@ def loading(key: str, path: str, offline: bool = False) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise MacasrError(f"[{key}] path: cannot load {path!r}: {str(e).strip().splitlines()[0]}") from e
+        raise MacasrError(f"[{key}] path: cannot load {path!r}: {_first_line(e)}") from e
+    except (ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        # A damaged or half-copied folder: a truncated model.safetensors, a tokenizer.json that is not
+        # JSON, vocab.json without merges.txt. MACASR_DEBUG=1 shows the traceback.
+        raise MacasrError(f"[{key}] path: cannot load {path!r}: {type(e).__name__}: {_first_line(e)}; "
+                          "a file in the model folder may be damaged, incomplete or missing") from e
     finally:
         constants.HF_HUB_OFFLINE = was_offline
         logging.set_verbosity(level)
