@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,9 @@ def test_transcribe_reports_each_bad_file_and_keeps_going(ckpt: Path, tmp_path: 
     missing = tmp_path / "missing.wav"
     result = runner.invoke(app, ["transcribe", str(good), str(missing), str(empty), str(garbage), "--ckpt", str(ckpt), "--format", "json"])
     assert result.exit_code == 1
-    assert len(result.stdout.splitlines()) == 1 and '"audio": "' + str(good) in result.stdout
+    objects = [json.loads(line) for line in result.stdout.splitlines()]  # one per input, failed ones with "error"
+    assert [o["audio"] for o in objects] == [str(good), str(missing), str(empty), str(garbage)]
+    assert ["error" in o for o in objects] == [False, True, True, True]
     errors = result.stderr.splitlines()
     assert len(errors) == 3, result.stderr
     for path, reason in ((missing, "no such audio file"), (empty, "empty"), (garbage, "cannot")):

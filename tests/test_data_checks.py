@@ -109,7 +109,10 @@ def test_transcribe_names_a_file_with_a_nan_sample_and_fails(ckpt: Path, tmp_pat
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [f"error: {bad}: 1 of 28,800 samples are not finite (1 NaN, 0 infinite); "
                                           "expected finite samples (about -1 to 1)"]
-    assert [json.loads(line)["audio"] for line in result.stdout.splitlines()] == [str(good)]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]  # one object per input, in order
+    assert [line["audio"] for line in lines] == [str(bad), str(good)]
+    assert lines[0]["text"] is None and lines[0]["error"] == result.stderr.splitlines()[0].removeprefix("error: ")
+    assert lines[1]["stop"] in ("end", "repeat", "max_tokens") and "error" not in lines[1]
 
 
 def test_eval_lists_every_bad_manifest_line_before_decoding(ckpt: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ class Format(str, Enum):
 def transcribe(
     audio: Annotated[list[Path], typer.Argument(help="Audio files: WAV, FLAC, OGG, MP3; any rate and channels.", show_default=False)],
     ckpt: CheckpointOpt,
-    output_format: Annotated[Format, typer.Option("--format", help="txt: the transcript (path<TAB>text for several files), with a note on stderr for one a guard cut; json: one object per line, `stop` saying why decoding stopped (end, repeat, max_tokens).")] = Format.txt,
+    output_format: Annotated[Format, typer.Option("--format", help="txt: the transcript (path<TAB>text for several files), with a note on stderr for one a guard cut; json: one object per file, with `stop` (why decoding stopped: end, repeat, max_tokens) or, for a file that failed, `error`.")] = Format.txt,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -32,11 +32,12 @@ def transcribe(
     transcriber = Transcriber.from_checkpoint(ckpt, device)
     results = transcriber.transcribe(audio, batch_size)
     for r in results:
+        if output_format is Format.json:  # one object per input, failed ones too: a reader can match them up
+            fields = {"audio": r.path, "text": r.text, "duration": r.duration, "stop": r.stop}
+            typer.echo(json.dumps(fields if r.error is None else {"audio": r.path, "text": None, "error": r.error}, ensure_ascii=False))
         if r.error is not None:
             err_console.print(f"[red]error:[/] {escape(r.error)}", soft_wrap=True)
-        elif output_format is Format.json:
-            typer.echo(json.dumps({"audio": r.path, "text": r.text, "duration": r.duration, "stop": r.stop}, ensure_ascii=False))
-        else:
+        elif output_format is Format.txt:
             typer.echo(r.text if len(audio) == 1 else f"{r.path}\t{r.text}")
             if r.guard_note is not None:
                 err_console.print(f"[yellow]note:[/] {escape(r.guard_note)}", soft_wrap=True)
