@@ -50,6 +50,7 @@ def test_manifests_with_the_same_file_name_are_two_datasets(ckpt: Path, tmp_path
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["normalizer"] == "english" and "normalizer: english" in result.stdout
+    assert report["decoding"]["num_beams"] == 1 and report["decoding"]["repeat_ngram_stop"] == 8  # how it was decoded
     datasets = report["datasets"]
     assert {name: d["utterances"] for name, d in datasets.items()} == {"a/test": 1, "b/test": 2}
     assert "a/test" in result.stdout and "b/test" in result.stdout

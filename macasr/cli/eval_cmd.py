@@ -6,6 +6,7 @@ after normalization), after the table and the report are written.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,7 +47,7 @@ def evaluate(
     """Decode test sets and print a WER table per dataset and overall."""
     from macasr import config as config_module
     from macasr.evaluate.report import check_report_path, wer_table, write_report
-    from macasr.evaluate.run import evaluate_sets, named_sets
+    from macasr.evaluate.run import decoding_options, evaluate_sets, named_sets
     from macasr.train.checkpoint import restore_model
 
     user_cfg = config_module.load(config) if config else None
@@ -76,7 +77,8 @@ def evaluate(
             err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     console.print(wer_table(scores, cfg.eval.normalizer, title=f"WER of {ckpt}"))
     if report:
-        json_path, jsonl_path = write_report(report, scores, cfg.eval.normalizer, extra={"checkpoint": str(ckpt)})
+        extra = {"checkpoint": str(ckpt), "decoding": dataclasses.asdict(decoding_options(cfg))}  # how it was decoded
+        json_path, jsonl_path = write_report(report, scores, cfg.eval.normalizer, extra=extra)
         console.print(f"report: {json_path} (per utterance: {jsonl_path})")
     problems = [f"{s.name}: {s.problem}" for s in scores if s.problem]
     if problems:
