@@ -144,7 +144,7 @@ def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: in
     result = train(cfg, console, overwrite=True)
     train_seconds = time.perf_counter() - t1
     restored = restore_model(result.run_dir / "best.pt", cfg.train.device)
-    scores, _ = evaluate_sets(restored.model, restored.config, dict(restored.config.eval.datasets), restored.device, restored.precision)
+    scores = evaluate_sets(restored.model, restored.config, dict(restored.config.eval.datasets), restored.device, restored.precision)
     console.print(wer_table(scores, cfg.eval.normalizer, title="[bold]3/3[/] demo test sets"))
     console.print(examples_table(scores[0], n=5))
     extra = {"train_seconds": round(train_seconds, 1), "steps": result.steps, "checkpoint": str(result.run_dir / "best.pt")}

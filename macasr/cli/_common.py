@@ -58,18 +58,12 @@ def handle_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@handle_errors  # runs while options are parsed, before the command's own handle_errors
 def check_device(value: str) -> str:
-    """`--device` callback: a misspelt or absent device is one line, before anything loads.
-
-    Runs while options are parsed, outside `handle_errors`, so it prints the error itself."""
+    """`--device` callback: a misspelt or absent device is one line, before anything loads."""
     from macasr.model.build import resolve_device
 
-    try:
-        resolve_device(value, "--device")
-    except MacasrError as e:
-        if debug():
-            raise
-        raise fail(str(e)) from None
+    resolve_device(value, "--device")
     return value
 
 

@@ -69,7 +69,7 @@ def evaluate(
         inputs = [Path(p) for p in sets.values()] + [ckpt] + ([config] if config else [])
         check_report_path(report, inputs=inputs)  # before, not after, decoding
     with dataset_progress() as progress:
-        scores, _ = evaluate_sets(restored.model, cfg, sets, restored.device, restored.precision, progress)
+        scores = evaluate_sets(restored.model, cfg, sets, restored.device, restored.precision, progress)
     for s in scores:
         for line in s.skipped:
             err_console.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)

@@ -29,11 +29,10 @@ def decoding_options(cfg: Config) -> DecodingOptions:
 def evaluate_utterances(
     model: SpeechLLM, utterances: Sequence[Utterance], name: str, cfg: Config, device: torch.device, precision: str,
     num_workers: int = 0, on_batch: Callable[[Batch], None] | None = None,
-) -> tuple[DatasetScore, list[str]]:
-    """→ (the dataset's score, lines for clips that could not be read and were left out).
-
-    The score also carries those lines (`skipped`) and the lines of clips that were read but look
-    wrong (`warnings`); `[data] on_bad_clip = "error"` stops at the first unreadable clip instead.
+) -> DatasetScore:
+    """Decode and score one dataset. The score carries the lines of clips that could not be read
+    and were left out (`skipped`) and of clips that were read but look wrong (`warnings`);
+    `[data] on_bad_clip = "error"` stops at the first unreadable clip instead.
     """
     loader = build_loader(
         utterances, model.encoder.featurizer, batch_size=cfg.eval.batch_size, shuffle=False,
@@ -46,7 +45,7 @@ def evaluate_utterances(
         [decoded.hypotheses[i] for i in kept], [utterances[i].duration for i in kept], cfg.eval.normalizer,
         skipped=decoded.skipped, warnings=decoded.warnings, stops=[decoded.stop_reasons[i] for i in kept],
     )
-    return result, decoded.skipped
+    return result
 
 
 def _name_candidates(path: Path) -> list[str]:
@@ -102,17 +101,15 @@ def named_sets(cfg: Config, manifests: Sequence[str], datasets: Sequence[str]) -
 def evaluate_sets(
     model: SpeechLLM, cfg: Config, sets: dict[str, str], device: torch.device, precision: str,
     progress: Callable[[str, int], Callable[[Batch], None]] | None = None,
-) -> tuple[list[DatasetScore], list[str]]:
-    """Score each named manifest → (scores in order, lines for clips left out).
+) -> list[DatasetScore]:
+    """Score each named manifest → scores in order (each with its skipped clips).
 
     Every manifest is read before any decoding, so a bad line in the last one costs nothing.
     `progress(name, n_utterances)` may return a per-batch callback (for a progress bar).
     """
     loaded = {name: load_manifest(path) for name, path in sets.items()}
-    scores, skipped = [], []
+    scores = []
     for name, utterances in loaded.items():
         on_batch = progress(name, len(utterances)) if progress else None
-        result, left_out = evaluate_utterances(model, utterances, name, cfg, device, precision, on_batch=on_batch)
-        scores.append(result)
-        skipped += left_out
-    return scores, skipped
+        scores.append(evaluate_utterances(model, utterances, name, cfg, device, precision, on_batch=on_batch))
+    return scores

@@ -41,7 +41,7 @@ def decode_loader(
     try:
         for batch in loader:
             decoded.skipped += batch.skipped
-            decoded.warnings += getattr(batch, "warnings", [])
+            decoded.warnings += batch.warnings
             if len(batch):
                 with autocast(device, precision):
                     generated = model.generate_with_stops(batch.to(device), options)

@@ -255,7 +255,7 @@ class Trainer:
         if not self.valid_set:
             self._save("best.pt")
             return False
-        result, _ = evaluate_utterances(self.model, self.valid_set, "valid", self.cfg, self.device, self.precision)
+        result = evaluate_utterances(self.model, self.valid_set, "valid", self.cfg, self.device, self.precision)
         self._report_once("skipped valid clip", result.skipped)
         self._report_once("warning", result.warnings)
         if result.problem:  # a WER of nothing is no WER: never keep a "best" model by it
