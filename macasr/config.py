@@ -412,7 +412,10 @@ def check(path: str | Path) -> CheckReport:
 
 
 def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
-    """Add a problem per missing manifest or local model folder, a note per hub id."""
+    """Add a problem per missing manifest or local model folder, a note per hub id (told apart
+    from a path as loading does, by `model._hf.is_local_path`)."""
+    from macasr.model._hf import is_local_path
+
     manifests = [("data.train", "[data] train", p) for p in cfg.data.train]
     manifests += [("data.valid", "[data] valid", p) for p in cfg.data.valid]
     manifests += [(f"eval.datasets.{name}", f"[eval] datasets.{name}", p) for name, p in cfg.eval.datasets.items()]
@@ -426,16 +429,11 @@ def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
             continue
         if Path(p).exists():
             errors.add(f"{table}.path", f"[{table}] path: {p!r} is a file; expected a model folder or a Hugging Face id")
-        elif _HUB_ID.fullmatch(p) and ".." not in p:
+        elif not is_local_path(p):
             notes.add(f"{table}.path", f"[{table}] path: {p!r} is not a local folder{_relative_to_cwd(p)}; "
                                        "it will be loaded as a Hugging Face hub id (from the cache or the network)")
         else:
             errors.add(f"{table}.path", f"[{table}] path: no such model folder {p!r}{_relative_to_cwd(p)}")
-
-
-# A Hugging Face repo id: `name` or `org/name` of word characters, dots and dashes. Anything else
-# (an absolute path, ./x, a/b/c) can only be a local folder.
-_HUB_ID = re.compile(r"\w[\w.-]*(/\w[\w.-]*)?")
 
 
 def _relative_to_cwd(p: str) -> str:

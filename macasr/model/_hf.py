@@ -44,7 +44,7 @@ def locate(key: str, path: str, required: Mapping[str, str] | None = None) -> So
         return Source(str(folder))
     if folder.exists():
         raise MacasrError(f"[{key}] path: cannot load {path!r}: it is a file; expected a model folder or a hub id (org/name)")
-    if _is_file_path(path):
+    if is_local_path(path):
         raise MacasrError(f"[{key}] path: cannot load {path!r}: the folder does not exist")
     _check_repo_id(key, path)
     return _hub_source(key, path)
@@ -56,8 +56,9 @@ def _require_files(key: str, folder: Path, required: Mapping[str, str]) -> None:
         raise MacasrError(f"[{key}] path: cannot load '{folder}': the folder has no {', no '.join(missing)}; copy {'them' if len(missing) > 1 else 'it'} from the model's hub repo")
 
 
-def _is_file_path(path: str) -> bool:
-    """True for what can only be a filesystem path, never a hub id (`name` or `org/name`)."""
+def is_local_path(path: str) -> bool:
+    """True for what can only be a filesystem path, never a hub id (`name` or `org/name`): loading
+    and `config check` tell the two apart by this one rule."""
     parent = Path(path).expanduser().parent
     return (
         path.startswith(("/", "./", "../", "~")) or "\\" in path or path.count("/") > 1
