@@ -2,11 +2,18 @@
 
 Symbols: B batch, C feature bins (log-mel), L feature frames, T encoder frames, D encoder width.
 
-Whisper is encoded at each clip's own length, not padded to 30 s: transformers' `WhisperEncoder`
-insists on 3,000 mel frames, so we run its convolutions and layers ourselves and slice the
-positional table. Padding is masked at every step (input, after conv1, attention keys, output),
-so a clip's frames do not depend on what it is batched with. Clips longer than one 30 s window
-are encoded window by window and the frames joined, never cut.
+Whisper has two encoding policies (`[model.encoder] window`):
+- "own" (default) encodes each clip at its own length, not padded to 30 s: transformers'
+  `WhisperEncoder` insists on 3,000 mel frames, so we run its convolutions and layers ourselves
+  and slice the positional table. Padding is masked at every step (input, after conv1, attention
+  keys, output), so a clip's frames do not depend on what it is batched with. 3-20x cheaper for
+  short clips than a full window.
+- "full" pads each clip's log-mel to the full 30 s window with the value Whisper's feature
+  extractor gives digital silence, runs transformers' encoder unchanged (the condition Whisper
+  was trained in) and keeps only the clip's own frames, so the LLM sequence is as short as with
+  "own". Every row is a whole window and nothing is masked, so batching cannot change a clip.
+In both, clips longer than one 30 s window are encoded window by window and the frames joined,
+never cut.
 
 HuBERT, WavLM and wav2vec2 (`SSLEncoder`) take the waveform itself as features (C = 1, L samples)
 and run their own convolution stack; see `SSLEncoder` for how padding is kept out of each clip.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,6 +54,7 @@ class EncoderConfig(ComponentConfig):
 @dataclasses.dataclass(frozen=True)
 class WhisperEncoderConfig(EncoderConfig):
     name: str = option("whisper", "Which encoder to use.")
+    window: Literal["own", "full"] = option("own", "own: encode each clip at its own length (cheap); full: pad each clip (each 30 s window of a longer one) to Whisper's 30 s window, as it was trained, and keep the clip's own frames.")
 
 
 ENCODERS: Registry[nn.Module] = Registry("encoder", EncoderConfig)
@@ -87,6 +96,16 @@ class WhisperFeaturizer:
         return (log_spec + 4.0) / 4.0
 
 
+def silence_level(features: torch.Tensor) -> torch.Tensor:
+    """The log-mel value (scalar) of digital silence after a clip with features (C, L).
+
+    Whisper's feature extractor pads the waveform with zeros to 30 s; a zero frame's log10 power
+    (clamped at 1e-10: -10) is raised to the clip's max - 8, then scaled (x + 4) / 4. The clip's
+    max log10 power is 4 * features.max() - 4, so silence is max(features.max() - 2, -1.5).
+    """
+    return torch.clamp(features.max() - 2.0, min=-1.5)
+
+
 def _mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     """(B, size) bool, True at valid positions."""
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
@@ -113,6 +132,7 @@ class WhisperEncoder(nn.Module):
         self.window_frames = self.model.config.max_source_positions * conv_stride  # 3000 mel frames = 30 s
         self.output_dim: int = self.model.config.d_model
         self.frame_rate: float = fe.sampling_rate / fe.hop_length / conv_stride  # 50 Hz
+        self.window = cfg.window
 
     def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames per clip: conv2 halves the mel frames, rounding up, per window."""
@@ -121,24 +141,37 @@ class WhisperEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, C, L), lengths (B,) → frames (B, T, D) zero beyond each length, lengths (B,)."""
-        if features.shape[-1] <= self.window_frames:
-            return self._encode_windows(features, lengths)
+        encode = self._encode_full if self.window == "full" else self._encode_windows
+        if features.shape[-1] <= self.window_frames and self.window == "own":
+            return encode(features, lengths)
         windows, window_lengths, owners = [], [], []
         for b, length in enumerate(lengths.tolist()):
+            pad = float(silence_level(features[b, :, :length])) if self.window == "full" else 0.0
             for start in range(0, length, self.window_frames):
                 size = min(self.window_frames, length - start)
-                windows.append(features[b, :, start : start + self.window_frames])
+                window = features[b, :, start : start + size]
+                if self.window == "full":  # Whisper's padded 30 s window: silence after the clip
+                    window = nn.functional.pad(window, (0, self.window_frames - size), value=pad)
+                windows.append(window)
                 window_lengths.append(size)
                 owners.append(b)
         width = max(w.shape[-1] for w in windows)
         stacked = torch.stack([nn.functional.pad(w, (0, width - w.shape[-1])) for w in windows])
-        frames, frame_lengths = self._encode_windows(stacked, torch.tensor(window_lengths, device=features.device))
+        frames, frame_lengths = encode(stacked, torch.tensor(window_lengths, device=features.device))
         per_clip: list[list[torch.Tensor]] = [[] for _ in range(features.shape[0])]
         for i, b in enumerate(owners):
             per_clip[b].append(frames[i, : frame_lengths[i]])
         joined = [torch.cat(parts) for parts in per_clip]
         out_lengths = torch.tensor([j.shape[0] for j in joined], device=features.device)
         return nn.utils.rnn.pad_sequence(joined, batch_first=True), out_lengths
+
+    def _encode_full(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole padded windows (N, C, window_frames) through transformers' encoder as is →
+        each row's own frames (N, T, D), zero beyond (lengths + 1) // 2."""
+        x = self.model(features.to(self.model.conv1.weight.dtype)).last_hidden_state  # (N, window_frames / 2, D)
+        out_lengths = (lengths + 1) // 2
+        steps = int(out_lengths.max())
+        return x[:, :steps] * _mask(out_lengths, steps)[..., None], out_lengths
 
     def _encode_windows(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row at most one 30 s window: features (N, C, L) → (N, ceil(L/2), D)."""
