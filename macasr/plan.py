@@ -181,12 +181,14 @@ def linear_macs(module: nn.Module, skip: nn.Module | None = None) -> int:
     return sum(math.prod(_shape(m)) for m in module.modules() if isinstance(m, (nn.Linear, Conv1D)) and m is not skip)
 
 
-def encoder_flops(encoder: nn.Module, config: Any, seconds: float) -> float:
-    """FLOPs to encode one clip of `seconds`, window by window."""
+def encoder_flops(encoder: nn.Module, config: Any, seconds: float, window: str = "own") -> float:
+    """FLOPs to encode one clip of `seconds`, window by window: at the clip's own length
+    (`window` = "own"), or every window padded to the full 30 s ("full")."""
     rate = config.max_source_positions / WHISPER_WINDOW_S
     total, left = 0.0, seconds
     while left > 0:
-        frames = math.ceil(min(left, WHISPER_WINDOW_S) * rate)  # T, after conv2's stride 2
+        own = min(left, WHISPER_WINDOW_S) if window == "own" else WHISPER_WINDOW_S
+        frames = math.ceil(own * rate)  # T, after conv2's stride 2
         positions, conv = 2 * frames, 0
         for c in (encoder.conv1, encoder.conv2):
             positions //= c.stride[0]
@@ -337,7 +339,7 @@ def build_plan(cfg: Config, batch_seconds: float | None = None, tokens_per_secon
         "device": "cuda", "compute_dtype": compute_precision(cfg.train.precision), "precision": cfg.train.precision,
         "batch_seconds": seconds, "batch_rows": rows, "clip_seconds": clip, "encoder_frame_rate_hz": meta.frame_rate,
         "speech_tokens_per_s": speech / clip, "prompt_tokens": prompt, "prompt_tokens_exact": prompt_exact,
-        "transcript_tokens_per_s": tokens_per_second, "eval_rows": ev.batch_size * ev.num_beams,
+        "transcript_tokens_per_s": tokens_per_second, "encoder_window": model_cfg.encoder.window, "eval_rows": ev.batch_size * ev.num_beams,
         "config_sources": meta.sources,
     }
     return Plan(parts, memory, flops, trainable * FP32, assumptions)
@@ -354,6 +356,8 @@ def _activation_bytes(cfg: Config, meta: MetaModel, shape: dict[str, Any], rows:
         per_frame = encoder_activation_elements(meta.encoder, ec, enc_cfg.train, enc_cfg.lora)
     else:  # no graph through a frozen encoder: its output plus one layer's working set
         per_frame = 5 * ec.d_model + ec.encoder_ffn_dim
+    if enc_cfg.window == "full":  # every window runs at its full 30 s length
+        frames = math.ceil(frames / ec.max_source_positions) * ec.max_source_positions
     return rows * (llm + logits + connector + frames * per_frame * act)
 
 
@@ -362,14 +366,16 @@ def _flops(cfg: Config, meta: MetaModel, shape: dict[str, Any], clip: float, pro
     """Inference and training FLOPs for clips of `clip` seconds (conventions in the module docstring)."""
     enc_cfg, llm_cfg = cfg.model.encoder, cfg.model.llm
     n_train = prompt + speech + target
-    enc_fwd = encoder_flops(meta.encoder, meta.encoder_config, clip)
+    by_window = {w: encoder_flops(meta.encoder, meta.encoder_config, clip, w) / clip for w in ("own", "full")}
+    enc_fwd = by_window[enc_cfg.window] * clip
     prefill = llm_flops(meta.llm, shape, prompt + speech, prompt + speech, 1)
     decode_token = llm_flops(meta.llm, shape, 1, prompt + speech + target // 2, 1)  # mid-transcript
     llm_fwd = llm_flops(meta.llm, shape, n_train, n_train, target + 1)
     llm_factor = 3 if llm_cfg.train else 2  # LoRA: a frozen base plus tiny adapters
     enc_factor = 3 if enc_cfg.train else 2 if enc_cfg.lora.enabled else 1  # frozen: forward only
     return {
-        "encoder_per_audio_s": enc_fwd / clip, "connector_per_audio_s": conn_fwd / clip,
+        "encoder_per_audio_s": enc_fwd / clip, "encoder_own_per_audio_s": by_window["own"],
+        "encoder_full_per_audio_s": by_window["full"], "connector_per_audio_s": conn_fwd / clip,
         "llm_prefill_per_audio_s": prefill / clip, "llm_decode_per_token": decode_token,
         "llm_decode_per_audio_s": decode_token * tokens_per_second,
         "inference_per_audio_s": (enc_fwd + conn_fwd + prefill) / clip + decode_token * tokens_per_second,

@@ -72,10 +72,15 @@ def flops_table(plan: dict[str, Any]) -> Table:
     prompt = f"{a['prompt_tokens']} prompt tokens" + ("" if a["prompt_tokens_exact"] else " (estimated)")
     caption = (f"FLOPs = 2 × multiply-accumulates; clips of {a['clip_seconds']:g} s, {a['speech_tokens_per_s']:g} speech "
                f"tokens/s, {prompt}, {a['transcript_tokens_per_s']:g} transcript tokens/s")
+    caption += (f"; the encoder is counted with [model.encoder] window = {a['encoder_window']!r} (both policies shown); "
+                "with a feature cache ([data] cache) it runs once, at `macasr cache build`, not in each training step")
     table = Table(title="Compute", caption=escape(caption))
     table.add_column("Stage")
     table.add_column("FLOPs", justify="right", no_wrap=True)
-    for label, key in (("encoder, per audio s", "encoder_per_audio_s"), ("connector, per audio s", "connector_per_audio_s"),
+    for window in ("own", "full"):
+        chosen = " (configured)" if window == a["encoder_window"] else ""
+        table.add_row(f"encoder, per audio s, window = {window}{chosen}", _flops(f[f"encoder_{window}_per_audio_s"]))
+    for label, key in (("connector, per audio s", "connector_per_audio_s"),
                        ("LLM prefill, per audio s", "llm_prefill_per_audio_s"), ("LLM decoding, per token", "llm_decode_per_token"),
                        ("LLM decoding, per audio s", "llm_decode_per_audio_s"), ("inference, per audio s", "inference_per_audio_s"),
                        ("training step, per audio s", "train_per_audio_s")):
