@@ -34,6 +34,7 @@ class Batch:
     target_lengths: torch.Tensor  # (B,)
     skipped: list[str] = dataclasses.field(default_factory=list)  # one line per unusable clip
     warnings: list[str] = dataclasses.field(default_factory=list)  # one line per used clip that looks wrong
+    encoded: bool = False  # True: features are encoder frames (B, D, T) from the feature cache, lengths count frames
 
     def __len__(self) -> int:
         return len(self.ids)

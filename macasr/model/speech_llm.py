@@ -51,9 +51,15 @@ class SpeechLLM(nn.Module):
                 part.eval()
         return self
 
-    def encode_speech(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, C, L) → speech embeddings (B, N, H) and their lengths (B,)."""
-        frames, frame_lengths = self.encoder(features, lengths)
+    def encode_speech(self, features: torch.Tensor, lengths: torch.Tensor, encoded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, C, L) → speech embeddings (B, N, H) and their lengths (B,).
+
+        With `encoded`, features are already encoder frames (B, D, T) from the feature cache
+        (`Batch.encoded`) and the encoder is skipped."""
+        if encoded:
+            frames, frame_lengths = features.transpose(1, 2), lengths  # (B, T, D)
+        else:
+            frames, frame_lengths = self.encoder(features, lengths)
         embeds, embed_lengths = self.connector(frames, frame_lengths)
         return embeds, embed_lengths
 
@@ -86,7 +92,7 @@ class SpeechLLM(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over target tokens (the transcript and its end token) only."""
-        speech, speech_lengths = self.encode_speech(batch.features, batch.feature_lengths)
+        speech, speech_lengths = self.encode_speech(batch.features, batch.feature_lengths, batch.encoded)
         targets, lengths = batch.targets, batch.target_lengths  # (B, M), (B,)
         target_embeds = self.llm.get_input_embeddings()(targets)
         embeds, mask, positions = self._layout(speech, speech_lengths, target_embeds, lengths)
@@ -109,7 +115,7 @@ class SpeechLLM(nn.Module):
     def generate_with_stops(self, batch: Batch, options: DecodingOptions | None = None) -> list[Generated]:
         """`generate`, with why each clip stopped, so a transcript cut by a guard can be flagged."""
         options = options or DecodingOptions()
-        speech, speech_lengths = self.encode_speech(batch.features, batch.feature_lengths)
+        speech, speech_lengths = self.encode_speech(batch.features, batch.feature_lengths, batch.encoded)
         embeds, mask, positions = self._layout(speech, speech_lengths)
         caps, end, stop = options.max_new_tokens(batch.durations), self.prompt.end_id, options.repeat_ngram_stop
         if options.num_beams > 1:

@@ -1,0 +1,447 @@
+"""Frozen-encoder feature cache: encode the training and validation cuts once, train from frames.
+
+A frozen encoder computes the same frames for a clip every epoch; whisper-large-v3 costs about
+2.3 TFLOP per 30 s window, far more than the connector. `macasr cache build` runs it once and
+training reads the frames back (`[data] cache`), skipping audio decoding, featurizing and the
+encoder.
+
+Storage is lhotse's array storage: each clip's frames (T, D) are written by lhotse's
+`NumpyFilesWriter` as an fp16 `.npy` file and attached to the cut as a custom `TemporalArray`
+named `frames` (`cut.load_frames()` in plain lhotse). We chose it over the other lhotse writers
+because it is lossless (the lilcom writers quantise on a log scale, made for log-mel features,
+not encoder activations), needs no extra dependency (the HDF5 writers need h5py), keeps fp16 as
+fp16, and reads any one clip without an index of byte offsets (the sampler asks for clips in
+random order). The cuts are Shar-compatible: `CutSet.to_shar(..., fields={"frames": "numpy"})`
+packs the frames into Shar tar shards. numpy has no bfloat16, so frames are stored as fp16
+(encoder outputs end in a layer norm, far inside fp16's range; a non-finite value is refused).
+
+Layout of a cache folder:
+    cache_key.json                  what the frames were computed with (`cache_key`), checked on use
+    SOURCE/source.json              the source's manifests, shard size, and whether it is complete
+    SOURCE/frames.000000/xx/*.npy   the frames of shard 0 (one file per clip, NumpyFilesWriter)
+    SOURCE/cuts.000000.jsonl.gz     shard 0's cuts with the `frames` TemporalArray attached
+
+A shard's frames are written to `frames.N.partial/`, renamed when complete, and only then is its
+cut manifest written (to a temporary name, then renamed). The manifest is what makes a shard
+exist: a build that stops half-way leaves no manifest for the unfinished shard, so no reader
+sees it, and the next build re-encodes it while skipping the finished ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from macasr.audio import SAMPLE_RATE
+from macasr.errors import ConfigError, DataError, MacasrError
+
+if TYPE_CHECKING:
+    from lhotse import Cut
+
+    from macasr.config import Config
+
+KEY_FILE = "cache_key.json"
+SOURCE_FILE = "source.json"
+FIELD = "frames"  # the cut's custom field: cut.load_frames()
+STORAGE_DTYPE = np.float16
+FORMAT = 1  # bump when the layout changes
+DEFAULT_SHARD_SIZE = 1000  # clips per shard: the unit of resuming
+DURATION_TOLERANCE = 0.10  # cached frames covering a duration this far from the cut's are stale
+
+
+class CacheKeyError(MacasrError):
+    """The cache was built with other settings than the config asks for (stale frames)."""
+
+
+# ----------------------------------------------------------------------------- the cache key
+
+
+def _digest(chunks: Iterable[bytes]) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _tensor_bytes(t: torch.Tensor | np.ndarray) -> bytes:
+    """Bytes of a tensor in fp32 when it is floating, so the hash does not depend on the load dtype."""
+    t = torch.as_tensor(t).detach().cpu()
+    t = t.float() if t.is_floating_point() else t
+    return t.contiguous().numpy().tobytes()
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 (16 hex digits) over the module's parameters and buffers: names, shapes and values."""
+    state = module.state_dict()
+    return _digest(itertools.chain.from_iterable((name.encode(), str(tuple(t.shape)).encode(), _tensor_bytes(t)) for name, t in sorted(state.items())))
+
+
+def featurizer_settings(featurizer: Any) -> dict[str, Any]:
+    """The featurizer's plain settings, arrays as a hash: what makes its features what they are."""
+    settings: dict[str, Any] = {"type": type(featurizer).__name__}
+    for name, value in sorted(vars(featurizer).items()):
+        settings[name] = _digest([_tensor_bytes(value)]) if isinstance(value, (torch.Tensor, np.ndarray)) else value
+    return settings
+
+
+def cache_key(cfg: Config, encoder: nn.Module) -> dict[str, Any]:
+    """What cached frames depend on: the encoder's weights (a hash, so a moved or re-downloaded
+    checkpoint still matches and a changed one never does), the dtype it ran in, the storage dtype, the featurizer's settings, the window policy and the layer."""
+    enc = cfg.model.encoder
+    dtype = next(encoder.parameters()).dtype
+    return {
+        "format": FORMAT, "encoder": enc.name, "weights": weights_hash(encoder),
+        "encoder_dtype": str(dtype).removeprefix("torch."), "dtype": np.dtype(STORAGE_DTYPE).name,
+        "features": featurizer_settings(encoder.featurizer), "window": getattr(enc, "window", "own"),
+        "layer": getattr(enc, "layer", 0), "frame_rate": encoder.frame_rate, "dim": encoder.output_dim,
+    }
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def key_differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """'field: cache has X, config gives Y' for each field that differs, in key order."""
+    a, b = _flatten(found), _flatten(expected)
+    missing = object()
+    return [f"{k}: cache has {a.get(k, missing) if k in a else 'nothing'!r}, config gives {b.get(k) if k in b else 'nothing'!r}"
+            for k in dict.fromkeys([*b, *a]) if a.get(k, missing) != b.get(k, missing)]
+
+
+def read_key(root: Path) -> dict[str, Any] | None:
+    path = root / KEY_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: unreadable cache key ({e}); rebuild with `macasr cache build CONFIG --rebuild`") from None
+
+
+def check_key(root: Path, expected: dict[str, Any]) -> None:
+    """Raise CacheKeyError naming the first differing field (and how many more) when `root`'s key
+    is not `expected`; DataError when `root` is no cache."""
+    found = read_key(root)
+    if found is None:
+        raise DataError(f"{root}: not a feature cache (no {KEY_FILE}); build it with `macasr cache build CONFIG`")
+    diffs = key_differences(found, expected)
+    if diffs:
+        more = f" (and {len(diffs) - 1} more field{'s' * (len(diffs) > 2)})" if len(diffs) > 1 else ""
+        raise CacheKeyError(f"{root}: stale feature cache, {diffs[0]}{more}; rebuild it with `macasr cache build CONFIG --rebuild`")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def cache_problems(cfg: Config) -> list[str]:
+    """Why `[data] cache` cannot be used with this config, one line each (empty when it can).
+
+    Cached frames are the encoder's output on the clean audio, so nothing that changes the audio,
+    the log-mel features or the encoder per step can apply: waveform augmentation, mel
+    SpecAugment, a trained encoder or encoder LoRA adapters."""
+    if not cfg.data.cache:
+        return []
+    from macasr.data.augment import uses_waveform
+
+    problems = []
+    why = "cached frames are computed once from the clean audio"
+    if uses_waveform(cfg.augment):
+        problems.append(f"[data] cache: waveform augmentation ([augment]) cannot combine with a feature cache ({why}); "
+                        "turn it off or set cache = \"\"")
+    if cfg.data.spec_augment:
+        problems.append(f"[data] spec_augment: SpecAugment masks log-mel features, which a feature cache skips ({why}); "
+                        "set spec_augment = false or cache = \"\"")
+    enc = cfg.model.encoder
+    if enc.train or enc.lora.enabled:
+        problems.append("[data] cache: the encoder trains ([model.encoder] train or lora.enabled), so its frames change "
+                        "every step and cannot be cached; freeze it or set cache = \"\"")
+    return problems
+
+
+def check_cache_config(cfg: Config) -> None:
+    """Raise ConfigError listing `cache_problems`."""
+    problems = cache_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def read_waveform(cut: Cut) -> np.ndarray:
+    """A cut's audio as mono float32 at 16 kHz (samples,); DataError naming the cut if unusable."""
+    problem = (cut.custom or {}).get("problem")
+    if problem:
+        raise DataError(f"{cut.id}: {problem}")
+    try:
+        audio = (cut.resample(SAMPLE_RATE) if cut.sampling_rate != SAMPLE_RATE else cut).load_audio()
+    except Exception as e:  # lhotse and its audio backends raise many kinds, with multi-line messages
+        sources = ", ".join(str(s.source) for s in cut.recording.sources) if cut.has_recording else "no recording"
+        raise DataError(f"{cut.id}: cannot read its audio from {sources} ({type(e).__name__})") from None
+    wave = np.asarray(audio, dtype=np.float32).reshape(-1, audio.shape[-1]).mean(axis=0)
+    if wave.size == 0 or not np.isfinite(wave).all():
+        raise DataError(f"{cut.id}: its audio is empty or not finite")
+    return wave
+
+
+class CutEncoder:
+    """Cuts → each cut's encoder frames (T, D) as fp16 numpy, or the one-line reason it could not
+    be read; read, featurized and encoded `batch_size` at a time.
+
+    The encoder is the one training would use (same weights and dtype), run under no_grad in eval
+    mode; batching does not change a clip's frames (tests/test_window.py)."""
+
+    def __init__(self, encoder: nn.Module, device: torch.device | str = "cpu", batch_size: int = 16) -> None:
+        self.encoder = encoder.eval()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    def __call__(self, cuts: list[Cut]) -> list[np.ndarray | str]:
+        out: list[np.ndarray | str] = []
+        for start in range(0, len(cuts), self.batch_size):
+            out += self._batch(cuts[start : start + self.batch_size])
+        return out
+
+    @torch.no_grad()
+    def _batch(self, cuts: list[Cut]) -> list[np.ndarray | str]:
+        results: list[np.ndarray | str] = []
+        features = []  # (C, L) of the readable cuts
+        for cut in cuts:
+            try:
+                features.append(self.encoder.featurizer(read_waveform(cut)))
+                results.append("")
+            except DataError as e:
+                results.append(str(e))
+        if not features:
+            return results
+        lengths = torch.tensor([f.shape[-1] for f in features])
+        padded = nn.utils.rnn.pad_sequence([f.T for f in features], batch_first=True).transpose(1, 2)
+        frames, frame_lengths = self.encoder(padded.to(self.device), lengths.to(self.device))
+        encoded = iter(frames[i, :n].to(torch.float16).cpu().numpy() for i, n in enumerate(frame_lengths.tolist()))
+        return [r if r else next(encoded) for r in results]
+
+
+# ----------------------------------------------------------------------------- building
+
+
+@dataclasses.dataclass
+class SourceReport:
+    cuts: int = 0  # cuts cached (now or by an earlier run)
+    encoded: int = 0  # cuts encoded by this run
+    shards_done: int = 0  # shards written by this run
+    shards_kept: int = 0  # finished shards an earlier run left, not re-encoded
+    skipped: list[str] = dataclasses.field(default_factory=list)  # one line per clip that could not be read
+
+
+def _shard_paths(src: Path, index: int) -> tuple[Path, Path]:
+    return src / f"frames.{index:06d}", src / f"cuts.{index:06d}.jsonl.gz"
+
+
+def _storage_name(cut_id: str) -> str:
+    """A file name for any cut id (ids may hold slashes): its sha1."""
+    return hashlib.sha1(cut_id.encode()).hexdigest()
+
+
+def _encode_shard(cuts: list[Cut], encode: Callable[[list[Cut]], list[np.ndarray | str]], report: SourceReport,
+                  on_bad_clip: str) -> list[tuple[Cut, np.ndarray]]:
+    """(cut, frames) for each readable cut, encoded longest first (less padding per batch); bad
+    clips go to report.skipped, or stop the build with on_bad_clip = "error"."""
+    ordered = sorted(cuts, key=lambda c: -c.duration)
+    pairs = []
+    for cut, frames in zip(ordered, encode(ordered), strict=True):
+        if isinstance(frames, str):
+            if on_bad_clip == "error":
+                raise DataError(frames)
+            report.skipped.append(frames)
+        elif not np.isfinite(frames).all():
+            raise DataError(f"{cut.id}: its encoder frames overflow fp16 (beyond ±65504); they cannot be cached")
+        else:
+            pairs.append((cut, frames))
+    return pairs
+
+
+def _write_shard(src: Path, index: int, pairs: list[tuple[Cut, np.ndarray]], frame_shift: float) -> None:
+    """Frames into frames.N.partial/ (renamed when complete), then the cut manifest (atomically)."""
+    from lhotse import CutSet
+    from lhotse.features.io import NumpyFilesWriter
+
+    frames_dir, manifest = _shard_paths(src, index)
+    partial = frames_dir.with_name(frames_dir.name + ".partial")
+    for stale in (partial, frames_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    cached = []
+    with NumpyFilesWriter(partial) as writer:
+        for cut, frames in pairs:
+            array = writer.store_array(_storage_name(cut.id), frames, frame_shift=frame_shift, temporal_dim=0, start=cut.start)
+            array = dataclasses.replace(array, array=dataclasses.replace(array.array, storage_path=str(frames_dir.resolve())))
+            cached.append(cut.with_custom(FIELD, array))
+    os.replace(partial, frames_dir)
+    tmp = manifest.with_name(manifest.name.replace(".jsonl.gz", ".partial.jsonl.gz"))
+    CutSet.from_cuts(cached).to_file(tmp)
+    os.replace(tmp, manifest)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _prepare_root(root: Path, key: dict[str, Any], names: list[str], rebuild: bool) -> None:
+    """Create or reuse `root`: a new cache gets `key`; a stale one is refused (CacheKeyError) or,
+    with rebuild, wiped; with rebuild and a current key only the named sources are wiped."""
+    found = read_key(root)
+    if found is None and root.exists() and any(root.iterdir()):
+        raise DataError(f"{root}: exists, is not empty and is not a feature cache (no {KEY_FILE}); "
+                        "choose an empty or new folder for [data] cache")
+    if found is not None and key_differences(found, key):
+        if not rebuild:
+            check_key(root, key)
+        shutil.rmtree(root)
+    elif found is not None and rebuild:
+        for name in names:
+            shutil.rmtree(root / name, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    if read_key(root) is None:
+        _write_json(root / KEY_FILE, key)
+
+
+def _prepare_source(src: Path, manifests: list[str], shard_size: int) -> None:
+    """source.json names what the shards were cut from; resuming from other manifests or another
+    shard size would misnumber the shards, so it is refused."""
+    wanted = {"manifests": [str(Path(m).resolve()) for m in manifests], "shard_size": shard_size}
+    info = src / SOURCE_FILE
+    if info.exists():
+        found = json.loads(info.read_text(encoding="utf-8"))
+        for field, value in wanted.items():
+            if found.get(field) != value:
+                raise CacheKeyError(f"{info}: {field} was {found.get(field)!r}, now {value!r}; "
+                                    "rebuild it with `macasr cache build CONFIG --rebuild`")
+        return
+    src.mkdir(parents=True, exist_ok=True)
+    _write_json(info, {**wanted, "complete": False})
+
+
+def build_source(
+    root: Path, name: str, manifests: list[str], cuts: Iterable[Cut], encode: Callable[[list[Cut]], list[np.ndarray | str]],
+    frame_shift: float, *, shard_size: int = DEFAULT_SHARD_SIZE, on_bad_clip: str = "skip",
+    advance: Callable[[int], None] | None = None,
+) -> SourceReport:
+    """Cache one source's `cuts` (in their manifest order) under root/name, shard by shard,
+    skipping shards an earlier run finished; `advance(n)` is called as n cuts are done."""
+    src = root / name
+    _prepare_source(src, manifests, shard_size)
+    report = SourceReport()
+    for index, shard in enumerate(_chunks(cuts, shard_size)):
+        if _shard_paths(src, index)[1].exists():
+            report.shards_kept += 1
+        else:
+            pairs = _encode_shard(shard, encode, report, on_bad_clip)
+            _write_shard(src, index, pairs, frame_shift)
+            report.shards_done += 1
+            report.encoded += len(pairs)
+        if advance:
+            advance(len(shard))
+    shards = report.shards_kept + report.shards_done
+    report.cuts = sum(1 for i in range(shards) for _ in _read_manifest(_shard_paths(src, i)[1]))
+    _write_json(src / SOURCE_FILE, {**json.loads((src / SOURCE_FILE).read_text(encoding="utf-8")), "complete": True,
+                                    "shards": shards, "cuts": report.cuts})
+    return report
+
+
+def build_cache(
+    root: str | Path, key: dict[str, Any], sources: dict[str, list[str]], open_cuts: Callable[[str], Iterable[Cut]],
+    encode: Callable[[list[Cut]], list[np.ndarray | str]], *, rebuild: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
+    on_bad_clip: str = "skip", advance: Callable[[int], None] | None = None,
+) -> dict[str, SourceReport]:
+    """Cache every source (name → manifests) under `root` with `key` (see the module docstring)."""
+    root = Path(root)
+    _prepare_root(root, key, list(sources), rebuild)
+    frame_shift = 1.0 / key["frame_rate"]
+    reports = {}
+    for name, manifests in sources.items():
+        cuts = itertools.chain.from_iterable(open_cuts(m) for m in manifests)
+        reports[name] = build_source(root, name, manifests, cuts, encode, frame_shift, shard_size=shard_size,
+                                     on_bad_clip=on_bad_clip, advance=advance)
+    return reports
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_manifest(path: Path) -> Iterator[Cut]:
+    from lhotse import CutSet
+
+    yield from CutSet.from_jsonl_lazy(path)
+
+
+class FrameCache:
+    """cut → its cached encoder frames (T, D) float32; the loader's `frames_from` hook.
+
+    Construction checks the key (CacheKeyError naming the differing field) and that every source
+    is complete, and indexes the cached cuts by id (one pass over the shard manifests; about 100
+    bytes per cut). Picklable, so DataLoader workers get their own copy.
+    """
+
+    def __init__(self, path: str | Path, expected_key: dict[str, Any]) -> None:
+        self.root = Path(path)
+        check_key(self.root, expected_key)
+        self.frame_shift = 1.0 / expected_key["frame_rate"]
+        self.index: dict[str, tuple[str, str, int, float]] = {}  # id → (shard folder, storage key, frames, duration)
+        for info in sorted(self.root.glob(f"*/{SOURCE_FILE}")):
+            self._add_source(info)
+
+    def _add_source(self, info: Path) -> None:
+        state = json.loads(info.read_text(encoding="utf-8"))
+        if not state.get("complete"):
+            raise DataError(f"{info.parent}: this feature cache source is incomplete (its build stopped); "
+                            "finish it with `macasr cache build CONFIG`")
+        for index in range(state["shards"]):
+            frames_dir, manifest = _shard_paths(info.parent, index)
+            shard = str(frames_dir.relative_to(self.root))  # relative, so a moved cache still reads
+            for cut in _read_manifest(manifest):
+                array = cut.custom[FIELD].array
+                self.index[cut.id] = (shard, array.storage_key, array.shape[0], cut.duration)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, cut_id: str) -> bool:
+        return cut_id in self.index
+
+    def __call__(self, cut: Cut) -> torch.Tensor:
+        """(T, D) float32 (the stored fp16 values, exactly); DataError when the cut is not cached
+        or its cached frames cover another duration (the manifest changed since the build)."""
+        from lhotse.array import Array
+
+        entry = self.index.get(cut.id)
+        if entry is None:
+            raise DataError(f"{cut.id}: not in the feature cache {self.root}; (re)build it with `macasr cache build CONFIG`")
+        shard, key, frames, duration = entry
+        if abs(duration - cut.duration) > max(DURATION_TOLERANCE * cut.duration, 2 * self.frame_shift):
+            raise DataError(f"{cut.id}: the feature cache {self.root} holds {duration:g} s for it but the manifest says "
+                            f"{cut.duration:g} s; rebuild it with `macasr cache build CONFIG --rebuild`")
+        array = Array(storage_type="numpy_files", storage_path=str(self.root / shard), storage_key=key, shape=[frames])
+        return torch.from_numpy(array.load()).float()

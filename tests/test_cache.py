@@ -1,0 +1,216 @@
+"""The frozen-encoder feature cache: frames stored with lhotse's array storage, a key checked on
+use, shards written atomically and resumed, and training from cached frames equal to live."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import SENTENCES, noise
+from macasr.data import cache as cache_module
+from macasr.data.cache import CacheKeyError, CutEncoder, FrameCache, build_cache, cache_key
+from macasr.data.collate import Batch
+from macasr.errors import DataError
+from macasr.model.llm import TargetTokenizer
+
+DURATIONS = [1.2, 0.6, 2.3, 0.9, 1.7]
+
+
+def write_cuts(folder: Path, durations: list[float] = DURATIONS, name: str = "cuts.jsonl.gz") -> Path:
+    """A lhotse CutSet manifest of WAV clips (one supervision each), as `open_cuts` yields them."""
+    from lhotse import CutSet, Recording, SupervisionSegment
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cuts = []
+    for i, seconds in enumerate(durations):
+        wav = folder / f"clip{i}.wav"
+        sf.write(wav, noise(seconds, seed=i), 16_000)
+        cut = Recording.from_file(wav, recording_id=f"rec/{i}").to_cut()  # a slash: ids need not be file names
+        cut.supervisions = [SupervisionSegment(f"sup{i}", cut.recording_id, 0.0, cut.duration, text=SENTENCES[i % len(SENTENCES)])]
+        cuts.append(cut)
+    path = folder / name
+    CutSet.from_cuts(cuts).to_file(path)
+    return path
+
+
+def open_cuts(path: str):
+    from lhotse import CutSet
+
+    return CutSet.from_jsonl_lazy(path)
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    return write_cuts(tmp_path / "corpus")
+
+
+def build(root: Path, model, tiny_config, manifest: Path, **kwargs):
+    key = cache_key(tiny_config, model.encoder)
+    encode = kwargs.pop("encode", None) or CutEncoder(model.encoder, batch_size=2)
+    return key, build_cache(root, key, {"train": [str(manifest)]}, open_cuts, encode, shard_size=2, **kwargs)
+
+
+def live_frames(encoder, cut) -> torch.Tensor:
+    features = encoder.featurizer(cache_module.read_waveform(cut))
+    frames, _ = encoder(features[None], torch.tensor([features.shape[-1]]))
+    return frames[0]
+
+
+def test_cached_frames_are_the_live_frames_in_fp16(tmp_path, model, tiny_config, manifest) -> None:
+    key, reports = build(tmp_path / "cache", model, tiny_config, manifest)
+    assert reports["train"].cuts == reports["train"].encoded == 5 and reports["train"].shards_done == 3
+    frames = FrameCache(tmp_path / "cache", key)
+    assert len(frames) == 5
+    for cut in open_cuts(str(manifest)):
+        cached = frames(cut)
+        live = live_frames(model.encoder, cut)
+        assert cached.dtype == torch.float32 and cached.shape == live.shape == (round(cut.duration * 50), 32)
+        torch.testing.assert_close(cached, live.half().float(), atol=2e-3, rtol=1e-3)  # fp16 rounding of batched vs lone float32
+
+
+def test_cached_cuts_are_plain_lhotse_and_shar_compatible(tmp_path, model, tiny_config, manifest) -> None:
+    from lhotse import CutSet
+
+    key, _ = build(tmp_path / "cache", model, tiny_config, manifest)
+    cached = CutSet.from_jsonl_lazy(tmp_path / "cache" / "train" / "cuts.000000.jsonl.gz")
+    cut = next(iter(cached))
+    assert cut.frames.array.storage_type == "numpy_files" and cut.load_frames().dtype == np.float16
+    (tmp_path / "shar").mkdir()
+    cached.to_shar(tmp_path / "shar", fields={"frames": "numpy"}, shard_size=10)
+    from_shar = list(CutSet.from_shar(in_dir=tmp_path / "shar"))
+    assert [c.id for c in from_shar] == [c.id for c in cached]
+    for a, b in zip(from_shar, cached):
+        np.testing.assert_array_equal(a.load_frames(), b.load_frames())
+
+
+def test_training_step_from_cached_frames_gives_the_live_loss(tmp_path, model, tiny_config, manifest) -> None:
+    key, _ = build(tmp_path / "cache", model, tiny_config, manifest)
+    frames = FrameCache(tmp_path / "cache", key)
+    cuts = list(open_cuts(str(manifest)))[:3]
+    tokenize = TargetTokenizer(model.tokenizer, model.prompt.end_id)
+    targets = [torch.tensor(tokenize(c.supervisions[0].text)) for c in cuts]
+    mels = [model.encoder.featurizer(cache_module.read_waveform(c)) for c in cuts]
+    cached = [frames(c) for c in cuts]
+
+    def batch(features: list[torch.Tensor], encoded: bool) -> Batch:
+        return Batch(
+            indices=[0, 1, 2], ids=[c.id for c in cuts], texts=[""] * 3, durations=[c.duration for c in cuts],
+            features=torch.nn.utils.rnn.pad_sequence([f.T for f in features], batch_first=True).transpose(1, 2),
+            feature_lengths=torch.tensor([f.shape[-1] for f in features]),
+            targets=torch.nn.utils.rnn.pad_sequence(targets, batch_first=True), target_lengths=torch.tensor([len(t) for t in targets]),
+            encoded=encoded,
+        )
+
+    live = model(batch(mels, encoded=False))
+    from_cache = model(batch([f.T for f in cached], encoded=True))  # (D, T) per clip, like mels (C, L)
+    torch.testing.assert_close(from_cache, live, atol=1e-3, rtol=1e-3)  # fp16 storage of the frames
+    # The encoder is skipped: a broken encoder does not change the cached loss.
+    model.encoder.forward = None
+    assert torch.equal(model(batch([f.T for f in cached], encoded=True)), from_cache)
+
+
+def test_frame_cache_pickles_and_refuses_unknown_or_changed_cuts(tmp_path, model, tiny_config, manifest) -> None:
+    key, _ = build(tmp_path / "cache", model, tiny_config, manifest)
+    frames = pickle.loads(pickle.dumps(FrameCache(tmp_path / "cache", key)))
+    cut = next(iter(open_cuts(str(manifest))))
+    assert frames(cut).shape[0] == 60
+    with pytest.raises(DataError, match="not in the feature cache"):
+        frames(dataclasses.replace(cut, id="other"))
+    with pytest.raises(DataError, match="holds 1.2 s for it but the manifest says 0.6 s"):
+        frames(dataclasses.replace(cut, duration=0.6))
+
+
+def test_stale_key_is_refused_naming_the_field(tmp_path, model, tiny_config, tiny_models, manifest) -> None:
+    from macasr.model.encoders import WhisperEncoder, WhisperEncoderConfig
+
+    root = tmp_path / "cache"
+    key, _ = build(root, model, tiny_config, manifest)
+    full_cfg = dataclasses.replace(tiny_config, model=dataclasses.replace(
+        tiny_config.model, encoder=dataclasses.replace(tiny_config.model.encoder, window="full")))
+    full = WhisperEncoder(full_cfg.model.encoder)
+    full_key = cache_key(full_cfg, full)
+    with pytest.raises(CacheKeyError, match=r"window: cache has 'own', config gives 'full'") as e:
+        FrameCache(root, full_key)
+    assert len(str(e.value).splitlines()) == 1 and "--rebuild" in str(e.value)
+    other = WhisperEncoder(dataclasses.replace(tiny_config.model.encoder, path=str(tiny_models[0])))
+    assert cache_key(tiny_config, other) == key  # the same weights: the same key
+    with torch.no_grad():
+        other.model.layer_norm.bias.add_(1.0)
+    with pytest.raises(CacheKeyError, match="weights: cache has"):
+        FrameCache(root, cache_key(tiny_config, other))
+    hop = {**key, "features": {**key["features"], "hop_length": 320}}
+    with pytest.raises(CacheKeyError, match="features.hop_length: cache has 160, config gives 320"):
+        FrameCache(root, hop)
+    # Building with the changed key refuses too, unless told to rebuild.
+    with pytest.raises(CacheKeyError, match="window"):
+        build_cache(root, full_key, {"train": [str(manifest)]}, open_cuts, CutEncoder(full), shard_size=2)
+    reports = build_cache(root, full_key, {"train": [str(manifest)]}, open_cuts, CutEncoder(full), shard_size=2, rebuild=True)
+    assert reports["train"].encoded == 5
+    cut = next(iter(open_cuts(str(manifest))))
+    rebuilt = FrameCache(root, full_key)(cut)
+    torch.testing.assert_close(rebuilt, live_frames(full, cut), atol=2e-3, rtol=1e-3)  # the frames of the new key
+
+
+def test_interrupted_build_resumes_and_no_partial_shard_is_readable(tmp_path, model, tiny_config, manifest, monkeypatch) -> None:
+    from lhotse import CutSet
+    from lhotse.features.io import NumpyFilesWriter
+
+    root = tmp_path / "cache"
+    write = NumpyFilesWriter.write
+    calls = {"n": 0}
+
+    def dies_on_third_array(self, key, value):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first clip of shard 1: shard 0 (2 clips) is complete
+            raise KeyboardInterrupt
+        return write(self, key, value)
+
+    monkeypatch.setattr(NumpyFilesWriter, "write", dies_on_third_array)
+    with pytest.raises(KeyboardInterrupt):
+        key, _ = build(root, model, tiny_config, manifest)
+    monkeypatch.setattr(NumpyFilesWriter, "write", write)
+    key = cache_key(tiny_config, model.encoder)
+    src = root / "train"
+    assert sorted(p.name for p in src.glob("cuts.*.jsonl.gz")) == ["cuts.000000.jsonl.gz"]
+    assert len(CutSet.from_jsonl_lazy(src / "cuts.000000.jsonl.gz")) == 2  # readers see finished shards only
+    with pytest.raises(DataError, match="incomplete"):
+        FrameCache(root, key)
+
+    encoded = []
+    encoder = CutEncoder(model.encoder)
+
+    def counting(cuts):
+        encoded.extend(c.id for c in cuts)
+        return encoder(cuts)
+
+    _, reports = build(root, model, tiny_config, manifest, encode=counting)
+    assert reports["train"].shards_kept == 1 and reports["train"].shards_done == 2
+    first_shard = {c.id for c in CutSet.from_jsonl_lazy(src / "cuts.000000.jsonl.gz")}
+    assert len(encoded) == 3 and not first_shard & set(encoded)  # finished shard not re-encoded
+    assert not list(src.glob("*.partial*"))
+    frames = FrameCache(root, key)
+    for cut in open_cuts(str(manifest)):
+        torch.testing.assert_close(frames(cut), live_frames(model.encoder, cut), atol=2e-3, rtol=1e-3)
+
+
+def test_bad_clips_are_skipped_and_reported(tmp_path, model, tiny_config, manifest) -> None:
+    (tmp_path / "corpus" / "clip1.wav").write_bytes(b"not audio")
+    key, reports = build(tmp_path / "cache", model, tiny_config, manifest)
+    assert reports["train"].cuts == 4 and len(reports["train"].skipped) == 1
+    assert reports["train"].skipped == [f"rec/1: cannot read its audio from {tmp_path / 'corpus' / 'clip1.wav'} (AudioLoadingError)"]
+    with pytest.raises(DataError, match="cannot read its audio"):
+        build(tmp_path / "cache2", model, tiny_config, manifest, on_bad_clip="error")
+
+
+def test_a_folder_that_is_no_cache_is_not_written_into(tmp_path, model, tiny_config, manifest) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a feature cache"):
+        build(tmp_path / "mine", model, tiny_config, manifest, rebuild=True)
+    assert (tmp_path / "mine" / "notes.txt").exists()
