@@ -6,7 +6,7 @@ import typer
 
 from macasr import __version__
 from macasr.cli import config_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
-from macasr.cli import plan_cmd
+from macasr.cli import cache_cmd, plan_cmd
 from macasr.cli._common import typer_app
 
 app = typer_app(
@@ -19,6 +19,7 @@ app.command("transcribe")(transcribe_cmd.transcribe)
 app.command("demo")(demo_cmd.demo)
 app.command("plan")(plan_cmd.plan)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(cache_cmd.app, name="cache")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,96 @@
+"""`macasr cache build CONFIG.toml [--datasets NAME...] [--rebuild]`: encode the training and
+validation cuts once with the frozen encoder, into the folder `[data] cache` names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from macasr.cli._common import DeviceOpt, console, handle_errors, typer_app
+
+if TYPE_CHECKING:
+    from macasr.config import Config
+
+app = typer_app(help="Frozen-encoder feature cache: encode the training and validation cuts once.", no_args_is_help=True)
+
+
+def cache_sources(cfg: Config, names: list[str] | None) -> dict[str, list[str]]:
+    """name → manifests of the [data] train and valid sources (each name once), or only `names`;
+    ConfigError for a name that is neither, listing those that are."""
+    from macasr.data.manifest import dataset_sources
+    from macasr.errors import ConfigError
+
+    sources: dict[str, list[str]] = {}
+    for split in ("train", "valid"):
+        for source in dataset_sources(cfg, split):
+            if sources.setdefault(source.name, source.manifests) != source.manifests:
+                raise ConfigError(f"[data] {split}: two sources are named {source.name!r} ({sources[source.name]} and "
+                                  f"{source.manifests}); the cache keeps one folder per name, so define them as "
+                                  "[datasets.*] entries with different names")
+    if not sources:
+        raise ConfigError("[data] train and valid: empty; nothing to cache")
+    unknown = [n for n in names or [] if n not in sources]
+    if unknown:
+        raise ConfigError(f"--datasets: {', '.join(map(repr, unknown))} not in [data] train or valid (they hold: {', '.join(sources)})")
+    return {n: sources[n] for n in names} if names else sources
+
+
+def _report_table(reports: dict) -> Table:
+    table = Table(title="Feature cache")
+    for column in ("Dataset", "Cuts cached", "Encoded now", "Shards kept", "Skipped"):
+        table.add_column(column, justify="left" if column == "Dataset" else "right")
+    for name, r in reports.items():
+        table.add_row(escape(name), f"{r.cuts:,}", f"{r.encoded:,}", f"{r.shards_kept:,}", f"{len(r.skipped):,}")
+    return table
+
+
+@app.command("build")
+@handle_errors
+def build(
+    config: Annotated[Path, typer.Argument(help="TOML config: its encoder, [data] train/valid and [data] cache folder.")],
+    datasets: Annotated[list[str] | None, typer.Option("--datasets", help="Cache only these sources (names from [data] train/valid; repeat the option).", show_default=False)] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Delete frames built with another cache key (or, with a current key, the named sources) and encode again.")] = False,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips encoded together (default: [eval] batch_size).", min=1, show_default=False)] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Clips per shard: the unit that is written atomically and resumed.", min=1)] = 1000,
+) -> None:
+    """Run the frozen encoder once over the training and validation cuts and store the frames.
+
+    Resumes where a stopped build left off; refuses a cache built with another encoder, dtype,
+    feature settings, window or layer (naming the field) unless --rebuild is given."""
+    import torch
+
+    from macasr import config as config_module
+    from macasr.data.cache import CutEncoder, build_cache, cache_key, check_cache_config
+    from macasr.data.manifest import open_cuts
+    from macasr.errors import ConfigError
+    from macasr.model.build import DTYPES, resolve_device, resolve_precision
+    from macasr.model.encoders import ENCODERS
+
+    cfg = config_module.load(config)
+    if not cfg.data.cache:
+        raise ConfigError(f"{config}: [data] cache: empty; set it to the folder the frames go to, e.g. cache = \"cache/whisper\"")
+    check_cache_config(cfg)
+    sources = cache_sources(cfg, datasets)
+    dev = resolve_device(device, "--device")
+    precision = resolve_precision(cfg.train.precision, dev)  # the encoder's dtype in training, part of the key
+    encoder = ENCODERS.build(cfg.model.encoder, dtype=DTYPES[precision]).to(dev)
+    key = cache_key(cfg, encoder)
+    total = sum(1 for manifests in sources.values() for m in manifests for _ in open_cuts(m))
+    columns = (TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with torch.inference_mode(), Progress(*columns, console=console) as progress:
+        task = progress.add_task("encoding", total=total)
+        reports = build_cache(
+            cfg.data.cache, key, sources, open_cuts, CutEncoder(encoder, dev, batch_size or cfg.eval.batch_size),
+            rebuild=rebuild, shard_size=shard_size, on_bad_clip=cfg.data.on_bad_clip, advance=lambda n: progress.advance(task, n),
+        )
+    for r in reports.values():
+        for line in r.skipped:
+            console.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)
+    console.print(_report_table(reports))
+    console.print(f"Frames in {escape(str(Path(cfg.data.cache).resolve()))}; training reads them while [data] cache names it.")
