@@ -120,10 +120,22 @@ def test_frame_cache_pickles_and_refuses_unknown_or_changed_cuts(tmp_path, model
     frames = pickle.loads(pickle.dumps(FrameCache(tmp_path / "cache", key)))
     cut = next(iter(open_cuts(str(manifest))))
     assert frames(cut).shape[0] == 60
-    with pytest.raises(DataError, match="not in the feature cache"):
-        frames(dataclasses.replace(cut, id="other"))
-    with pytest.raises(DataError, match="holds 1.2 s for it but the manifest says 0.6 s"):
+    assert torch.equal(frames(dataclasses.replace(cut, id="other", custom={"origin": "x.jsonl:3"})), frames(cut))  # same audio
+    with pytest.raises(DataError, match=r"rec/0: the feature cache .* has no frames for its audio \(0.6 s from 0 s of recording rec/0\)"):
         frames(dataclasses.replace(cut, duration=0.6))
+    with pytest.raises(DataError, match="no frames for its audio"):
+        frames(dataclasses.replace(cut, start=0.1, duration=1.0))
+
+
+def test_same_cut_ids_in_two_manifests_keep_their_own_frames(tmp_path, model, tiny_config) -> None:
+    a, b = write_cuts(tmp_path / "a", [1.0, 0.5]), write_cuts(tmp_path / "b", [0.8])  # ids rec/0, rec/1 and rec/0
+    key = cache_key(tiny_config, model.encoder)
+    build_cache(tmp_path / "cache", key, {"a": [str(a)], "b": [str(b)]}, open_cuts, CutEncoder(model.encoder))
+    frames = FrameCache(tmp_path / "cache", key)
+    assert len(frames) == 3
+    for manifest in (a, b):
+        for cut in open_cuts(str(manifest)):
+            torch.testing.assert_close(frames(cut), live_frames(model.encoder, cut), atol=2e-3, rtol=1e-3)
 
 
 def test_stale_key_is_refused_naming_the_field(tmp_path, model, tiny_config, tiny_models, manifest) -> None:
@@ -214,3 +226,20 @@ def test_a_folder_that_is_no_cache_is_not_written_into(tmp_path, model, tiny_con
     with pytest.raises(DataError, match="not a feature cache"):
         build(tmp_path / "mine", model, tiny_config, manifest, rebuild=True)
     assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_shar_input_is_cached_and_found(tmp_path, model, tiny_config, manifest) -> None:
+    from lhotse import CutSet
+
+    from macasr.data.manifest import open_cuts as macasr_open_cuts
+
+    shar = tmp_path / "shar"
+    shar.mkdir()
+    CutSet.from_jsonl_lazy(manifest).to_shar(shar, fields={"recording": "flac"}, shard_size=3)
+    key = cache_key(tiny_config, model.encoder)
+    build_cache(tmp_path / "cache", key, {"shar": [str(shar)]}, macasr_open_cuts, CutEncoder(model.encoder), shard_size=2)
+    manifests = list((tmp_path / "cache" / "shar").glob("cuts.*.jsonl.gz"))
+    assert all(b"memory" not in m.read_bytes() for m in manifests)  # no audio bytes in the cache's manifests
+    frames = FrameCache(tmp_path / "cache", key)
+    for cut in macasr_open_cuts(shar):
+        torch.testing.assert_close(frames(cut), live_frames(model.encoder, cut), atol=2e-3, rtol=1e-3)

@@ -57,7 +57,7 @@ FIELD = "frames"  # the cut's custom field: cut.load_frames()
 STORAGE_DTYPE = np.float16
 FORMAT = 1  # bump when the layout changes
 DEFAULT_SHARD_SIZE = 1000  # clips per shard: the unit of resuming
-DURATION_TOLERANCE = 0.10  # cached frames covering a duration this far from the cut's are stale
+KEY_FIELD = "frames_key"  # the cached cut's custom field holding its `audio_key`
 
 
 class CacheKeyError(MacasrError):
@@ -259,9 +259,37 @@ def _shard_paths(src: Path, index: int) -> tuple[Path, Path]:
     return src / f"frames.{index:06d}", src / f"cuts.{index:06d}.jsonl.gz"
 
 
-def _storage_name(cut_id: str) -> str:
-    """A file name for any cut id (ids may hold slashes): its sha1."""
-    return hashlib.sha1(cut_id.encode()).hexdigest()
+def _json_default(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):  # in-memory audio (Shar): its digest
+        return hashlib.sha1(bytes(value)).hexdigest()
+    raise TypeError(f"cannot describe {type(value).__name__} in a cache key")
+
+
+def audio_key(cut: Cut) -> str:
+    """sha1 hex of what a cut's frames depend on: its audio (recording sources, channels,
+    transforms, start, duration), not its id, transcript or custom fields.
+
+    Frames are looked up by it, not by cut id: ids are unique within a manifest but two
+    manifests may share them (macasr JSONL's default ids are FILE_STEM-LINE), and a cut whose
+    audio or times changed since the build must not get the old frames."""
+    d = cut.to_dict()
+    for field in ("id", "supervisions", "custom"):
+        d.pop(field, None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def _storable(cut: Cut) -> Cut:
+    """The cut as the shard manifest keeps it: in-memory audio (read from Shar) becomes lhotse's
+    Shar placeholder instead of bytes in the JSON (frames stay found through KEY_FIELD)."""
+    from lhotse.shar.utils import to_shar_placeholder
+    from lhotse.utils import fastcopy
+
+    sources = cut.recording.sources if cut.has_recording else []
+    if any(s.type == "memory" for s in sources):
+        cut = fastcopy(cut, recording=to_shar_placeholder(cut.recording, cut))
+    # Shar's reader marks each cut with its shard (a Path, not JSON) and epoch: reading state, not data.
+    custom = {k: v for k, v in (cut.custom or {}).items() if k not in ("shard_origin", "shar_epoch")}
+    return fastcopy(cut, custom=custom or None)
 
 
 def _encode_shard(cuts: list[Cut], encode: Callable[[list[Cut]], list[np.ndarray | str]], report: SourceReport,
@@ -294,9 +322,10 @@ def _write_shard(src: Path, index: int, pairs: list[tuple[Cut, np.ndarray]], fra
     cached = []
     with NumpyFilesWriter(partial) as writer:
         for cut, frames in pairs:
-            array = writer.store_array(_storage_name(cut.id), frames, frame_shift=frame_shift, temporal_dim=0, start=cut.start)
+            key = audio_key(cut)
+            array = writer.store_array(key, frames, frame_shift=frame_shift, temporal_dim=0, start=cut.start)
             array = dataclasses.replace(array, array=dataclasses.replace(array.array, storage_path=str(frames_dir.resolve())))
-            cached.append(cut.with_custom(FIELD, array))
+            cached.append(_storable(cut).with_custom(FIELD, array).with_custom(KEY_FIELD, key))
     os.replace(partial, frames_dir)
     tmp = manifest.with_name(manifest.name.replace(".jsonl.gz", ".partial.jsonl.gz"))
     CutSet.from_cuts(cached).to_file(tmp)
@@ -401,15 +430,15 @@ class FrameCache:
     """cut → its cached encoder frames (T, D) float32; the loader's `frames_from` hook.
 
     Construction checks the key (CacheKeyError naming the differing field) and that every source
-    is complete, and indexes the cached cuts by id (one pass over the shard manifests; about 100
-    bytes per cut). Picklable, so DataLoader workers get their own copy.
+    is complete, and indexes the cached cuts by `audio_key` (one pass over the shard manifests;
+    about 200 bytes per cut). Picklable, so DataLoader workers get their own copy.
     """
 
     def __init__(self, path: str | Path, expected_key: dict[str, Any]) -> None:
         self.root = Path(path)
         check_key(self.root, expected_key)
         self.frame_shift = 1.0 / expected_key["frame_rate"]
-        self.index: dict[str, tuple[str, str, int, float]] = {}  # id → (shard folder, storage key, frames, duration)
+        self.index: dict[str, tuple[str, str, int]] = {}  # audio_key → (shard folder, storage key, frames)
         for info in sorted(self.root.glob(f"*/{SOURCE_FILE}")):
             self._add_source(info)
 
@@ -423,25 +452,23 @@ class FrameCache:
             shard = str(frames_dir.relative_to(self.root))  # relative, so a moved cache still reads
             for cut in _read_manifest(manifest):
                 array = cut.custom[FIELD].array
-                self.index[cut.id] = (shard, array.storage_key, array.shape[0], cut.duration)
+                self.index[cut.custom[KEY_FIELD]] = (shard, array.storage_key, array.shape[0])
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __contains__(self, cut_id: str) -> bool:
-        return cut_id in self.index
+    def __contains__(self, cut: Cut) -> bool:
+        return audio_key(cut) in self.index
 
     def __call__(self, cut: Cut) -> torch.Tensor:
-        """(T, D) float32 (the stored fp16 values, exactly); DataError when the cut is not cached
-        or its cached frames cover another duration (the manifest changed since the build)."""
+        """(T, D) float32 (the stored fp16 values, exactly); DataError when the cache holds no
+        frames for the cut's audio (a new cut, or one whose audio or times changed since the build)."""
         from lhotse.array import Array
 
-        entry = self.index.get(cut.id)
+        entry = self.index.get(audio_key(cut))
         if entry is None:
-            raise DataError(f"{cut.id}: not in the feature cache {self.root}; (re)build it with `macasr cache build CONFIG`")
-        shard, key, frames, duration = entry
-        if abs(duration - cut.duration) > max(DURATION_TOLERANCE * cut.duration, 2 * self.frame_shift):
-            raise DataError(f"{cut.id}: the feature cache {self.root} holds {duration:g} s for it but the manifest says "
-                            f"{cut.duration:g} s; rebuild it with `macasr cache build CONFIG --rebuild`")
+            raise DataError(f"{cut.id}: the feature cache {self.root} has no frames for its audio ({cut.duration:g} s from "
+                            f"{cut.start:g} s of recording {cut.recording_id}); (re)build it with `macasr cache build CONFIG`")
+        shard, key, frames = entry
         array = Array(storage_type="numpy_files", storage_path=str(self.root / shard), storage_key=key, shape=[frames])
         return torch.from_numpy(array.load()).float()

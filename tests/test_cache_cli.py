@@ -1,0 +1,91 @@
+"""`macasr cache build` from a config, and the config checks a feature cache brings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from macasr import config as config_module
+from macasr.cli import app
+from macasr.data.cache import FrameCache, cache_key, cache_problems
+from macasr.data.manifest import open_cuts
+from macasr.model.build import build_model
+from test_cache import write_cuts
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cache_config(tmp_path: Path, tiny_config):
+    train = write_cuts(tmp_path / "train", [1.0, 0.5, 1.5], "train.jsonl.gz")
+    valid = write_cuts(tmp_path / "valid", [0.7], "valid.jsonl.gz")
+    return config_module.replace(tiny_config, **{"data.train": [str(train)], "data.valid": [str(valid)],
+                                                 "data.cache": str(tmp_path / "cache")})
+
+
+def invoke(cfg, path: Path, *args: str):
+    return runner.invoke(app, ["cache", "build", str(config_module.dump(cfg, path)), "--device", "cpu", "--shard-size", "2", *args])
+
+
+def test_cache_build_caches_train_and_valid_and_resumes(tmp_path, cache_config) -> None:
+    result = invoke(cache_config, tmp_path / "c.toml")
+    assert result.exit_code == 0, result.output
+    assert "train" in result.stdout and "valid" in result.stdout
+    model = build_model(cache_config)
+    frames = FrameCache(cache_config.data.cache, cache_key(cache_config, model.encoder))
+    assert len(frames) == 4
+    cut = next(iter(open_cuts(cache_config.data.train[0])))
+    assert frames(cut).shape == (50, model.encoder.output_dim)
+    again = invoke(cache_config, tmp_path / "c.toml")
+    assert again.exit_code == 0, again.output
+    row = next(line for line in again.stdout.splitlines() if "train" in line)
+    assert [cell.strip() for cell in row.split("│")[2:5]] == ["3", "0", "2"]  # cached, encoded now, shards kept
+
+
+def test_changed_window_is_refused_then_rebuilt(tmp_path, cache_config) -> None:
+    assert invoke(cache_config, tmp_path / "c.toml").exit_code == 0
+    full = config_module.replace(cache_config, **{"model.encoder.window": "full"})
+    refused = invoke(full, tmp_path / "full.toml")
+    assert refused.exit_code == 1
+    assert len(refused.stderr.splitlines()) == 1
+    assert "window: cache has 'own', config gives 'full'" in refused.stderr and "--rebuild" in refused.stderr
+    rebuilt = invoke(full, tmp_path / "full.toml", "--rebuild")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    model = build_model(full)
+    assert len(FrameCache(full.data.cache, cache_key(full, model.encoder))) == 4
+
+
+def test_datasets_option_picks_sources_and_names_unknown_ones(tmp_path, cache_config) -> None:
+    result = invoke(cache_config, tmp_path / "c.toml", "--datasets", "valid")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in Path(cache_config.data.cache).iterdir() if p.is_dir()] == ["valid"]
+    unknown = invoke(cache_config, tmp_path / "c.toml", "--datasets", "nope")
+    assert unknown.exit_code == 1 and "'nope' not in [data] train or valid (they hold: train, valid)" in unknown.stderr
+
+
+def test_cache_build_needs_a_cache_folder(tmp_path, cache_config) -> None:
+    result = invoke(config_module.replace(cache_config, **{"data.cache": ""}), tmp_path / "c.toml")
+    assert result.exit_code == 1 and "[data] cache: empty" in result.stderr
+
+
+def test_a_cache_refuses_what_changes_frames_per_step(cache_config) -> None:
+    assert cache_problems(cache_config) == []
+    assert cache_problems(config_module.replace(cache_config, **{"data.cache": "", "data.spec_augment": True})) == []
+    spec = cache_problems(config_module.replace(cache_config, **{"data.spec_augment": True}))
+    assert len(spec) == 1 and spec[0].startswith("[data] spec_augment: SpecAugment masks log-mel features")
+    trained = cache_problems(config_module.replace(cache_config, **{"model.encoder.train": True}))
+    assert len(trained) == 1 and "the encoder trains" in trained[0]
+    lora = cache_problems(config_module.replace(cache_config, **{"model.encoder.lora.enabled": True}))
+    assert len(lora) == 1 and "the encoder trains" in lora[0]
+
+
+def test_a_cache_refuses_waveform_augmentation(cache_config) -> None:
+    from macasr.data.augment import AugmentConfig
+
+    noisy = config_module.replace(cache_config, augment=AugmentConfig(speed_prob=0.5))
+    problems = cache_problems(noisy)
+    assert len(problems) == 1 and "waveform augmentation ([augment])" in problems[0]
+    assert cache_problems(config_module.replace(noisy, **{"data.cache": ""})) == []
