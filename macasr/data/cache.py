@@ -472,3 +472,19 @@ class FrameCache:
         shard, key, frames = entry
         array = Array(storage_type="numpy_files", storage_path=str(self.root / shard), storage_key=key, shape=[frames])
         return torch.from_numpy(array.load()).float()
+
+
+class MaskedFrames:
+    """A training `frames_from` that masks cached frames: SpecAugment's masks (random bands of
+    the D channels and spans of the T frames, filled with the clip's mean) on the encoder's
+    output instead of its input, the augmentation a feature cache still allows.
+
+    Uses torch's global RNG (seeded per DataLoader worker), like `spec_augment`. Picklable."""
+
+    def __init__(self, frames: Callable[[Cut], torch.Tensor]) -> None:
+        self.frames = frames
+
+    def __call__(self, cut: Cut) -> torch.Tensor:
+        from macasr.data.augment import spec_augment
+
+        return spec_augment(self.frames(cut).T).T  # spec_augment masks (C, L): here (D, T)
