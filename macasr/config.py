@@ -227,6 +227,11 @@ def _convert(tp: Any, value: Any, key: str, errors: _Errors, registry: str | Non
             return value
         errors.add(key, f"`{key}`: expected one of {', '.join(map(repr, choices))}, got {_describe(value)}")
         return None
+    if origin is list and typing.get_args(tp) == (float,):
+        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
+        errors.add(key, f"`{key}`: expected a list of numbers, got {_describe(value)}")
+        return None
     if origin in (list, tuple):
         items = [value] if isinstance(value, str) else value
         if isinstance(items, list) and all(isinstance(v, str) for v in items):
