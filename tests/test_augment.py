@@ -249,21 +249,33 @@ def test_clip_manifests_in_every_accepted_form(tmp_path: Path, noise_manifest: P
     ("missing", r"^\[augment\] noise_manifest: .*nothing\.jsonl: no such file$"),
     ("empty", r"^\[augment\] noise_manifest: .*empty\.jsonl holds no clips$"),
     ("supervisions", r"^\[augment\] noise_manifest: .*sups\.jsonl\.gz: expected a lhotse RecordingSet or CutSet manifest, got a SupervisionSet$"),
+    ("no audio", r"^\[augment\] noise_manifest: .*recordings\.jsonl\.gz: 1 clip without audio \(duration 0\): empty$"),
+    ("not json", r"^\[augment\] noise_manifest: .*text\.jsonl: cannot read as JSON Lines \(.*\)$"),
     ("bad rows", r"^.*rows\.jsonl:1: .*gone\.wav: no such audio file\n.*rows\.jsonl:2: `duration` = -1: expected seconds as a finite positive number\n"
                  r".*rows\.jsonl:3: .*text\.wav: cannot read audio header \(.*\)\n"
-                 r".*rows\.jsonl:4: expected an object with \"audio\" naming an audio file$"),
+                 r".*rows\.jsonl:4: expected an object with \"audio\" naming an audio file\n"
+                 r".*rows\.jsonl:5: .*empty\.wav: audio is empty\n"
+                 r".*rows\.jsonl:6: `offset` = 0\.05, `duration` = 0\.1: expected a segment within the audio's 0\.100 s$"),
 ])
 def test_unusable_clip_manifests_are_named(tmp_path: Path, case: str, expected: str) -> None:
     sf.write(tmp_path / "ok.wav", np.zeros(800, dtype=np.float32), 8000)
     path = {"missing": tmp_path / "nothing.jsonl", "empty": tmp_path / "empty.jsonl",
-            "supervisions": tmp_path / "sups.jsonl.gz", "bad rows": tmp_path / "rows.jsonl"}[case]
+            "supervisions": tmp_path / "sups.jsonl.gz", "bad rows": tmp_path / "rows.jsonl",
+            "no audio": tmp_path / "recordings.jsonl.gz", "not json": tmp_path / "text.jsonl"}[case]
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 8000)
     if case == "empty":
         path.write_text("")
+    elif case == "not json":
+        path.write_text("noise.wav\n")
+    elif case == "no audio":
+        RecordingSet.from_recordings([Recording.from_file(tmp_path / "empty.wav")]).to_file(path)
     elif case == "supervisions":
         SupervisionSet.from_segments([SupervisionSegment(id="s", recording_id="r", start=0, duration=1)]).to_file(path)
     elif case == "bad rows":
         (tmp_path / "text.wav").write_text("not audio")
-        path.write_text("".join(json.dumps(row) + "\n" for row in ({"audio": "gone.wav"}, {"audio": "ok.wav", "duration": -1}, {"audio": "text.wav"}, {"sound": "ok.wav"})))
+        rows = ({"audio": "gone.wav"}, {"audio": "ok.wav", "duration": -1}, {"audio": "text.wav"}, {"sound": "ok.wav"},
+                {"audio": "empty.wav"}, {"audio": "ok.wav", "offset": 0.05, "duration": 0.1})
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DataError, match=expected):
         build_augmenter(AugmentConfig(noise_prob=0.5, noise_manifest=str(path)), seed=0)
 

@@ -161,13 +161,13 @@ def build_augmenter(cfg: AugmentConfig, seed: int) -> CutAugmenter | None:
     return CutAugmenter(cfg, seed, noise, rirs)
 
 
-def _first_row(path: Path) -> Any:
+def _first_row(path: Path, key: str) -> Any:
     from lhotse.serialization import load_jsonl
 
     try:
         return next(iter(load_jsonl(path)), None)
     except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: cannot read as JSON Lines ({e})") from None
+        raise DataError(f"[augment] {key}: {path}: cannot read as JSON Lines ({e})") from None
 
 
 def _clips_from_rows(path: Path) -> list[Cut]:
@@ -189,18 +189,21 @@ def _clips_from_rows(path: Path) -> list[Cut]:
             problems.append(f"{where}: {file}: no such audio file")
             continue
         try:
-            audio_duration(file)  # soundfile's one-line reason; lhotse's would list every backend it tried
+            seconds = audio_duration(file)  # soundfile's one-line reason; lhotse's lists every backend it tried
         except DataError as e:
             problems.append(f"{where}: {e}")
             continue
-        recording = Recording.from_file(file, recording_id=f"{path.stem}-{number:06d}")
-        clip = _mono(recording.to_cut())
         offset, duration = row.get("offset", 0.0), row.get("duration")
         bad = [f"`{k}` = {v!r}: {p}" for k, v, zero_ok in (("offset", offset, True), ("duration", duration, False))
                if (k == "offset" or v is not None) and (p := seconds_problem(v, zero_ok=zero_ok))]
+        if not bad and seconds <= 0:
+            bad = [f"{file}: audio is empty"]
+        elif not bad and (offset >= seconds or offset + (duration or 0.0) > seconds + 1e-3):
+            bad = [f"`offset` = {offset!r}, `duration` = {duration!r}: expected a segment within the audio's {seconds:.3f} s"]
         if bad:
             problems += [f"{where}: {b}" for b in bad]
             continue
+        clip = _mono(Recording.from_file(file, recording_id=f"{path.stem}-{number:06d}").to_cut())
         if offset or duration is not None:
             clip = clip.truncate(offset=float(offset), duration=None if duration is None else float(duration))
         clips.append(clip)
@@ -229,12 +232,15 @@ def load_clips(path: str | Path, key: str = "manifest") -> list[Cut]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"[augment] {key}: {path}: no such file")
-    if ".jsonl" in path.suffixes and isinstance(row := _first_row(path), dict) and "audio" in row:
+    if ".jsonl" in path.suffixes and isinstance(row := _first_row(path, key), dict) and "audio" in row:
         clips = _clips_from_rows(path)
     else:
         clips = _clips_from_lhotse(path, key)
     if not clips:
         raise DataError(f"[augment] {key}: {path} holds no clips")
+    if empty := [clip.id for clip in clips if clip.duration <= 0]:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5:,} more" if len(empty) > 5 else "")
+        raise DataError(f"[augment] {key}: {path}: {len(empty):,} clip{'s' if len(empty) > 1 else ''} without audio (duration 0): {shown}")
     return clips
 
 
