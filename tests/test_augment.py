@@ -239,10 +239,14 @@ def test_clip_manifests_in_every_accepted_form(tmp_path: Path, noise_manifest: P
     write_manifest(tmp_path / "rows.jsonl", [{"audio": "stereo.wav"}, {"audio": "stereo.wav", "offset": 0.1, "duration": 0.2}])
     rows = load_clips(tmp_path / "rows.jsonl")
     assert [(c.num_channels, c.duration, c.supervisions) for c in rows] == [(1, 0.5, []), (1, 0.2, [])]
-    cuts = CutSet.from_manifests(recordings=RecordingSet.from_file(noise_manifest))
-    cuts.to_file(tmp_path / "noise_cuts.jsonl.gz")
+    recordings = RecordingSet.from_file(noise_manifest)
+    sup = SupervisionSegment(id="n", recording_id=recordings[0].id, start=0.0, duration=0.7, text="hum")
+    cuts = CutSet.from_manifests(recordings=recordings, supervisions=SupervisionSet.from_segments([sup]))
+    cuts.map(lambda c: fastcopy(c, custom={"origin": "musan"})).to_file(tmp_path / "noise_cuts.jsonl.gz")
     for path in (noise_manifest, tmp_path / "noise_cuts.jsonl.gz"):
-        assert [c.duration for c in load_clips(path)] == [0.7]
+        clips = load_clips(path)
+        # A noise clip brings no transcript or fields into the mix (a MixedCut merges its tracks' custom).
+        assert [(c.duration, c.supervisions, c.custom) for c in clips] == [(0.7, [], None)]
 
 
 @pytest.mark.parametrize("case, expected", [
