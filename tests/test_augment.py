@@ -120,12 +120,13 @@ def test_noise_snr_is_drawn_from_the_range(speech, noise_manifest: Path) -> None
 
 def test_reverb_convolves_with_the_impulse_response(speech, tmp_path: Path) -> None:
     rir = np.zeros(4000, dtype=np.float32)
-    rir[0], rir[800] = 1.0, 0.5  # the direct sound and one echo 50 ms later
-    sf.write(tmp_path / "rir.wav", rir, RATE)
-    write_manifest(tmp_path / "rirs.jsonl", [{"audio": "rir.wav"}])
+    rir[1000], rir[1800] = 1.0, 0.5  # the direct sound and one echo 50 ms later
+    sf.write(tmp_path / "rir.wav", np.concatenate([np.full(4000, 0.9, dtype=np.float32), rir]), RATE)
+    # The impulse response is the segment after 0.25 s of something else in the same file.
+    write_manifest(tmp_path / "rirs.jsonl", [{"audio": "rir.wav", "offset": 0.25, "duration": 0.25}])
     out = _audio(_augment(AugmentConfig(rir_prob=1.0, rir_manifest=str(tmp_path / "rirs.jsonl")), speech))
     clean = _audio(speech)
-    expected = np.convolve(clean, rir)[: len(clean)]
+    expected = np.convolve(clean, rir[1000:])[: len(clean)]  # lhotse aligns the output on the direct sound
     expected *= np.sqrt((clean**2).sum() / (expected**2).sum())  # lhotse keeps the clip's power
     np.testing.assert_allclose(out, expected, atol=1e-4)
 

@@ -28,7 +28,6 @@ from macasr.errors import ConfigError, DataError
 from macasr.registry import option
 
 if TYPE_CHECKING:
-    from lhotse import Recording
     from lhotse.cut import Cut
 
 # The [10, 20] dB range icefall's recipes mix MUSAN at (CutMix(..., snr=(10, 20))).
@@ -93,7 +92,7 @@ class CutAugmenter:
     dataset can call it in DataLoader workers. Order: speed → reverb → noise → gain →
     narrowband, i.e. the talker, the room, the background, the level, then the telephone line."""
 
-    def __init__(self, cfg: AugmentConfig, seed: int, noise: list[Cut], rirs: list[Recording]) -> None:
+    def __init__(self, cfg: AugmentConfig, seed: int, noise: list[Cut], rirs: list[Cut]) -> None:
         self.cfg = cfg
         self.seed = seed
         self.noise = noise
@@ -126,9 +125,9 @@ class CutAugmenter:
         return cut
 
     def _reverb(self, cut: Cut, rng: random.Random) -> Cut:
-        from macasr.data.transforms import resample_recording
+        from macasr.data.transforms import resample_cut
 
-        rir = resample_recording(rng.choice(self.rirs), cut.sampling_rate)
+        rir = resample_cut(rng.choice(self.rirs), cut.sampling_rate)
         return cut.reverb_rir(rir_recording=rir, affix_id=False, rir_channels=[0])
 
     def _add_noise(self, cut: Cut, rng: random.Random) -> Cut:
@@ -157,7 +156,7 @@ def build_augmenter(cfg: AugmentConfig, seed: int) -> CutAugmenter | None:
     if not uses_waveform(cfg):
         return None
     noise = load_clips(cfg.noise_manifest, "noise_manifest") if cfg.noise_prob > 0 else []
-    rirs = [clip.recording for clip in load_clips(cfg.rir_manifest, "rir_manifest")] if cfg.rir_prob > 0 else []
+    rirs = load_clips(cfg.rir_manifest, "rir_manifest") if cfg.rir_prob > 0 else []
     return CutAugmenter(cfg, seed, noise, rirs)
 
 
