@@ -18,7 +18,7 @@ from lhotse.utils import fastcopy
 
 from macasr.config import _convert, _Errors
 from macasr.data.augment import AugmentConfig, build_augmenter, load_clips, narrowband_copy, uses_waveform
-from macasr.data.manifest import load_manifest, write_manifest
+from macasr.data.manifest import load_manifest, open_cuts, write_manifest
 from macasr.data.transforms import TELEPHONE_RATE, mu_law
 from macasr.errors import ConfigError, DataError
 
@@ -197,6 +197,29 @@ def test_every_augmentation_together_still_loads_as_mono_float32(speech, noise_m
     audio = _audio(out)
     assert len(audio) == pytest.approx(2 * RATE / 0.9, abs=2) and out.duration == pytest.approx(2 / 0.9, abs=1e-3)
     assert _power_share(audio, 4_100, RATE / 2) < 1e-3  # the telephone band comes last, after the noise
+
+
+def test_cuts_from_macasr_manifests_augment_and_load(tmp_path: Path, noise_manifest: Path) -> None:
+    """open_cuts' cuts: a stereo file's segment (loaded as both channels, mixed to mono by the
+    dataset) and a 22.05 kHz file keep their channel count; an unreadable row is left as it is."""
+    sf.write(tmp_path / "stereo.wav", np.stack([_tones(3.0), _tones(3.0) * 0.5], axis=1), RATE)
+    sf.write(tmp_path / "cd.wav", _tones(2.0, rate=22_050), 22_050)
+    write_manifest(tmp_path / "train.jsonl", [
+        {"audio": "stereo.wav", "text": "a", "duration": 1.0, "offset": 0.5},
+        {"audio": "cd.wav", "text": "b", "duration": 2.0},
+        {"audio": "gone.wav", "text": "c", "duration": 1.0},
+    ])
+    cfg = AugmentConfig(speed_prob=1.0, speed_factors=[0.9], noise_prob=1.0, noise_manifest=str(noise_manifest),
+                        gain_prob=1.0, narrowband_prob=1.0)
+    augmenter = build_augmenter(cfg, seed=0)
+    stereo, cd, gone = open_cuts(tmp_path / "train.jsonl")
+    for cut in (stereo, cd):
+        out = augmenter(cut, 0)
+        audio, plain = out.load_audio(), cut.load_audio()
+        assert audio.dtype == np.float32 and np.isfinite(audio).all() and audio.shape[0] == plain.shape[0]
+        assert audio.shape[1] == pytest.approx(plain.shape[1] / 0.9, abs=2)
+        assert out.custom["origin"] == cut.custom["origin"]
+    assert augmenter(gone, 0) is gone
 
 
 def test_a_clip_with_a_problem_is_left_for_the_dataset_to_report(speech) -> None:
