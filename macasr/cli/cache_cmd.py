@@ -66,16 +66,15 @@ def build(
     import torch
 
     from macasr import config as config_module
-    from macasr.data.cache import CutEncoder, build_cache, cache_key, check_cache_config
+    from macasr.data.cache import CutEncoder, build_cache, cache_key
     from macasr.data.manifest import open_cuts
     from macasr.errors import ConfigError
     from macasr.model.build import DTYPES, resolve_device, resolve_precision
     from macasr.model.encoders import ENCODERS
 
-    cfg = config_module.load(config)
+    cfg = config_module.load(config)  # refuses a cache with augmentation or a training encoder (Config.validate)
     if not cfg.data.cache:
         raise ConfigError(f"{config}: [data] cache: empty; set it to the folder the frames go to, e.g. cache = \"cache/whisper\"")
-    check_cache_config(cfg)
     sources = cache_sources(cfg, datasets)
     dev = resolve_device(device, "--device")
     precision = resolve_precision(cfg.train.precision, dev)  # the encoder's dtype in training, part of the key

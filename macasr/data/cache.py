@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from macasr.audio import SAMPLE_RATE
-from macasr.errors import ConfigError, DataError, MacasrError
+from macasr.errors import DataError, MacasrError
 
 if TYPE_CHECKING:
     from lhotse import Cut
@@ -150,41 +150,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------- config checks
-
-
-def cache_problems(cfg: Config) -> list[str]:
-    """Why `[data] cache` cannot be used with this config, one line each (empty when it can).
-
-    Cached frames are the encoder's output on the clean audio, so nothing that changes the audio,
-    the log-mel features or the encoder per step can apply: waveform augmentation, mel
-    SpecAugment, a trained encoder or encoder LoRA adapters."""
-    if not cfg.data.cache:
-        return []
-    from macasr.data.augment import uses_waveform
-
-    problems = []
-    why = "cached frames are computed once from the clean audio"
-    if uses_waveform(cfg.augment):
-        problems.append(f"[data] cache: waveform augmentation ([augment]) cannot combine with a feature cache ({why}); "
-                        "turn it off or set cache = \"\"")
-    if cfg.data.spec_augment:
-        problems.append(f"[data] spec_augment: SpecAugment masks log-mel features, which a feature cache skips ({why}); "
-                        "set spec_augment = false or cache = \"\"")
-    enc = cfg.model.encoder
-    if enc.train or enc.lora.enabled:
-        problems.append("[data] cache: the encoder trains ([model.encoder] train or lora.enabled), so its frames change "
-                        "every step and cannot be cached; freeze it or set cache = \"\"")
-    return problems
-
-
-def check_cache_config(cfg: Config) -> None:
-    """Raise ConfigError listing `cache_problems`."""
-    problems = cache_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
 
 
 # ----------------------------------------------------------------------------- encoding
