@@ -16,7 +16,8 @@ Conventions (docs/models.md shows them with numbers):
   about half). Norms, activations, softmax, RoPE and embedding lookups are left out. Encoder and
   LLM are counted from their shapes; the connector, whatever its kind, by running it on meta
   under torch's FlopCounterMode. Training a frozen part costs its forward plus one more for the
-  input gradients (2×); a trained part adds the weight gradients (3×).
+  input gradients (2×); a trained part adds the weight gradients (3×). With a feature cache
+  ([data] cache) a training step runs no encoder.
 - Memory: `[train] precision = "auto"` is planned as a CUDA GPU with bf16. Frozen weights are
   held in the compute dtype, trainable ones (LoRA adapters too) in fp32 with fp32 gradients and
   AdamW's two fp32 moments; no separate master copy, as the weights themselves are fp32.
@@ -339,7 +340,8 @@ def build_plan(cfg: Config, batch_seconds: float | None = None, tokens_per_secon
         "device": "cuda", "compute_dtype": compute_precision(cfg.train.precision), "precision": cfg.train.precision,
         "batch_seconds": seconds, "batch_rows": rows, "clip_seconds": clip, "encoder_frame_rate_hz": meta.frame_rate,
         "speech_tokens_per_s": speech / clip, "prompt_tokens": prompt, "prompt_tokens_exact": prompt_exact,
-        "transcript_tokens_per_s": tokens_per_second, "encoder_window": model_cfg.encoder.window, "eval_rows": ev.batch_size * ev.num_beams,
+        "transcript_tokens_per_s": tokens_per_second, "encoder_window": model_cfg.encoder.window,
+        "feature_cache": bool(data.cache), "eval_rows": ev.batch_size * ev.num_beams,
         "config_sources": meta.sources,
     }
     return Plan(parts, memory, flops, trainable * FP32, assumptions)
@@ -373,6 +375,8 @@ def _flops(cfg: Config, meta: MetaModel, shape: dict[str, Any], clip: float, pro
     llm_fwd = llm_flops(meta.llm, shape, n_train, n_train, target + 1)
     llm_factor = 3 if llm_cfg.train else 2  # LoRA: a frozen base plus tiny adapters
     enc_factor = 3 if enc_cfg.train else 2 if enc_cfg.lora.enabled else 1  # frozen: forward only
+    if cfg.data.cache:  # frames come from the feature cache: the encoder ran once, at `macasr cache build`
+        enc_factor = 0
     return {
         "encoder_per_audio_s": enc_fwd / clip, "encoder_own_per_audio_s": by_window["own"],
         "encoder_full_per_audio_s": by_window["full"], "connector_per_audio_s": conn_fwd / clip,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from macasr import config as config_module
@@ -41,3 +42,12 @@ def test_plan_table_shows_both_policies(tmp_path: Path) -> None:
     assert "window = own" in tables.stdout and "window = full (configured)" in tables.stdout
     plan = json.loads(runner.invoke(app, ["plan", str(path), "--json"]).stdout)
     assert plan["assumptions"]["encoder_window"] == "full"
+
+
+def test_with_a_feature_cache_a_training_step_runs_no_encoder() -> None:
+    live_cfg = config_module.load_preset(MAIN)
+    cached_cfg = config_module.replace(live_cfg, **{"data.cache": "cache/whisper"})
+    live, cached = build_plan(live_cfg), build_plan(cached_cfg)
+    assert live.flops["train_per_audio_s"] - cached.flops["train_per_audio_s"] == pytest.approx(live.flops["encoder_per_audio_s"])
+    assert cached.flops["inference_per_audio_s"] == live.flops["inference_per_audio_s"]  # decoding still encodes
+    assert cached.assumptions["feature_cache"] and not live.assumptions["feature_cache"]

@@ -73,7 +73,8 @@ def flops_table(plan: dict[str, Any]) -> Table:
     caption = (f"FLOPs = 2 × multiply-accumulates; clips of {a['clip_seconds']:g} s, {a['speech_tokens_per_s']:g} speech "
                f"tokens/s, {prompt}, {a['transcript_tokens_per_s']:g} transcript tokens/s")
     caption += (f"; the encoder is counted with [model.encoder] window = {a['encoder_window']!r} (both policies shown); "
-                "with a feature cache ([data] cache) it runs once, at `macasr cache build`, not in each training step")
+                "with a feature cache ([data] cache) it runs once, at `macasr cache build`, not in each training step"
+                + (" (this config has one: the training step excludes it)" if a["feature_cache"] else ""))
     table = Table(title="Compute", caption=escape(caption))
     table.add_column("Stage")
     table.add_column("FLOPs", justify="right", no_wrap=True)
