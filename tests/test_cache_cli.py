@@ -75,3 +75,20 @@ def test_cache_build_refuses_a_config_that_cannot_use_a_cache(tmp_path, cache_co
     result = invoke(config_module.replace(cache_config, **{"data.spec_augment": True}), tmp_path / "c.toml")
     assert result.exit_code == 1 and "[data] cache: spec_augment" in result.stderr
     assert not Path(cache_config.data.cache).exists()
+
+
+def test_frame_cache_names_a_dataset_left_out_or_built_from_other_manifests(tmp_path, cache_config) -> None:
+    from macasr.data.cache import cache_sources
+    from macasr.errors import DataError
+
+    assert invoke(cache_config, tmp_path / "c.toml", "--datasets", "train").exit_code == 0
+    model = build_model(cache_config)
+    key = cache_key(cache_config, model.encoder)
+    sources = cache_sources(cache_config, None)
+    assert sources == {"train": cache_config.data.train, "valid": cache_config.data.valid}
+    with pytest.raises(DataError, match=r"no frames for dataset 'valid'; build them with `macasr cache build CONFIG --datasets valid`"):
+        FrameCache(cache_config.data.cache, key, sources)
+    assert len(FrameCache(cache_config.data.cache, key, {"train": sources["train"]})) == 3
+    moved = write_cuts(tmp_path / "other", [1.0], "train.jsonl.gz")
+    with pytest.raises(DataError, match=r"dataset 'train' was cached from .* but the config gives"):
+        FrameCache(cache_config.data.cache, key, {"train": [str(moved)]})

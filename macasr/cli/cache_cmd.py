@@ -4,7 +4,7 @@ validation cuts once with the frozen encoder, into the folder `[data] cache` nam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -13,31 +13,7 @@ from rich.table import Table
 
 from macasr.cli._common import DeviceOpt, console, handle_errors, typer_app
 
-if TYPE_CHECKING:
-    from macasr.config import Config
-
 app = typer_app(help="Frozen-encoder feature cache: encode the training and validation cuts once.", no_args_is_help=True)
-
-
-def cache_sources(cfg: Config, names: list[str] | None) -> dict[str, list[str]]:
-    """name → manifests of the [data] train and valid sources (each name once), or only `names`;
-    ConfigError for a name that is neither, listing those that are."""
-    from macasr.data.manifest import dataset_sources
-    from macasr.errors import ConfigError
-
-    sources: dict[str, list[str]] = {}
-    for split in ("train", "valid"):
-        for source in dataset_sources(cfg, split):
-            if sources.setdefault(source.name, source.manifests) != source.manifests:
-                raise ConfigError(f"[data] {split}: two sources are named {source.name!r} ({sources[source.name]} and "
-                                  f"{source.manifests}); the cache keeps one folder per name, so define them as "
-                                  "[datasets.*] entries with different names")
-    if not sources:
-        raise ConfigError("[data] train and valid: empty; nothing to cache")
-    unknown = [n for n in names or [] if n not in sources]
-    if unknown:
-        raise ConfigError(f"--datasets: {', '.join(map(repr, unknown))} not in [data] train or valid (they hold: {', '.join(sources)})")
-    return {n: sources[n] for n in names} if names else sources
 
 
 def _report_table(reports: dict) -> Table:
@@ -66,7 +42,7 @@ def build(
     import torch
 
     from macasr import config as config_module
-    from macasr.data.cache import CutEncoder, build_cache, cache_key
+    from macasr.data.cache import CutEncoder, build_cache, cache_key, cache_sources
     from macasr.data.manifest import open_cuts
     from macasr.errors import ConfigError
     from macasr.model.build import DTYPES, resolve_device, resolve_precision

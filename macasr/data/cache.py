@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from macasr.audio import SAMPLE_RATE
-from macasr.errors import DataError, MacasrError
+from macasr.errors import ConfigError, DataError, MacasrError
 
 if TYPE_CHECKING:
     from lhotse import Cut
@@ -382,6 +382,26 @@ def build_cache(
     return reports
 
 
+def cache_sources(cfg: Config, names: list[str] | None) -> dict[str, list[str]]:
+    """name → manifests of the [data] train and valid sources (each name once), or only `names`;
+    ConfigError for a name that is neither, listing those that are."""
+    from macasr.data.manifest import dataset_sources
+
+    sources: dict[str, list[str]] = {}
+    for split in ("train", "valid"):
+        for source in dataset_sources(cfg, split):
+            if sources.setdefault(source.name, source.manifests) != source.manifests:
+                raise ConfigError(f"[data] {split}: two sources are named {source.name!r} ({sources[source.name]} and "
+                                  f"{source.manifests}); the cache keeps one folder per name, so define them as "
+                                  "[datasets.*] entries with different names")
+    if not sources:
+        raise ConfigError("[data] train and valid: empty; nothing to cache")
+    unknown = [n for n in names or [] if n not in sources]
+    if unknown:
+        raise ConfigError(f"--datasets: {', '.join(map(repr, unknown))} not in [data] train or valid (they hold: {', '.join(sources)})")
+    return {n: sources[n] for n in names} if names else sources
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -394,18 +414,35 @@ def _read_manifest(path: Path) -> Iterator[Cut]:
 class FrameCache:
     """cut → its cached encoder frames (T, D) float32; the loader's `frames_from` hook.
 
-    Construction checks the key (CacheKeyError naming the differing field) and that every source
-    is complete, and indexes the cached cuts by `audio_key` (one pass over the shard manifests;
-    about 200 bytes per cut). Picklable, so DataLoader workers get their own copy.
+    Construction checks the key (CacheKeyError naming the differing field), that the sources are
+    complete and, given `sources` (name → manifests, as `cache_sources` gives them), that each
+    was cached from those manifests, so a dataset left out of the build (or built from other
+    manifests) fails at start instead of clip by clip. It indexes the cached cuts by `audio_key`
+    (one pass over the shard manifests; about 200 bytes per cut). Picklable, so DataLoader
+    workers get their own copy.
     """
 
-    def __init__(self, path: str | Path, expected_key: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, expected_key: dict[str, Any], sources: dict[str, list[str]] | None = None) -> None:
         self.root = Path(path)
         check_key(self.root, expected_key)
         self.frame_shift = 1.0 / expected_key["frame_rate"]
         self.index: dict[str, tuple[str, str, int]] = {}  # audio_key → (shard folder, storage key, frames)
-        for info in sorted(self.root.glob(f"*/{SOURCE_FILE}")):
+        infos = sorted(self.root.glob(f"*/{SOURCE_FILE}")) if sources is None else [self._source_info(n, m) for n, m in sources.items()]
+        for info in infos:
             self._add_source(info)
+
+    def _source_info(self, name: str, manifests: list[str]) -> Path:
+        """root/name/source.json, checked to hold `manifests`; DataError naming the dataset otherwise."""
+        info = self.root / name / SOURCE_FILE
+        if not info.exists():
+            raise DataError(f"{self.root}: the feature cache has no frames for dataset {name!r}; "
+                            f"build them with `macasr cache build CONFIG --datasets {name}`")
+        cached = json.loads(info.read_text(encoding="utf-8")).get("manifests")
+        wanted = [str(Path(m).resolve()) for m in manifests]
+        if cached != wanted:
+            raise DataError(f"{info}: dataset {name!r} was cached from {cached} but the config gives {wanted}; "
+                            f"rebuild it with `macasr cache build CONFIG --datasets {name} --rebuild`")
+        return info
 
     def _add_source(self, info: Path) -> None:
         state = json.loads(info.read_text(encoding="utf-8"))
