@@ -490,3 +490,13 @@ class MaskedFrames:
         from macasr.data.augment import spec_augment
 
         return spec_augment(self.frames(cut).T).T  # spec_augment masks (C, L): here (D, T)
+
+
+def frames_from_config(cfg: Config, encoder: nn.Module, *, mask: bool = False) -> Callable[[Cut], torch.Tensor] | None:
+    """The loader's `frames_from` hook for a run: None without `[data] cache`, else a FrameCache
+    checked against this config's key and its [data] train/valid datasets (wrapped in
+    MaskedFrames with `mask`, for training batches only)."""
+    if not cfg.data.cache:
+        return None
+    frames = FrameCache(cfg.data.cache, cache_key(cfg, encoder), cache_sources(cfg, None))
+    return MaskedFrames(frames) if mask else frames
