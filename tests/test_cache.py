@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +263,15 @@ def test_masked_frames_mask_bands_and_spans_of_cached_frames(tmp_path, model, ti
     channels, times = changed.all(dim=0), changed.all(dim=1)  # whole channels masked, whole frames masked
     assert channels.any() or times.any()
     assert torch.equal(frames(cut), clean)  # the cache itself is untouched
+
+
+def test_a_manifest_written_again_with_the_same_cuts_keeps_its_identity(tmp_path) -> None:
+    from macasr.data.cache import source_identity
+
+    first = source_identity([str(write_cuts(tmp_path / "a", [1.0]))])
+    raw = (tmp_path / "a" / "cuts.jsonl.gz").read_bytes()
+    time.sleep(1.1)  # a new gzip timestamp
+    again = source_identity([str(write_cuts(tmp_path / "a", [1.0]))])
+    assert again == first
+    assert (tmp_path / "a" / "cuts.jsonl.gz").read_bytes() != raw  # the gzip bytes did change
+    assert source_identity([str(write_cuts(tmp_path / "a", [1.5]))])["contents"] != first["contents"]

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from macasr import config as config_module
 from macasr.cli import app
-from macasr.data.cache import FrameCache, cache_key
+from macasr.data.cache import CacheKeyError, FrameCache, cache_key
 from macasr.data.manifest import open_cuts
 from macasr.model.build import build_model
 from test_cache import write_cuts
@@ -90,8 +90,15 @@ def test_frame_cache_names_a_dataset_left_out_or_built_from_other_manifests(tmp_
         FrameCache(cache_config.data.cache, key, sources)
     assert len(FrameCache(cache_config.data.cache, key, {"train": sources["train"]})) == 3
     moved = write_cuts(tmp_path / "other", [1.0], "train.jsonl.gz")
-    with pytest.raises(DataError, match=r"dataset 'train' was cached from .* but the config gives"):
+    with pytest.raises(CacheKeyError, match=r"dataset 'train': it was cached from .* but the config gives"):
         FrameCache(cache_config.data.cache, key, {"train": [str(moved)]})
+    write_cuts(tmp_path / "train", [1.0, 0.5], "train.jsonl.gz")  # the same file, edited
+    with pytest.raises(CacheKeyError, match=r"dataset 'train': its manifests changed since it was cached; rebuild"):
+        FrameCache(cache_config.data.cache, key, sources)
+    resumed = invoke(cache_config, tmp_path / "c.toml", "--datasets", "train")
+    assert resumed.exit_code == 1 and "its manifests changed" in resumed.stderr
+    assert invoke(cache_config, tmp_path / "c.toml", "--datasets", "train", "--rebuild").exit_code == 0
+    assert len(FrameCache(cache_config.data.cache, key, {"train": sources["train"]})) == 2
 
 
 def test_frames_from_config_is_none_without_a_cache_and_checked_with_one(tmp_path, cache_config) -> None:

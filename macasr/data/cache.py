@@ -322,17 +322,47 @@ def _prepare_root(root: Path, key: dict[str, Any], names: list[str], rebuild: bo
         _write_json(root / KEY_FILE, key)
 
 
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    """The file's bytes, decompressed when gzipped (gzip headers hold a timestamp, so a manifest
+    written again with the same cuts keeps its hash)."""
+    import gzip
+
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+        while chunk := f.read(1 << 20):
+            yield chunk
+
+
+def source_identity(manifests: list[str]) -> dict[str, Any]:
+    """What a source's frames were cut from: its manifests (resolved paths) and a hash of their
+    contents (for a Shar folder, of its cut manifests, not its audio), so edited manifests are
+    noticed even under the same names."""
+    paths = [Path(m).resolve() for m in manifests]
+    files = [f for p in paths for f in (sorted(p.glob("cuts.*.jsonl*")) if p.is_dir() else [p])]
+    return {"manifests": [str(p) for p in paths],
+            "contents": _digest(itertools.chain.from_iterable(_file_chunks(f) for f in files if f.is_file()))}
+
+
+def _identity_problem(found: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    if found.get("manifests") != wanted["manifests"]:
+        return f"it was cached from {found.get('manifests')} but the config gives {wanted['manifests']}"
+    if found.get("contents") != wanted["contents"]:
+        return "its manifests changed since it was cached"
+    return None
+
+
 def _prepare_source(src: Path, manifests: list[str], shard_size: int) -> None:
-    """source.json names what the shards were cut from; resuming from other manifests or another
-    shard size would misnumber the shards, so it is refused."""
-    wanted = {"manifests": [str(Path(m).resolve()) for m in manifests], "shard_size": shard_size}
+    """source.json says what the shards were cut from; resuming from other or edited manifests,
+    or with another shard size, would misnumber the shards, so it is refused."""
+    wanted = {**source_identity(manifests), "shard_size": shard_size}
     info = src / SOURCE_FILE
     if info.exists():
         found = json.loads(info.read_text(encoding="utf-8"))
-        for field, value in wanted.items():
-            if found.get(field) != value:
-                raise CacheKeyError(f"{info}: {field} was {found.get(field)!r}, now {value!r}; "
-                                    "rebuild it with `macasr cache build CONFIG --rebuild`")
+        problem = _identity_problem(found, wanted)
+        if problem is None and found.get("shard_size") != shard_size:
+            problem = f"it was built with --shard-size {found.get('shard_size')}, now {shard_size}"
+        if problem:
+            raise CacheKeyError(f"{info}: dataset {src.name!r}: {problem}; rebuild it with "
+                                f"`macasr cache build CONFIG --datasets {src.name} --rebuild`")
         return
     src.mkdir(parents=True, exist_ok=True)
     _write_json(info, {**wanted, "complete": False})
@@ -437,11 +467,10 @@ class FrameCache:
         if not info.exists():
             raise DataError(f"{self.root}: the feature cache has no frames for dataset {name!r}; "
                             f"build them with `macasr cache build CONFIG --datasets {name}`")
-        cached = json.loads(info.read_text(encoding="utf-8")).get("manifests")
-        wanted = [str(Path(m).resolve()) for m in manifests]
-        if cached != wanted:
-            raise DataError(f"{info}: dataset {name!r} was cached from {cached} but the config gives {wanted}; "
-                            f"rebuild it with `macasr cache build CONFIG --datasets {name} --rebuild`")
+        problem = _identity_problem(json.loads(info.read_text(encoding="utf-8")), source_identity(manifests))
+        if problem:
+            raise CacheKeyError(f"{info}: dataset {name!r}: {problem}; rebuild it with "
+                                f"`macasr cache build CONFIG --datasets {name} --rebuild`")
         return info
 
     def _add_source(self, info: Path) -> None:
