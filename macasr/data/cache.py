@@ -15,11 +15,13 @@ random order). The cuts are Shar-compatible: `CutSet.to_shar(..., fields={"frame
 packs the frames into Shar tar shards. numpy has no bfloat16, so frames are stored as fp16
 (encoder outputs end in a layer norm, far inside fp16's range; a non-finite value is refused).
 
-Layout of a cache folder:
+Layout of a cache folder (one SOURCE folder per [data] train/valid dataset name):
     cache_key.json                  what the frames were computed with (`cache_key`), checked on use
-    SOURCE/source.json              the source's manifests, shard size, and whether it is complete
-    SOURCE/frames.000000/xx/*.npy   the frames of shard 0 (one file per clip, NumpyFilesWriter)
+    SOURCE/source.json              its manifests, a hash of their contents, shard size, complete?
+    SOURCE/frames.000000/xxx/*.npy  the frames of shard 0 (one file per clip, NumpyFilesWriter)
     SOURCE/cuts.000000.jsonl.gz     shard 0's cuts with the `frames` TemporalArray attached
+
+Frames are found by `audio_key(cut)`, a hash of the cut's audio and times, not by its id.
 
 A shard's frames are written to `frames.N.partial/`, renamed when complete, and only then is its
 cut manifest written (to a temporary name, then renamed). The manifest is what makes a shard
