@@ -6,10 +6,10 @@ evaluation), and a map-style dataset turns each batch of cuts into a `Batch` in 
 workers: read audio, check it, featurize, tokenize, pad.
 
 A clip that cannot be used (missing, undecodable, empty, non-finite samples, shorter than the
-STFT window, starting beyond the end of its file, or marked `cut.custom["problem"]` by the
-manifest reader) becomes a `BadClip` on `Batch.bad_clips`; callers skip and report it, or stop
-(`[data] on_bad_clip`). A clip whose file ends before the manifest's duration is used, with a
-line on `Batch.warnings`. Nothing here lists all cuts of a stream: memory stays flat.
+STFT window, starting beyond the end of its file or running more than 10 % past it, features
+that overflow, or marked `cut.custom["problem"]` by the manifest reader) becomes a `BadClip` on
+`Batch.bad_clips`; callers skip and report it, or stop (`[data] on_bad_clip`). Nothing here
+lists all cuts of a stream: memory stays flat.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.dataset.sampling.base import TimeConstraint
 from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
+from lhotse.lazy import LazyIteratorChain
 from lhotse.utils import fastcopy
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,7 +37,7 @@ from macasr.audio import SAMPLE_RATE, _check_finite
 from macasr.data.collate import Batch, BadClip, Example, collate
 from macasr.errors import DataError
 
-DURATION_TOLERANCE = 0.10  # a file this much shorter than its manifest duration is reported
+DURATION_TOLERANCE = 0.10  # a cut running this share of its duration past the end of its file is bad
 BINS_ESTIMATE_CUTS = 10_000  # cuts read to place the bucket edges (lhotse's default)
 PREFETCH_BATCHES = 4  # batches each worker prepares ahead (DataLoader prefetch_factor)
 
@@ -62,22 +63,21 @@ class ClipProblem(Exception):
     """Why one clip cannot be used (a sentence without the file name, which BadClip adds)."""
 
 
-def _fit_to_file(cut: Cut) -> tuple[Cut, str | None]:
-    """A MonoCut that runs past the end of its recording → the part that exists, and a warning
-    when that part is more than DURATION_TOLERANCE shorter than the manifest's duration.
-    ClipProblem when it starts at or beyond the end."""
+def _fit_to_file(cut: Cut) -> Cut:
+    """A MonoCut that runs past the end of its recording by at most DURATION_TOLERANCE of its
+    duration → the part that exists. ClipProblem when it starts at or beyond the end, or more of
+    it is missing (macasr JSONL rows are checked so when opened; this covers lhotse manifests)."""
     if not isinstance(cut, MonoCut) or cut.recording is None:
-        return cut, None
+        return cut
     length = cut.recording.duration
     if cut.start >= length:
         raise ClipProblem(f"offset {cut.start:g} s is beyond the end of the file ({length:.2f} s)")
-    if cut.end <= length + 1e-6:
-        return cut, None
-    read = cut.truncate(duration=length - cut.start, preserve_id=True)
-    if read.duration >= (1 - DURATION_TOLERANCE) * cut.duration:
-        return read, None
-    return read, (f"{audio_name(cut)} (id {cut.id}): offset {cut.start:g} s + duration {cut.duration:g} s runs past "
-                  f"the end of the file ({length:.2f} s); read {read.duration:.2f} s")
+    if cut.end <= length:
+        return cut
+    if cut.end - length > DURATION_TOLERANCE * cut.duration:
+        raise ClipProblem(f"offset {cut.start:g} s + duration {cut.duration:g} s runs past the end of the file "
+                          f"({length:.2f} s)")
+    return cut.truncate(duration=length - cut.start, preserve_id=True)
 
 
 def read_wave(cut: Cut, min_samples: int = 0) -> np.ndarray:
@@ -94,7 +94,9 @@ def read_wave(cut: Cut, min_samples: int = 0) -> np.ndarray:
     try:
         audio = cut.load_audio()  # (channels, samples)
     except Exception as e:  # noqa: BLE001 - soundfile, ffmpeg, lhotse and OS errors alike
-        reason = " ".join(str(e).split()) or type(e).__name__
+        reason = " ".join(str(e).split(" [extra info]")[0].split()) or type(e).__name__
+        if "diverged" in reason:  # lhotse: fewer or more samples decoded than the header declares
+            reason = "it decodes to a length other than its header says; truncated or damaged?"
         raise ClipProblem(f"cannot decode audio ({reason[:200]})") from None
     audio = np.atleast_2d(np.asarray(audio))
     if audio.shape[1] == 0:
@@ -157,21 +159,21 @@ class CutDataset(Dataset):
         if custom.get("problem"):
             return bad_clip(cut, str(custom["problem"]))
         try:
-            warnings, features, seconds, encoded = self._features(cut)
+            features, seconds, encoded = self._features(cut)
         except ClipProblem as e:
             return bad_clip(cut, str(e))
         text = transcript(cut)
         return Example(
             index=int(custom.get("index", position)), id=cut.id, text=text, duration=seconds, features=features,
-            targets=self.tokenize(text) if self.tokenize else [], warnings=warnings, encoded=encoded,
+            targets=self.tokenize(text) if self.tokenize else [], encoded=encoded,
         )
 
-    def _features(self, cut: Cut) -> tuple[list[str], torch.Tensor, float, bool]:
-        """→ (warnings, features (C, L), seconds, encoded); ClipProblem when the clip is unusable."""
+    def _features(self, cut: Cut) -> tuple[torch.Tensor, float, bool]:
+        """→ (features (C, L), seconds, encoded); ClipProblem when the clip is unusable."""
         if self.frames_from is not None:
             frames = self.frames_from(cut)  # (T, D)
-            return [], frames.T, cut.duration, True
-        cut, warning = _fit_to_file(cut)
+            return frames.T, cut.duration, True
+        cut = _fit_to_file(cut)
         if self.augment is not None:
             cut = self.augment(cut, self.epoch)
         wave = read_wave(cut, self.min_samples)
@@ -181,7 +183,7 @@ class CutDataset(Dataset):
                               "expected samples of about -1 to 1")
         if self.feature_augment is not None:
             features = self.feature_augment(features)
-        return [warning] if warning else [], features, len(wave) / SAMPLE_RATE, False
+        return features, len(wave) / SAMPLE_RATE, False
 
 
 def build_loader(dataset: CutDataset, sampler: Iterable[CutSet], num_workers: int = 0) -> DataLoader[Batch]:
@@ -235,13 +237,25 @@ class TokenLimit:
         return False
 
 
+def chain(parts: Sequence[CutSet]) -> CutSet:
+    """Several CutSets as one, read one after the other (lazily)."""
+    return parts[0] if len(parts) == 1 else CutSet(LazyIteratorChain(*parts))
+
+
+def target_text(cuts: CutSet, source: Any) -> CutSet:
+    """`cuts` with the source's target text normalization applied as they are read.
+    `source` is a `macasr.data.manifest.DataSource` (text, drop_annotations)."""
+    if source.text == "keep" and not source.drop_annotations:
+        return cuts
+    return cuts.map(TargetText(source.text, source.drop_annotations))
+
+
 def source_stream(cuts: CutSet, source: Any, min_duration: float = 0.0, max_duration: float = 0.0) -> CutSet:
     """One training source's cuts (lazy), with its target text normalization and the duration
     limits of the source and the global [data] ones (the narrower of each applies).
 
     `source` is a `macasr.data.manifest.DataSource` (text, drop_annotations, min/max_duration)."""
-    if source.text != "keep" or source.drop_annotations:
-        cuts = cuts.map(TargetText(source.text, source.drop_annotations))
+    cuts = target_text(cuts, source)
     low = max(source.min_duration, min_duration)
     highs = [h for h in (source.max_duration, max_duration) if h > 0]
     if low > 0 or highs:
