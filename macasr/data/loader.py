@@ -34,10 +34,10 @@ from lhotse.utils import fastcopy
 from torch.utils.data import DataLoader, Dataset
 
 from macasr.audio import SAMPLE_RATE, _check_finite
-from macasr.data.collate import Batch, BadClip, Example, collate
+from macasr.data.collate import BadClip, Batch, Example, collate
+from macasr.data.manifest import DURATION_TOLERANCE
 from macasr.errors import DataError
 
-DURATION_TOLERANCE = 0.10  # a cut running this share of its duration past the end of its file is bad
 BINS_ESTIMATE_CUTS = 10_000  # cuts read to place the bucket edges (lhotse's default)
 PREFETCH_BATCHES = 4  # batches each worker prepares ahead (DataLoader prefetch_factor)
 

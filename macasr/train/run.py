@@ -42,7 +42,7 @@ def training_sets(cfg: Config) -> tuple[list[tuple[Any, CutSet]], list[Cut]]:
     target text, at most [eval] valid_max_utterances of them). Every manifest is opened (and
     checked) here, before any model is built."""
     if not cfg.data.train:
-        raise ConfigError("[data] train: no training manifests given")
+        raise ConfigError("[data] train: no training data given")
     train = [(source, chain([open_cuts(p) for p in source.manifests])) for source in dataset_sources(cfg, "train")]
     valid = [target_text(chain([open_cuts(p) for p in source.manifests]), source)
              for source in (dataset_sources(cfg, "valid") if cfg.data.valid else [])]
