@@ -39,6 +39,7 @@ from macasr.data.manifest import DURATION_TOLERANCE
 from macasr.errors import DataError
 
 BINS_ESTIMATE_CUTS = 10_000  # cuts read to place the bucket edges (lhotse's default)
+BUFFER_CUTS = 20_000  # cuts the sampler holds in its buckets to draw from (lhotse's default): the shuffling window
 PREFETCH_BATCHES = 4  # batches each worker prepares ahead (DataLoader prefetch_factor)
 
 
@@ -294,7 +295,7 @@ def train_sampler(
     buckets = min(num_buckets, len(sample))
     bins = estimate_duration_buckets(sample, num_buckets=buckets, constraint=constraint) if buckets > 1 else []
     return DynamicBucketingSampler(
-        cuts, max_duration=max_duration, max_cuts=max_cuts, duration_bins=bins,
+        cuts, max_duration=max_duration, max_cuts=max_cuts, duration_bins=bins, buffer_size=BUFFER_CUTS,
         quadratic_duration=quadratic_duration or None, shuffle=True, seed=seed, rank=rank, world_size=world_size,
         sync_buckets=True,
     )
