@@ -121,3 +121,14 @@ def test_a_mixture_of_unreadable_clips_stops_instead_of_looping(tiny_config, tmp
     cfg = run_config(tiny_config, tmp_path, **{"data.train": [str(a), str(b)], "train.max_steps": 1})
     with pytest.raises(Exception, match=r"^\[data\] train: 100 batches in a row held no readable clip"):
         train(cfg, Console(file=io.StringIO()))
+
+
+def test_eval_results_are_in_manifest_order_and_the_same_for_any_batch_size(tiny_config, model, corpus) -> None:
+    from macasr.data.manifest import open_cuts
+    from macasr.evaluate.run import evaluate_cuts
+
+    cuts = list(open_cuts(corpus["test"]))
+    scores = [evaluate_cuts(model, cuts, "test", config_module.replace(tiny_config, **{"eval.batch_size": size}),
+                            torch.device("cpu"), "fp32") for size in (1, 4)]
+    assert [u.id for u in scores[0].per_utterance] == [c.id for c in cuts]  # decoded longest first, reported in order
+    assert scores[0].per_utterance == scores[1].per_utterance
