@@ -14,7 +14,6 @@ lists all cuts of a stream: memory stays flat.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
