@@ -217,11 +217,18 @@ def test_a_resumed_sampler_draws_the_batch_an_uninterrupted_one_draws_next(tmp_p
     assert [ids(b) for b in resumed] == expected[5:]
 
 
-def test_a_data_position_from_another_world_size_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("saved", "given", "refusal"), [
+    ({"world_size": 2}, {}, "does not fit this run's sampler"),
+    ({"seed": 1}, {}, "does not fit this run's sampler"),
+    ({"batch_size": 3}, {}, r"saved with \[data\] batch_size 3, not 0"),
+    ({}, {"max_batch_seconds": 6.0}, r"saved with \[data\] max_batch_seconds 5, not 6"),
+])
+def test_a_data_position_saved_with_other_sampling_settings_is_refused(saved: dict, given: dict, refusal: str,
+                                                                        tmp_path: Path) -> None:
     cuts = fake_cuts([1.0, 2.0, 3.0, 4.0], tmp_path)
-    state = sampler_state(train_sampler(cuts, max_batch_seconds=5.0, world_size=2), epoch=0, consumed=1)
-    with pytest.raises(ValueError, match="does not fit this run's sampler"):
-        restore_sampler(train_sampler(cuts, max_batch_seconds=5.0), state)
+    state = sampler_state(train_sampler(cuts, **{"max_batch_seconds": 5.0, **saved}), epoch=0, consumed=1)
+    with pytest.raises(ValueError, match=refusal):
+        restore_sampler(train_sampler(cuts, **{"max_batch_seconds": 5.0, **given}), state)
 
 
 # ---------------------------------------------------------------- streams

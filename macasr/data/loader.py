@@ -333,7 +333,13 @@ def sampler_state(sampler: DynamicBucketingSampler, epoch: int, consumed: int) -
 
 def restore_sampler(sampler: DynamicBucketingSampler, state: dict[str, Any]) -> None:
     """Load `sampler_state` output: the sampler's next batch is the one after those consumed.
-    ValueError when the state does not fit this sampler (another world size or seed)."""
+    ValueError when the state does not fit this sampler (other batch limits, world size or seed):
+    lhotse would silently take the stored batch limits, or draw other batches."""
+    for key, setting in (("max_duration", "max_batch_seconds"), ("max_cuts", "batch_size"),
+                         ("quadratic_duration", "quadratic_duration")):
+        if state.get(key) != getattr(sampler, key):
+            raise ValueError(f"the data position was saved with [data] {setting} {state.get(key) or 0:g}, "
+                             f"not {getattr(sampler, key) or 0:g}")
     try:
         sampler.load_state_dict(_plain(state))  # a copy: lhotse empties the dict it loads
     except (AssertionError, KeyError) as e:

@@ -425,7 +425,8 @@ class Trainer:
         try:
             restore_sampler(self.sampler, data["sampler"])
         except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{path}: {e}; resume with the same [train] seed and number of processes") from None
+            raise CheckpointError(f"{path}: {e}; resume with the [train] seed, [data] batch limits and number of "
+                                  "processes it was saved with, or start over with --overwrite") from None
         self.reported |= self._bad_clips_seen()
 
     def _bad_clips_seen(self) -> set[str]:
