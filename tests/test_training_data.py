@@ -14,6 +14,7 @@ from rich.console import Console
 from conftest import noise
 from macasr import config as config_module
 from macasr.data import loader
+from macasr.errors import CheckpointError
 from macasr.model.build import build_model
 from macasr.train.engine import Trainer
 from macasr.train.run import train, training_sets
@@ -53,13 +54,21 @@ def clips(folder: Path, prefix: str, n: int, text: str = "hello world", seconds:
     return rows
 
 
-def test_a_resumed_run_draws_the_batch_the_uninterrupted_run_draws_next(tiny_config, corpus, tmp_path: Path) -> None:
-    """Through workers that prefetch: last.pt keeps what training consumed, not what was read ahead."""
-    cfg = run_config(tiny_config, tmp_path, **{
+@pytest.fixture(scope="module")
+def three_steps(tiny_config, corpus, tmp_path_factory):
+    """The config of a finished 3-step run (2 micro-batches a step) read through a prefetching worker.
+    (Set up before the small sampler windows apply; its 32 clips fit either window whole.)"""
+    cfg = run_config(tiny_config, tmp_path_factory.mktemp("three_steps"), **{
         "data.train": [str(corpus["train"])], "data.num_workers": 1, "data.batch_size": 3, "train.max_steps": 3,
         "train.grad_accum": 2, "train.valid_every": 3,
     })
     train(cfg, Console(file=io.StringIO()))
+    return cfg
+
+
+def test_a_resumed_run_draws_the_batch_the_uninterrupted_run_draws_next(three_steps) -> None:
+    """Through workers that prefetch: last.pt keeps what training consumed, not what was read ahead."""
+    cfg = three_steps
     reference = make_trainer(config_module.replace(cfg, **{"data.num_workers": 0}))
     drawn = reference._batches()
     expected = [next(drawn).ids for _ in range(12)]  # an uninterrupted run, past the 6 batches of 3 steps and an epoch end
@@ -68,6 +77,15 @@ def test_a_resumed_run_draws_the_batch_the_uninterrupted_run_draws_next(tiny_con
     assert (resumed.epoch, resumed.batches_in_epoch) == (0, 6)
     again = resumed._batches()
     assert [next(again).ids for _ in range(6)] == expected[6:]
+
+
+def test_resuming_with_other_batch_limits_is_refused(three_steps) -> None:
+    trainer = make_trainer(config_module.replace(three_steps, **{"data.batch_size": 4, "train.max_steps": 9}))
+    with pytest.raises(CheckpointError) as error:
+        trainer.resume(three_steps.run_dir / "last.pt")
+    assert str(error.value) == (f"{three_steps.run_dir / 'last.pt'}: the data position was saved with [data] batch_size 3, "
+                                "not 4; resume with the [train] seed, [data] batch limits and number of processes it "
+                                "was saved with, or start over with --overwrite")
 
 
 def test_several_datasets_mix_by_weight_without_end(tiny_config, tmp_path: Path) -> None:
