@@ -289,6 +289,11 @@ def _convert(tp: Any, value: Any, key: str, errors: _Errors, registry: str | Non
             return value
         errors.add(key, f"`{key}`: expected one of {', '.join(map(repr, choices))}, got {_describe(value)}")
         return None
+    if origin is list and typing.get_args(tp) == (float,):
+        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
+        errors.add(key, f"`{key}`: expected a list of numbers, got {_describe(value)}")
+        return None
     if origin in (list, tuple):
         items = [value] if isinstance(value, str) else value
         if isinstance(items, list) and all(isinstance(v, str) for v in items):
@@ -555,6 +560,13 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _inline(value: Any) -> str:
+    """A TOML value on one line (tomli_w spreads a non-empty array over several lines)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).strip()[4:]
+
+
 def _render(obj: Any, key: str, registry: Registry[Any] | None = None) -> list[str]:
     lines = [f"[{key}]"]
     nested = []
@@ -569,7 +581,7 @@ def _render(obj: Any, key: str, registry: Registry[Any] | None = None) -> list[s
         if isinstance(value, dict):
             lines.append(f"{f.name} = {{ {', '.join(tomli_w.dumps({k: v}).strip() for k, v in value.items())} }}")
         else:
-            lines.append(tomli_w.dumps({f.name: value}).strip())
+            lines.append(f"{f.name} = {_inline(value)}")
     out = lines + [""] if len(lines) > 1 else []
     for value, sub, reg in nested:
         out += _render(value, sub, reg)
@@ -603,7 +615,7 @@ def _reference_rows(obj: Any, key: str, heading: str | None = None) -> list[str]
         if dataclasses.is_dataclass(value):
             nested.append((value, f"{key}.{f.name}", f.metadata.get("registry")))
             continue
-        shown = tomli_w.dumps({"v": value}).strip()[4:].replace("|", "\\|") if not isinstance(value, dict) else "{}"
+        shown = _inline(value).replace("|", "\\|") if not isinstance(value, dict) else "{}"
         lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('help', '')} |")
     out = lines if len(lines) > 3 else []
     for value, sub, registry in nested:
