@@ -272,6 +272,16 @@ def test_mixing_is_endless_seeded_and_follows_the_weights(tmp_path: Path) -> Non
     counts = Counter(i[0] for i in first)
     assert counts["a"] + counts["b"] == 2000 and 0.70 < counts["a"] / 2000 < 0.80  # 3:1 by cut count
     assert mix_streams([a], [1.0], seed=5) is a  # one source: its epochs, not a mixture
+    passes = [c.custom["pass"] for _, c in zip(range(100), mixed) if c.id == "a0"]
+    assert passes[:3] == [0, 1, 2]  # ids kept, each pass numbered (augment draws anew per pass)
+
+
+def test_augment_draws_anew_for_each_pass_of_an_endless_stream(tmp_path: Path) -> None:
+    seen = []
+    dataset = CutDataset(featurize, augment=lambda c, epoch: seen.append(epoch) or c)
+    dataset.epoch = 2
+    dataset[CutSet.from_cuts([cut(wav(tmp_path, "a.wav", noise(1.0)), **{"pass": 5})])]
+    assert seen == [7]
 
 
 def test_eval_batches_put_each_result_back_at_its_position(tmp_path: Path) -> None:

@@ -150,3 +150,28 @@ def test_eval_results_are_in_manifest_order_and_the_same_for_any_batch_size(tiny
                             torch.device("cpu"), "fp32") for size in (1, 4)]
     assert [u.id for u in scores[0].per_utterance] == [c.id for c in cuts]  # decoded longest first, reported in order
     assert scores[0].per_utterance == scores[1].per_utterance
+
+
+def test_training_reads_lhotse_cut_manifests_and_shar_folders(tiny_config, tmp_path: Path) -> None:
+    from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+
+    def cuts(prefix: str) -> CutSet:
+        made = []
+        for row in clips(tmp_path / prefix, prefix, 2):
+            recording = Recording.from_file(row["audio"], recording_id=row["id"])
+            supervision = SupervisionSegment(id=row["id"], recording_id=row["id"], start=0.0, duration=0.5, text=row["text"])
+            made.append(MonoCut(id=row["id"], start=0.0, duration=0.5, channel=0, recording=recording, supervisions=[supervision]))
+        return CutSet.from_cuts(made)
+
+    cuts("l").to_file(tmp_path / "l.jsonl.gz")
+    (tmp_path / "shar").mkdir()
+    cuts("s").to_shar(tmp_path / "shar", fields={"recording": "flac"}, shard_size=1)
+    (tmp_path / "l" / "l1.wav").unlink()
+    cfg = run_config(tiny_config, tmp_path, **{"data.train": [str(tmp_path / "l.jsonl.gz"), str(tmp_path / "shar")]})
+    trainer = make_trainer(cfg)
+    drawn = trainer._batches()
+    seen = {i for _ in range(10) for i in next(drawn).ids}
+    assert seen == {"l0", "s0", "s1"}  # ids as in the manifests; Shar audio travels inside the shards
+    records = [json.loads(line) for line in (cfg.run_dir / "bad_clips.jsonl").read_text().splitlines()]
+    assert records == [{"origin": str(tmp_path / "l.jsonl.gz"), "id": "l1", "audio": str(tmp_path / "l" / "l1.wav"),
+                        "why": "no such audio file"}]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+import itertools
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,8 @@ class CutDataset(Dataset):
     `augment(cut, epoch) -> cut` changes the audio before it is read (speed, noise, ...);
     `frames_from(cut) -> (T, D)` gives cached encoder frames instead of audio (the Batch is then
     `encoded`); `feature_augment(features (C, L)) -> (C, L)` masks features (SpecAugment).
-    `epoch` is set by the caller before each pass (workers are started per pass, so they see it).
+    `epoch` is set by the caller before each pass (workers are started per pass, so they see it);
+    augment gets epoch + the cut's pass in an endless mixture (custom["pass"]).
     """
 
     def __init__(
@@ -174,8 +176,8 @@ class CutDataset(Dataset):
             frames = self.frames_from(cut)  # (T, D)
             return frames.T, cut.duration, True
         cut = _fit_to_file(cut)
-        if self.augment is not None:
-            cut = self.augment(cut, self.epoch)
+        if self.augment is not None:  # a new draw for each epoch, and each pass of an endless mixture
+            cut = self.augment(cut, self.epoch + int((cut.custom or {}).get("pass", 0)))
         wave = read_wave(cut, self.min_samples)
         features = self.featurizer(wave)
         if not torch.isfinite(features).all():  # finite audio can still overflow (power spectrum)
@@ -263,13 +265,31 @@ def source_stream(cuts: CutSet, source: Any, min_duration: float = 0.0, max_dura
     return cuts
 
 
+class Endless:
+    """A CutSet read over and over, each cut marked with its pass (custom["pass"], 0, 1, ...) and
+    its id kept (lhotse's `repeat` renames ids, which bad-clip reports and caches go by). Ends at
+    once when the CutSet is empty. Picklable."""
+
+    def __init__(self, cuts: CutSet) -> None:
+        self.cuts = cuts
+
+    def __iter__(self) -> Iterator[Cut]:
+        for number in itertools.count():
+            empty = True
+            for cut in self.cuts:
+                empty = False
+                yield fastcopy(cut, custom={**(cut.custom or {}), "pass": number})
+            if empty:
+                return
+
+
 def mix_streams(streams: Sequence[CutSet], weights: Sequence[float], seed: int) -> CutSet:
     """One stream from several: each next cut comes from stream i with probability
-    weights[i] / sum(weights) (`CutSet.mux`, seeded); each stream repeats without end, so the
-    mixture is endless (training counts optimizer steps). A single stream is returned as is."""
+    weights[i] / sum(weights) (`CutSet.mux`, seeded); each stream repeats without end (`Endless`),
+    so the mixture is endless (training counts optimizer steps). A single stream is returned as is."""
     if len(streams) == 1:
         return streams[0]
-    return CutSet.mux(*(s.repeat() for s in streams), weights=list(weights), seed=seed)
+    return CutSet.mux(*(CutSet(Endless(s)) for s in streams), weights=list(weights), seed=seed)
 
 
 class NothingToSample(DataError):

@@ -43,7 +43,9 @@ def training_sets(cfg: Config) -> tuple[list[tuple[Any, CutSet]], list[Cut]]:
     checked) here, before any model is built."""
     if not cfg.data.train:
         raise ConfigError("[data] train: no training data given")
-    train = [(source, chain([open_cuts(p) for p in source.manifests])) for source in dataset_sources(cfg, "train")]
+    seed = cfg.train.seed  # Shar shards are read in a seeded random order
+    train = [(source, chain([open_cuts(p, shuffle_shards=True, seed=seed) for p in source.manifests]))
+             for source in dataset_sources(cfg, "train")]
     valid = [target_text(chain([open_cuts(p) for p in source.manifests]), source)
              for source in (dataset_sources(cfg, "valid") if cfg.data.valid else [])]
     cap = cfg.eval.valid_max_utterances or None
