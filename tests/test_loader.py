@@ -16,7 +16,7 @@ from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from conftest import noise
 from macasr.data.collate import BadClip
 from macasr.data.loader import (
-    CutDataset, DurationRange, TokenLimit, build_loader, check_bad_clips, eval_sampler, indexed, mix_streams,
+    CutDataset, DurationRange, TokenLimit, WithEpoch, build_loader, check_bad_clips, eval_sampler, indexed, mix_streams,
     restore_sampler, sampler_state, source_stream, train_sampler,
 )
 from macasr.errors import DataError
@@ -139,9 +139,7 @@ def test_augment_gets_each_cut_and_the_epoch_before_the_audio_is_read(tmp_path: 
 
     cuts = CutSet.from_cuts([cut(wav(tmp_path, "a.wav", noise(1.0)))])
     plain = CutDataset(featurize)[cuts].features
-    dataset = CutDataset(featurize, augment=louder)
-    dataset.epoch = 3
-    louder_features = dataset[cuts].features
+    louder_features = CutDataset(featurize, augment=louder)[cuts, 3].features
     assert seen == [("c1", 3)]
     assert torch.allclose(louder_features, plain + 0.5, atol=1e-3)  # x10 amplitude: log10 power +2, Whisper scales by 1/4
 
@@ -279,8 +277,7 @@ def test_mixing_is_endless_seeded_and_follows_the_weights(tmp_path: Path) -> Non
 def test_augment_draws_anew_for_each_pass_of_an_endless_stream(tmp_path: Path) -> None:
     seen = []
     dataset = CutDataset(featurize, augment=lambda c, epoch: seen.append(epoch) or c)
-    dataset.epoch = 2
-    dataset[CutSet.from_cuts([cut(wav(tmp_path, "a.wav", noise(1.0)), **{"pass": 5})])]
+    dataset[CutSet.from_cuts([cut(wav(tmp_path, "a.wav", noise(1.0)), **{"pass": 5})]), 2]
     assert seen == [7]
 
 
@@ -290,3 +287,21 @@ def test_eval_batches_put_each_result_back_at_its_position(tmp_path: Path) -> No
         batches = list(eval_sampler(cuts, size))
         assert [c.custom["index"] for b in batches for c in b] == [1, 3, 4, 0, 2]  # longest first
         assert all(len(b) <= size for b in batches)
+
+
+class EpochVolume:
+    """A picklable augment (it runs in workers): amplitude x (epoch + 1)."""
+
+    def __call__(self, c: MonoCut, epoch: int) -> MonoCut:
+        return c.perturb_volume(factor=float(epoch + 1))
+
+
+def test_persistent_workers_augment_each_epoch_anew(tmp_path: Path) -> None:
+    cuts = CutSet.from_cuts([cut(wav(tmp_path, "a.wav", noise(1.0)))])
+    sampler = train_sampler(cuts, max_batch_seconds=5.0)
+    loader = build_loader(CutDataset(featurize, augment=EpochVolume()), WithEpoch(sampler), num_workers=1)
+    features = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        features += [b.features for b in loader]
+    assert torch.allclose(features[1], features[0] + 2 * np.log10(2) / 4, atol=1e-3)  # x2 amplitude in epoch 1

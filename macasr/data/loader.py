@@ -135,8 +135,8 @@ class CutDataset(Dataset):
     `augment(cut, epoch) -> cut` changes the audio before it is read (speed, noise, ...);
     `frames_from(cut) -> (T, D)` gives cached encoder frames instead of audio (the Batch is then
     `encoded`); `feature_augment(features (C, L)) -> (C, L)` masks features (SpecAugment).
-    `epoch` is set by the caller before each pass (workers are started per pass, so they see it);
-    augment gets epoch + the cut's pass in an endless mixture (custom["pass"]).
+    The index is a CutSet, or (CutSet, epoch) from `WithEpoch`: augment gets that epoch plus the
+    cut's pass in an endless mixture (custom["pass"]).
     """
 
     def __init__(
@@ -150,18 +150,18 @@ class CutDataset(Dataset):
         self.frames_from = frames_from
         self.feature_augment = feature_augment
         self.min_samples = int(getattr(featurizer, "n_fft", 0))
-        self.epoch = 0
 
-    def __getitem__(self, cuts: CutSet) -> Batch:
-        return collate([self.example(cut, position) for position, cut in enumerate(cuts)])
+    def __getitem__(self, index: CutSet | tuple[CutSet, int]) -> Batch:
+        cuts, epoch = index if isinstance(index, tuple) else (index, 0)
+        return collate([self.example(cut, position, epoch) for position, cut in enumerate(cuts)])
 
-    def example(self, cut: Cut, position: int = 0) -> Example | BadClip:
+    def example(self, cut: Cut, position: int = 0, epoch: int = 0) -> Example | BadClip:
         """One cut → an Example, or the BadClip saying why it cannot be used."""
         custom = cut.custom or {}
         if custom.get("problem"):
             return bad_clip(cut, str(custom["problem"]))
         try:
-            features, seconds, encoded = self._features(cut)
+            features, seconds, encoded = self._features(cut, epoch)
         except ClipProblem as e:
             return bad_clip(cut, str(e))
         text = transcript(cut)
@@ -170,14 +170,14 @@ class CutDataset(Dataset):
             targets=self.tokenize(text) if self.tokenize else [], encoded=encoded,
         )
 
-    def _features(self, cut: Cut) -> tuple[torch.Tensor, float, bool]:
+    def _features(self, cut: Cut, epoch: int) -> tuple[torch.Tensor, float, bool]:
         """→ (features (C, L), seconds, encoded); ClipProblem when the clip is unusable."""
         if self.frames_from is not None:
             frames = self.frames_from(cut)  # (T, D)
             return frames.T, cut.duration, True
         cut = _fit_to_file(cut)
         if self.augment is not None:  # a new draw for each epoch, and each pass of an endless mixture
-            cut = self.augment(cut, self.epoch + int((cut.custom or {}).get("pass", 0)))
+            cut = self.augment(cut, epoch + int((cut.custom or {}).get("pass", 0)))
         wave = read_wave(cut, self.min_samples)
         features = self.featurizer(wave)
         if not torch.isfinite(features).all():  # finite audio can still overflow (power spectrum)
@@ -188,10 +188,23 @@ class CutDataset(Dataset):
         return features, len(wave) / SAMPLE_RATE, False
 
 
-def build_loader(dataset: CutDataset, sampler: Iterable[CutSet], num_workers: int = 0) -> DataLoader[Batch]:
-    """The sampler's batches, made into `Batch`es by `dataset` in `num_workers` processes."""
+class WithEpoch:
+    """A training sampler's batches as (CutSet, epoch), so workers that live across epochs
+    (persistent) still augment each epoch anew. `set_epoch` goes to the sampler itself."""
+
+    def __init__(self, sampler: DynamicBucketingSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[CutSet, int]]:
+        for cuts in self.sampler:  # iter() of a just-restored lhotse sampler keeps its position
+            yield cuts, self.sampler.epoch
+
+
+def build_loader(dataset: CutDataset, sampler: Iterable[Any], num_workers: int = 0) -> DataLoader[Batch]:
+    """The sampler's batches, made into `Batch`es by `dataset` in `num_workers` processes (kept
+    across epochs), each PREFETCH_BATCHES batches ahead."""
     return DataLoader(
-        dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+        dataset, sampler=sampler, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
         prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None, pin_memory=torch.cuda.is_available(),
     )
 

@@ -36,7 +36,7 @@ from lhotse.cut import Cut
 
 from macasr.data.collate import BadClip, Batch
 from macasr.data.loader import (
-    CutDataset, NothingToSample, TokenLimit, build_loader, check_bad_clips, mix_streams, restore_sampler, sampler_state, source_stream,
+    CutDataset, NothingToSample, TokenLimit, WithEpoch, build_loader, check_bad_clips, mix_streams, restore_sampler, sampler_state, source_stream,
     train_sampler,
 )
 from macasr.errors import CheckpointError, DataError, MacasrError
@@ -129,7 +129,7 @@ class Trainer:
             raise DataError(self._nothing_left()) from None
         self.dataset = CutDataset(model.encoder.featurizer, tokenize, augment=augment, frames_from=frames_from,
                                   feature_augment=spec_augment if d.spec_augment else None)
-        self.loader = build_loader(self.dataset, self.sampler, d.num_workers)
+        self.loader = build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers)
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         self.step = 0
@@ -153,7 +153,6 @@ class Trainer:
         clip, or (endless mixture) MAX_EMPTY_BATCHES batches in a row have none."""
         while True:
             self.sampler.set_epoch(self.epoch)
-            self.dataset.epoch = self.epoch  # workers start per pass, with this copy of the dataset
             start, usable, skipped, empty_run = self.batches_in_epoch, 0, 0, 0
             for batch in self.loader:
                 self.batches_in_epoch += 1
