@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import tomli_w
 
+from macasr.data.augment import AugmentConfig, uses_waveform
 from macasr.errors import ConfigError, DeprecatedSetting
 from macasr.model.connectors import CONNECTORS, ConnectorConfig, MLPConnectorConfig
 from macasr.model.encoders import ENCODERS, EncoderConfig, WhisperEncoderConfig
@@ -225,6 +226,7 @@ class Config:
     train: TrainConfig = option(TrainConfig(), "Optimisation and the run folder.")
     eval: EvalConfig = option(EvalConfig(), "Decoding and scoring.")
     logging: LoggingConfig = option(LoggingConfig(), "Metrics and wandb.")
+    augment: AugmentConfig = option(AugmentConfig(), "Waveform augmentation of training cuts, all off by default (docs/augmentation.md).")
     datasets: dict[str, DatasetConfig] = option({}, "Named datasets, one [datasets.NAME] table each.")
 
     @property
@@ -242,6 +244,22 @@ class Config:
                 known = ", ".join(self.datasets) or "none defined"
                 path = "" if key == "test_sets" else "; a manifest path needs a folder or a file extension"
                 problems.append(f"[{table}] {key}: no dataset named `{entry}` in [datasets.*] (known: {known}){path}")
+        return problems + self._cache_problems()
+
+    def _cache_problems(self) -> list[str]:
+        """Cached encoder frames are fixed: nothing may change the audio or the encoder after caching."""
+        if not self.data.cache:
+            return []
+        problems = []
+        if uses_waveform(self.augment):
+            problems.append("[data] cache: cached frames cannot show waveform augmentation ([augment] is on); "
+                            "turn one of them off")
+        if self.data.spec_augment:
+            problems.append("[data] cache: spec_augment masks log-mel features, which a cache of encoder frames "
+                            "does not hold; set spec_augment = false")
+        if getattr(self.model.encoder, "train", False):
+            problems.append("[data] cache: the encoder trains ([model.encoder] train = true), so its frames change "
+                            "every step; a cache needs a frozen encoder")
         return problems
 
 
