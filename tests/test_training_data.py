@@ -175,3 +175,22 @@ def test_training_reads_lhotse_cut_manifests_and_shar_folders(tiny_config, tmp_p
     records = [json.loads(line) for line in (cfg.run_dir / "bad_clips.jsonl").read_text().splitlines()]
     assert records == [{"origin": str(tmp_path / "l.jsonl.gz"), "id": "l1", "audio": str(tmp_path / "l" / "l1.wav"),
                         "why": "no such audio file"}]
+
+
+def test_augment_settings_reach_the_training_clips(tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from macasr.train import run as run_module
+
+    m = manifest(tmp_path / "m.jsonl", clips(tmp_path / "c", "c", 2, seconds=1.1))
+    cfg = run_config(tiny_config, tmp_path, **{"data.train": [str(m)], "train.max_steps": 1,
+                                               "augment.speed_prob": 1.0, "augment.speed_factors": [1.1]})
+    durations = []
+
+    class Recording(Trainer):
+        def _batches(self):  # the clips of the one step taken
+            for batch in super()._batches():
+                durations.extend(batch.durations)
+                yield batch
+
+    monkeypatch.setattr(run_module, "Trainer", Recording)
+    train(cfg, Console(file=io.StringIO()))
+    assert durations == [pytest.approx(1.0, abs=1e-3)] * 2  # 1.1 s played 1.1 times faster

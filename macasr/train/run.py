@@ -13,6 +13,7 @@ from rich.table import Table
 
 from macasr import config as config_module
 from macasr.config import Config
+from macasr.data.augment import build_augmenter
 from macasr.data.loader import chain, target_text
 from macasr.data.manifest import dataset_sources, manifest_summary, open_cuts
 from macasr.errors import CheckpointError, ConfigError, MacasrError
@@ -113,7 +114,9 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     console.print(parameter_table(model))
     console.print(f"train: {data_banner(train_set)}; valid: {len(valid_set):,} clips; "
                   f"device {device}, precision {precision}; run folder {cfg.run_dir}")
-    trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=current_world())
+    augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
+    trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=current_world(),
+                      augment=augment)
     if resume:
         last = cfg.run_dir / "last.pt"
         trainer.resume(last)
