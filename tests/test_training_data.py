@@ -25,6 +25,7 @@ def small_sampler_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
     """An endless mixture of a few clips would fill lhotse's 30,000-cut start-up windows over and over."""
     monkeypatch.setattr(loader, "BINS_ESTIMATE_CUTS", 200)
     monkeypatch.setattr(loader, "BUFFER_CUTS", 100)
+    monkeypatch.setattr(loader, "SHAR_BUFFER_CUTS", 50)
 
 
 def run_config(tiny_config, out: Path, **changes):
@@ -172,6 +173,7 @@ def test_training_reads_lhotse_cut_manifests_and_shar_folders(tiny_config, tmp_p
     drawn = trainer._batches()
     seen = {i for _ in range(10) for i in next(drawn).ids}
     assert seen == {"l0", "s0", "s1"}  # ids as in the manifests; Shar audio travels inside the shards
+    assert trainer.sampler.buffer_size == loader.SHAR_BUFFER_CUTS  # cuts holding their audio: a smaller window
     records = [json.loads(line) for line in (cfg.run_dir / "bad_clips.jsonl").read_text().splitlines()]
     assert records == [{"origin": str(tmp_path / "l.jsonl.gz"), "id": "l1", "audio": str(tmp_path / "l" / "l1.wav"),
                         "why": "no such audio file"}]

@@ -40,6 +40,9 @@ from macasr.errors import DataError
 
 BINS_ESTIMATE_CUTS = 10_000  # cuts read to place the bucket edges (lhotse's default)
 BUFFER_CUTS = 20_000  # cuts the sampler holds in its buckets to draw from (lhotse's default): the shuffling window
+# Shar cuts carry their encoded audio (~200 kB for 12 s of FLAC), so 20,000 of them would hold
+# gigabytes in the training process; shard shuffling does the coarse shuffling there instead.
+SHAR_BUFFER_CUTS = 2_000
 PREFETCH_BATCHES = 4  # batches each worker prepares ahead (DataLoader prefetch_factor)
 
 
@@ -311,11 +314,12 @@ class NothingToSample(DataError):
 
 def train_sampler(
     cuts: CutSet, *, max_batch_seconds: float, batch_size: int = 0, num_buckets: int = 30,
-    quadratic_duration: float = 0.0, seed: int = 0, rank: int = 0, world_size: int = 1,
+    quadratic_duration: float = 0.0, seed: int = 0, rank: int = 0, world_size: int = 1, audio_inside: bool = False,
 ) -> DynamicBucketingSampler:
     """lhotse's duration-bucketed sampler: batches of up to `max_batch_seconds` of audio (per rank)
     and `batch_size` cuts (0 = no cap), shuffled from `seed` per epoch (`set_epoch`), each of
-    `world_size` ranks its own batches with buckets kept in step across ranks.
+    `world_size` ranks its own batches with buckets kept in step across ranks. `audio_inside`
+    (cuts that carry their audio, from Shar) holds SHAR_BUFFER_CUTS cuts instead of BUFFER_CUTS.
 
     The bucket edges come from the first BINS_ESTIMATE_CUTS cuts (as lhotse does), with at most
     one bucket per cut; NothingToSample when there is no cut at all."""
@@ -327,7 +331,8 @@ def train_sampler(
     buckets = min(num_buckets, len(sample))
     bins = estimate_duration_buckets(sample, num_buckets=buckets, constraint=constraint) if buckets > 1 else []
     return DynamicBucketingSampler(
-        cuts, max_duration=max_duration, max_cuts=max_cuts, duration_bins=bins, buffer_size=BUFFER_CUTS,
+        cuts, max_duration=max_duration, max_cuts=max_cuts, duration_bins=bins,
+        buffer_size=SHAR_BUFFER_CUTS if audio_inside else BUFFER_CUTS,
         quadratic_duration=quadratic_duration or None, shuffle=True, seed=seed, rank=rank, world_size=world_size,
         sync_buckets=True,
     )

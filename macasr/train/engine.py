@@ -39,6 +39,7 @@ from macasr.data.loader import (
     CutDataset, NothingToSample, TokenLimit, WithEpoch, build_loader, check_bad_clips, mix_streams, restore_sampler, sampler_state, source_stream,
     train_sampler,
 )
+from macasr.data.manifest import manifest_kind
 from macasr.errors import CheckpointError, DataError, MacasrError
 from macasr.evaluate.run import evaluate_cuts
 from macasr.model.build import autocast
@@ -124,6 +125,7 @@ class Trainer:
             self.sampler = train_sampler(
                 stream, max_batch_seconds=d.max_batch_seconds, batch_size=d.batch_size, num_buckets=d.num_buckets,
                 quadratic_duration=d.quadratic_duration, seed=t.seed, rank=world.rank, world_size=world.size,
+                audio_inside=any(manifest_kind(p) == "shar" for source, _ in train for p in source.manifests),
             )
         except NothingToSample:
             raise DataError(self._nothing_left()) from None
