@@ -20,6 +20,7 @@ from macasr.data.loader import (
     restore_sampler, sampler_state, source_stream, train_sampler,
 )
 from macasr.errors import DataError
+from macasr.model.decoding import DecodingOptions
 from macasr.model.encoders import WhisperFeaturizer
 
 # A coarse but real log-mel featurizer (no checkpoint needed): flat filters over 201 FFT bins.
@@ -255,7 +256,8 @@ def test_a_target_longer_than_the_decoder_may_emit_is_dropped_and_reported(tmp_p
     cuts = CutSet.from_cuts([cut(audio, "short", text="a b c"), cut(audio, "long", text=" ".join("w" * 30)),
                              cut(audio, "edge", text=" ".join("w" * 26))])
     dropped = []
-    limit = TokenLimit(lambda text: len(text.split()), per_second=10.0, base=6, on_drop=lambda c, n, cap: dropped.append((c.id, n, cap)))
+    options = DecodingOptions(max_tokens_per_second=10.0, max_tokens_base=6)
+    limit = TokenLimit(lambda text: len(text.split()), options, on_drop=lambda c, n, cap: dropped.append((c.id, n, cap)))
     assert [c.id for c in cuts.filter(limit)] == ["short", "edge"]  # 2 s * 10 + 6 = 26 tokens allowed
     assert dropped == [("long", 30, 26)]
 

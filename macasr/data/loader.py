@@ -14,9 +14,8 @@ lists all cuts of a stream: memory stays flat.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
 import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from macasr.audio import SAMPLE_RATE, _check_finite
 from macasr.data.collate import BadClip, Batch, Example, collate
 from macasr.data.manifest import DURATION_TOLERANCE
 from macasr.errors import DataError
+from macasr.model.decoding import DecodingOptions
 
 BINS_ESTIMATE_CUTS = 10_000  # cuts read to place the bucket edges (lhotse's default)
 BUFFER_CUTS = 20_000  # cuts the sampler holds in its buckets to draw from (lhotse's default): the shuffling window
@@ -238,16 +238,17 @@ class DurationRange:
 
 
 class TokenLimit:
-    """Keep cuts whose target fits the decoder's cap `per_second * duration + base` tokens
-    ([eval] max_tokens_per_second / max_tokens_base: the decoder could never emit a longer
-    one); each dropped cut is passed to `on_drop(cut, tokens, cap)`."""
+    """Keep cuts whose target (`count` tokens, end token included) fits the decoder's cap for
+    their duration (`options.max_new_tokens`, from [eval] max_tokens_per_second and
+    max_tokens_base: the decoder could never emit a longer one); each dropped cut is passed to
+    `on_drop(cut, tokens, cap)`."""
 
-    def __init__(self, count: Callable[[str], int], per_second: float, base: int,
+    def __init__(self, count: Callable[[str], int], options: DecodingOptions,
                  on_drop: Callable[[Cut, int, int], None]) -> None:
-        self.count, self.per_second, self.base, self.on_drop = count, per_second, base, on_drop
+        self.count, self.options, self.on_drop = count, options, on_drop
 
     def __call__(self, cut: Cut) -> bool:
-        cap = math.floor(self.per_second * cut.duration) + self.base
+        (cap,) = self.options.max_new_tokens([cut.duration])
         tokens = self.count(transcript(cut))
         if tokens <= cap:
             return True

@@ -41,7 +41,7 @@ from macasr.data.loader import (
 )
 from macasr.data.manifest import manifest_kind
 from macasr.errors import CheckpointError, DataError, MacasrError
-from macasr.evaluate.run import evaluate_cuts
+from macasr.evaluate.run import decoding_options, evaluate_cuts
 from macasr.model.build import autocast
 from macasr.model.llm import TargetTokenizer
 from macasr.model.speech_llm import SpeechLLM
@@ -117,8 +117,7 @@ class Trainer:
         tokenize = TargetTokenizer(model.tokenizer, model.prompt.end_id)
         self.endless = len(train) > 1  # a mixture repeats each source without end
         self.dropped: set[str] = set()  # cuts left out because their target is too long (reported once)
-        limit = TokenLimit(lambda text: len(tokenize(text)), cfg.eval.max_tokens_per_second, cfg.eval.max_tokens_base,
-                           self._too_long)
+        limit = TokenLimit(lambda text: len(tokenize(text)), decoding_options(cfg), self._too_long)
         streams = [source_stream(cuts, source, d.min_duration, d.max_duration).filter(limit) for source, cuts in train]
         stream = mix_streams(streams, [source.weight for source, _ in train], t.seed)
         try:
