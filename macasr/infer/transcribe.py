@@ -91,7 +91,10 @@ def file_cut(path: str, index: int) -> MonoCut:
     duration = audio_duration(path)  # DataError naming the file when the header cannot be read
     if duration <= 0:
         raise DataError(f"{path}: audio is empty")
-    recording = Recording.from_file(Path(path).resolve(), recording_id=str(index))
+    try:
+        recording = Recording.from_file(Path(path).resolve(), recording_id=str(index))
+    except Exception as e:  # noqa: BLE001 - lhotse's audio backends raise many types
+        raise DataError(f"{path}: cannot read audio header ({' '.join(str(e).split())[:200]})") from None
     supervision = SupervisionSegment(id=str(index), recording_id=str(index), start=0.0, duration=recording.duration, text="")
     return MonoCut(id=path, start=0.0, duration=recording.duration, channel=recording.channel_ids,
                    recording=recording, supervisions=[supervision], custom={"index": index})
