@@ -154,6 +154,14 @@ def test_frames_from_gives_an_encoded_batch_without_reading_audio(tmp_path: Path
     assert torch.equal(batch.features[0], frames["c1"].T) and not batch.bad_clips
 
 
+def test_a_cut_without_cached_frames_is_a_bad_clip(tmp_path: Path) -> None:
+    def frames_from(c: MonoCut) -> torch.Tensor:
+        raise DataError(f"{c.id}: not in the feature cache; rebuild it with macasr cache build")
+
+    (clip,) = CutDataset(featurize, frames_from=frames_from)[CutSet.from_cuts([cut(wav(tmp_path, "a.wav", noise(1.0)))])].bad_clips
+    assert clip.why == "c1: not in the feature cache; rebuild it with macasr cache build"
+
+
 def test_workers_build_the_same_batches(tmp_path: Path) -> None:
     cuts = CutSet.from_cuts(cut(wav(tmp_path, f"{i}.wav", noise(0.5 + i / 10, seed=i)), f"c{i}") for i in range(4))
     sampler = eval_sampler(list(indexed(cuts)), batch_size=2)

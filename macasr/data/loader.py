@@ -176,7 +176,10 @@ class CutDataset(Dataset):
     def _features(self, cut: Cut, epoch: int) -> tuple[torch.Tensor, float, bool]:
         """→ (features (C, L), seconds, encoded); ClipProblem when the clip is unusable."""
         if self.frames_from is not None:
-            frames = self.frames_from(cut)  # (T, D)
+            try:
+                frames = self.frames_from(cut)  # (T, D)
+            except DataError as e:  # e.g. a cut the cache does not hold
+                raise ClipProblem(str(e)) from None
             return frames.T, cut.duration, True
         cut = _fit_to_file(cut)
         if self.augment is not None:  # a new draw for each epoch, and each pass of an endless mixture
