@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from macasr import __version__
-from macasr.cli import config_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
+from macasr.cli import config_cmd, data_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
 from macasr.cli import plan_cmd
 from macasr.cli._common import typer_app
 
@@ -19,6 +19,7 @@ app.command("transcribe")(transcribe_cmd.transcribe)
 app.command("demo")(demo_cmd.demo)
 app.command("plan")(plan_cmd.plan)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
 
 
 def _version(value: bool) -> None:
