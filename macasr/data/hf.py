@@ -106,7 +106,7 @@ def prepare_hf(name_or_path: str, out_dir: Path, *, split: str, audio_column: st
 
 def _cuts(dataset: Any, source: str, audio_dir: Path, prefix: str, audio_column: str, text_column: str,
           speaker_column: str | None) -> Any:
-    from lhotse import Recording, SupervisionSegment
+    from lhotse import MonoCut, Recording, SupervisionSegment
 
     for row, example in enumerate(dataset):
         text = example[text_column]
@@ -115,7 +115,9 @@ def _cuts(dataset: Any, source: str, audio_dir: Path, prefix: str, audio_column:
         cut_id = f"{prefix}-{row:08d}"
         recording = Recording.from_file(_audio_file(example[audio_column], row, audio_dir, cut_id, source), recording_id=cut_id)
         speaker = example[speaker_column] if speaker_column else None
-        cut = recording.to_cut()
-        cut.supervisions = [SupervisionSegment(id=cut_id, recording_id=cut_id, start=0.0, duration=recording.duration,
-                                               channel=0, text=text, speaker=None if speaker is None else str(speaker))]
+        supervision = SupervisionSegment(id=cut_id, recording_id=cut_id, start=0.0, duration=recording.duration,
+                                         channel=0, text=text, speaker=None if speaker is None else str(speaker))
+        # channel 0 of a multi-channel file, as Kaldi and the recipes do without a channel named
+        cut = MonoCut(id=cut_id, start=0.0, duration=recording.duration, channel=0, recording=recording,
+                      supervisions=[supervision])
         yield cut

@@ -63,7 +63,7 @@ def read_table(path: Path, fields: tuple[int, int | None], problems: list[str], 
         if not raw.strip():
             continue
         where = f"{path}:{number}"
-        key, *split = re.split(r"\s+", raw.strip(), maxsplit=1 if rest else -1)
+        key, *split = re.split(r"\s+", raw.strip(), maxsplit=1 if rest else 0)
         values = ([split[0].strip()] if split else []) if rest else split
         if len(values) < low or (high is not None and len(values) > high):
             expected = f"{low}" if low == high else f"{low} to {high}" if high is not None else f"at least {low}"

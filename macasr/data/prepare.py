@@ -329,5 +329,5 @@ def refuse_features_only(folder: Path) -> None:
     if not folder.is_dir() or (folder / "wav.scp").is_file():
         return
     features = [n for n in FEATURE_FILES if (folder / n).is_file()] or [p.name for p in sorted(folder.glob("*.ark"))[:1]]
-    if features and not any(folder.rglob(f"*.{ext}") for ext in ("wav", "flac", "sph", "mp3", "ogg", "opus")):
+    if features and not any(next(folder.rglob(f"*.{ext}"), None) for ext in ("wav", "flac", "sph", "mp3", "ogg", "opus")):
         raise DataError(f"{folder}: holds features ({features[0]}) but no audio and no wav.scp. {HOW2_HELP}")
