@@ -84,7 +84,9 @@ def shar(
     console.print(f"[green]wrote[/] {summary.shards:,} shard(s), {summary.cuts:,} cuts, {_hours(summary.seconds)} h "
                   f"to {escape(str(out_dir))}")
     if summary.skipped:
-        err_console.print(f"[yellow]skipped:[/] {escape(_skipped(summary.skipped))}", soft_wrap=True)
+        err_console.print(f"[yellow]skipped:[/] {escape(_skipped(summary.skipped))}, e.g.", soft_wrap=True)
+        for example in summary.examples:
+            err_console.print(f"  {escape(example)}", soft_wrap=True)
 
 
 @app.command("stats")

@@ -20,6 +20,7 @@ from typing import Any
 from macasr.errors import DataError
 
 AUDIO_FORMATS = ("flac", "wav", "mp3", "opus")
+MAX_EXAMPLES = 5
 
 
 @dataclasses.dataclass
@@ -28,7 +29,13 @@ class SharSummary:
     shards: int = 0
     cuts: int = 0
     seconds: float = 0.0
-    skipped: Counter[str] = dataclasses.field(default_factory=Counter)
+    skipped: Counter[str] = dataclasses.field(default_factory=Counter)  # reason → cuts
+    examples: list[str] = dataclasses.field(default_factory=list)  # the first few "ID: why"
+
+    def skip(self, reason: str, cut_id: str, why: str) -> None:
+        self.skipped[reason] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"{cut_id}: {why}")
 
 
 def open_cuts(path: str | Path) -> Any:
@@ -46,8 +53,9 @@ def open_cuts(path: str | Path) -> Any:
 
 
 def _why(error: Exception) -> str:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return first if len(first) <= 120 else first[:117] + "..."
+    """An exception as one line (lhotse's loading errors span several), cut at 200 characters."""
+    line = " ".join(str(error).split()) or type(error).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _write_shard(cuts: list[Any], work: Path, index: int, audio_format: str, summary: SharSummary) -> list[Path]:
@@ -59,7 +67,7 @@ def _write_shard(cuts: list[Any], work: Path, index: int, audio_format: str, sum
             try:
                 writer.write(cut)
             except Exception as e:  # noqa: BLE001 - lhotse raises many kinds for unreadable audio
-                summary.skipped[f"audio not readable ({_why(e)})"] += 1
+                summary.skip("audio not readable", cut.id, _why(e))
                 continue
             summary.cuts += 1
             summary.seconds += cut.duration
@@ -92,7 +100,7 @@ def write_shar(in_manifest: Path, out_dir: Path, *, shard_size: int = 1000, audi
             batch: list[Any] = []
             for cut in cuts:
                 if problem := (cut.custom or {}).get("problem"):
-                    summary.skipped[f"bad clip ({problem})"] += 1
+                    summary.skip("bad clip", cut.id, str(problem))
                 else:
                     batch.append(cut)
                 if on_cut:
