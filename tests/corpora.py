@@ -98,3 +98,18 @@ def save_hf_dataset(root: Path) -> Path:
     folder = root / "tiny_hf"
     datasets.DatasetDict({"test": split}).save_to_disk(str(folder))
     return folder
+
+
+def write_switchboard(root: Path) -> tuple[Path, np.ndarray]:
+    """LDC97S62 (an 8 kHz two-channel uncompressed SPHERE call) and the ISIP
+    swb_ms98_transcriptions beside it: one `*-trans.text` per side, with a [silence] segment."""
+    audio = root / "LDC97S62" / "swb1_d1" / "data"
+    audio.mkdir(parents=True)
+    samples = tone(3.0, 8000, 11, channels=2)
+    sf.write(audio / "sw02001.sph", samples, 8000, format="NIST", subtype="PCM_16")
+    trans = root / "swb_ms98_transcriptions" / "20" / "2001"
+    trans.mkdir(parents=True)
+    (trans / "sw2001A-ms98-a-trans.text").write_text(
+        "sw2001A-ms98-a-0001 0.000000 0.500000 [silence]\nsw2001A-ms98-a-0002 0.500000 1.750000 uh-huh [laughter] right\n")
+    (trans / "sw2001B-ms98-a-trans.text").write_text("sw2001B-ms98-a-0001 1.000000 3.000000 i think th- that's it\n")
+    return root / "LDC97S62", sf.read(audio / "sw02001.sph", dtype="float32")[0]

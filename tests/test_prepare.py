@@ -17,7 +17,7 @@ from macasr.data.kaldi import lhotse_reads_sphere, parse_sph2pipe
 from macasr.data.prepare import prepare
 from macasr.data.shar import open_cuts
 from macasr.errors import DataError
-from tests.corpora import WIDE, save_hf_dataset, tone, write_commonvoice, write_kaldi, write_librispeech
+from tests.corpora import WIDE, save_hf_dataset, tone, write_commonvoice, write_kaldi, write_librispeech, write_switchboard
 
 
 def cuts_of(path: Path) -> dict[str, object]:
@@ -55,6 +55,31 @@ def test_unknown_corpus_lists_close_names(tmp_path: Path) -> None:
     assert "unknown corpus 'librispeach'" in result.output and "librispeech" in result.output
 
 
+def test_any_other_lhotse_recipe_by_its_name(tmp_path: Path) -> None:
+    corpus = tmp_path / "waves_yesno"
+    corpus.mkdir()
+    for i in range(60):
+        bits = [(i >> k) & 1 for k in range(8)]
+        sf.write(corpus / ("_".join(map(str, bits)) + ".wav"), tone(0.05, 8000, i), 8000)
+    summaries = prepare("yesno", str(corpus), tmp_path / "out")
+    assert [(s.name, s.cuts) for s in summaries] == [("yesno_test", 30), ("yesno_train", 30)]
+    first = min(open_cuts(summaries[1].path), key=lambda c: c.id)
+    assert first.supervisions[0].text == "NO NO NO NO NO NO NO NO" and first.duration == pytest.approx(0.05)
+    assert summaries[0].options == {}  # no suggestion for a corpus macasr knows nothing about
+
+
+def test_a_layout_the_recipe_does_not_expect_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["data", "prepare", "yesno", str(tmp_path / "empty"), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "lhotse's yesno recipe failed (AssertionError" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_corpora_lists_recipes_and_macasr_sources() -> None:
+    names = CliRunner().invoke(app, ["data", "corpora"]).output.split()
+    assert {"librispeech", "commonvoice", "fisher-english", "switchboard", "kaldi", "hf", "yesno"} <= set(names)
+
+
 def test_recipe_option_that_the_recipe_lacks_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="prepare_librispeech has no such argument"):
         prepare("librispeech", str(write_librispeech(tmp_path)), tmp_path / "out", options=["languages=en"])
@@ -71,6 +96,21 @@ def test_commonvoice_release_keeps_punctuation_and_counts_missing_clips(tmp_path
     assert {c.supervisions[0].text for c in cuts.values()} == {'She said "yes" twice.', "It's quiet here."}
     assert cuts["common_voice_en_4"].duration == pytest.approx(0.75, abs=0.03)
     assert 'text = "whisper"' in s.toml()
+
+
+# ----------------------------------------------------------------------------- Switchboard
+
+
+def test_switchboard_turns_become_mono_cuts_on_their_channel(tmp_path: Path) -> None:
+    corpus, samples = write_switchboard(tmp_path)
+    [s] = prepare("switchboard", str(corpus), tmp_path / "out")
+    assert s.path == tmp_path / "out" / "switchboard.jsonl.gz" and s.name == "switchboard"
+    assert s.options == {"drop_annotations": True} and s.cuts == 2  # the [silence] turn is omitted by the recipe
+    cuts = {c.supervisions[0].text: c for c in open_cuts(s.path)}
+    a, b = cuts["uh-huh [laughter] right"], cuts["i think th- that's it"]
+    assert (a.channel, a.start, a.duration) == (0, 0.5, 1.25) and (b.channel, b.start, b.duration) == (1, 1.0, 2.0)
+    with lhotse_reads_sphere():
+        np.testing.assert_allclose(b.load_audio()[0], samples[8000:24000, 1], atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- Kaldi + SPHERE

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from macasr.data.kaldi import lhotse_reads_sphere
 from macasr.errors import DataError
 from macasr.fileio import atomic_open
 
@@ -257,11 +258,14 @@ def prepare_recipe(corpus: str, corpus_dir: Path, out_dir: Path, options: Mappin
     options = dict(options or {})
     if corpus == "switchboard":
         options.setdefault("transcripts_dir", str(switchboard_transcripts(corpus_dir)))
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".recipe-") as work, _recipe_log() as log:
+    # lhotse would run the sph2pipe program for every .sph file (Fisher, Switchboard); uncompressed
+    # SPHERE is read with soundfile instead.
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".recipe-") as work, _recipe_log() as log, lhotse_reads_sphere():
         try:
             result = recipe(**recipe_arguments(recipe, corpus_dir, Path(work), options))
         except (AssertionError, ValueError, KeyError, FileNotFoundError, IndexError) as e:
-            raise DataError(f"{corpus_dir}: lhotse's {corpus} recipe failed ({type(e).__name__}: {e}); "
+            detail = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__} in {_failing_line(e)}"
+            raise DataError(f"{corpus_dir}: lhotse's {corpus} recipe failed ({detail}); "
                             f"expected the corpus as released (docs/data.md, {corpus})") from None
         splits = flatten_manifests(result)
         if not splits:
@@ -287,6 +291,14 @@ def _write_split(corpus: str, corpus_dir: Path, out_dir: Path, split: str, leaf:
     elif missing := _missing_in(split, log.missing):
         summary.skipped["audio file missing"] += missing
     return summary
+
+
+def _failing_line(error: BaseException) -> str:
+    """`file.py:LINE` where a bare `assert` of a recipe failed (its message is empty)."""
+    import traceback
+
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} `{frame.line}`"
 
 
 def switchboard_transcripts(corpus_dir: Path) -> Path:
