@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
+import warnings
 
 import typing
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from macasr.errors import ConfigError
+from macasr.errors import ConfigError, DeprecatedSetting
 from macasr.model.connectors import CONNECTORS, ConnectorConfig, MLPConnectorConfig
 from macasr.model.encoders import ENCODERS, EncoderConfig, WhisperEncoderConfig
 from macasr.model.lora import LoraConfig
@@ -65,26 +67,63 @@ class PromptConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """One named corpus (`[datasets.NAME]`), used by name in `[data] train`/`valid`,
+    `[eval] test_sets` and `macasr eval --dataset NAME`."""
+
+    manifest: list[str] = option([], "Manifests: macasr JSON Lines, lhotse CutSet (*.jsonl.gz) or Shar folders.")
+    weight: float = option(1.0, "Mixing weight among the [data] train datasets (share of cuts drawn).")
+    text: Literal["keep", "lower", "whisper", "basic"] = option("keep", "Training targets: keep as written, lower-case, or normalize (whisper, basic) (docs/data.md).")
+    drop_annotations: bool = option(False, "Remove annotation tags ([laughter], <unk>, (( )), partial words like th-) from training targets, keeping words.")
+    min_duration: float = option(0.0, "Drop training cuts shorter than this many seconds (0 = keep all).")
+    max_duration: float = option(0.0, "Drop training cuts longer than this many seconds (0 = keep all).")
+
+    def validate(self) -> list[str]:
+        problems = [] if self.manifest else ["manifest: expected at least one manifest path"]
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            problems.append(f"weight: must be a positive number, got {self.weight!r}")
+        return problems + _duration_problems(self, "")
+
+
+def _duration_problems(obj: Any, table: str) -> list[str]:
+    """min_duration / max_duration: each 0 (off) or positive, and min below max when both are set."""
+    prefix = f"[{table}] " if table else ""
+    problems = [f"{prefix}{key}: must be 0 (off) or positive, got {getattr(obj, key)}"
+                for key in ("min_duration", "max_duration") if getattr(obj, key) < 0]
+    if 0 < obj.max_duration < obj.min_duration:
+        problems.append(f"{prefix}max_duration: must be at least min_duration ({obj.min_duration:g}), got {obj.max_duration:g}")
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
-    train: list[str] = option([], "Training manifests (JSON Lines: audio, text, duration).")
-    valid: list[str] = option([], "Validation manifests, decoded every valid_every steps for WER.")
-    batch_size: int = option(16, "Utterances per micro-batch (per process).")
-    max_batch_seconds: float = option(0.0, "Also cap a micro-batch's total audio seconds (0 = no cap).")
-    max_duration: float = option(0.0, "Drop training clips longer than this many seconds (0 = keep all).")
+    train: list[str] = option([], "Training data: dataset names from [datasets.*], or manifest paths.")
+    valid: list[str] = option([], "Validation data (names or paths), decoded every valid_every steps for WER.")
+    batch_size: int = option(16, "Most cuts in a micro-batch (per process; 0 = no cap, max_batch_seconds alone).")
+    max_batch_seconds: float = option(0.0, "Most audio seconds in a micro-batch per process (0 = no cap, batch_size alone).")
+    num_buckets: int = option(30, "Duration buckets of the sampler (lhotse DynamicBucketingSampler): more buckets, less padding.")
+    quadratic_duration: float = option(0.0, "Count a cut as duration + duration^2 / this when filling batches, for attention's quadratic cost (0 = off; about 15-30 s).")
+    min_duration: float = option(0.0, "Drop training cuts shorter than this many seconds (0 = keep all).")
+    max_duration: float = option(0.0, "Drop training cuts longer than this many seconds (0 = keep all).")
     num_workers: int = option(2, "DataLoader worker processes that read and featurize audio.")
-    on_bad_clip: Literal["skip", "error"] = option("skip", "A missing or unreadable clip: skip and report it, or stop with its path.")
+    on_bad_clip: Literal["skip", "error"] = option("skip", "A missing or unreadable clip: skip and report it (runs/NAME/bad_clips.jsonl), or stop with its path.")
     spec_augment: bool = option(False, "Mask random frequency bands and time spans of training features (SpecAugment).")
+    cache: str = option("", "Folder of cached encoder frames (`macasr cache build`) to train from instead of running the encoder (\"\" = none).")
 
     def validate(self) -> list[str]:
         problems = []
-        if self.batch_size < 1:
-            problems.append("[data] batch_size: must be at least 1")
+        if self.batch_size < 0:
+            problems.append(f"[data] batch_size: must be 0 (no cap) or positive, got {self.batch_size}")
+        if self.batch_size == 0 and self.max_batch_seconds == 0:
+            problems.append("[data] batch_size: 0 needs a max_batch_seconds cap (both are 0: batches would have no limit)")
         if self.num_workers < 0:
             problems.append("[data] num_workers: must be 0 or more")
-        for key in ("max_batch_seconds", "max_duration"):
+        if self.num_buckets < 1:
+            problems.append(f"[data] num_buckets: must be at least 1, got {self.num_buckets}")
+        for key in ("max_batch_seconds", "quadratic_duration"):
             if getattr(self, key) < 0:
                 problems.append(f"[data] {key}: must be 0 (off) or positive, got {getattr(self, key)}")
-        return problems
+        return problems + _duration_problems(self, "data")
 
 
 # Device names macasr knows how to check for availability (see model.build.resolve_device).
@@ -156,7 +195,7 @@ class EvalConfig:
     length_penalty: float = option(1.0, "Beam scores are log-probability / length ** length_penalty; ended beams outrank guard-stopped ones.")
     repeat_ngram_stop: int = option(8, "Repeat guard: end a loop of a 1..n-token unit, once repeated over n tokens and twice (stop: repeat; 0 = off).")
     valid_max_utterances: int = option(0, "Decode at most this many validation utterances (0 = all).")
-    datasets: dict[str, str] = option({}, "Named test manifests for `macasr eval --dataset NAME`.")
+    test_sets: list[str] = option([], "Datasets (names from [datasets.*]) that `macasr eval` scores when given no --dataset or --manifest.")
 
     def validate(self) -> list[str]:
         problems = []
@@ -186,10 +225,33 @@ class Config:
     train: TrainConfig = option(TrainConfig(), "Optimisation and the run folder.")
     eval: EvalConfig = option(EvalConfig(), "Decoding and scoring.")
     logging: LoggingConfig = option(LoggingConfig(), "Metrics and wandb.")
+    datasets: dict[str, DatasetConfig] = option({}, "Named datasets, one [datasets.NAME] table each.")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.train.output_dir) / self.train.name
+
+    def validate(self) -> list[str]:
+        """Names used in [data] and [eval] must be datasets of [datasets.*]."""
+        problems = []
+        for table, key, entries in (("data", "train", self.data.train), ("data", "valid", self.data.valid),
+                                    ("eval", "test_sets", self.eval.test_sets)):
+            for entry in entries:
+                if entry in self.datasets or (key != "test_sets" and looks_like_path(entry)):
+                    continue
+                known = ", ".join(self.datasets) or "none defined"
+                path = "" if key == "test_sets" else "; a manifest path needs a folder or a file extension"
+                problems.append(f"[{table}] {key}: no dataset named `{entry}` in [datasets.*] (known: {known}){path}")
+        return problems
+
+
+DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def looks_like_path(entry: str) -> bool:
+    """A [data] train/valid entry is a manifest path when it is not a dataset name and has a
+    folder or an extension ("train.jsonl", "data/cuts"); otherwise it is a (mistyped) name."""
+    return not DATASET_NAME.fullmatch(entry) or "." in entry
 
 
 _REGISTRIES: dict[str, Registry[Any]] = {"ENCODERS": ENCODERS, "CONNECTORS": CONNECTORS}
@@ -233,6 +295,16 @@ def _convert(tp: Any, value: Any, key: str, errors: _Errors, registry: str | Non
             return list(items)
         errors.add(key, f"`{key}`: expected a list of strings, got {_describe(value)}")
         return None
+    if origin is dict and dataclasses.is_dataclass(item := typing.get_args(tp)[1]):
+        if not isinstance(value, dict):
+            errors.add(key, f"`{key}`: expected [{key}.NAME] tables, got {_describe(value)}")
+            return None
+        parsed = {}
+        for name, table in value.items():
+            if not DATASET_NAME.fullmatch(name):
+                errors.add(_join(key, name), f"[{key}.{name}]: a name may use only letters, digits, _ and -")
+            parsed[name] = _parse_table(item, table, _join(key, name), errors, None)
+        return parsed if all(v is not None for v in parsed.values()) else None
     if origin is dict:
         if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
             return dict(value)
@@ -326,10 +398,33 @@ def _config_error(errors: _Errors, source: str | None, text: str | None) -> Conf
     return ConfigError([f"{where}:{line}: {message}" if line else f"{where}: {message}" for line, message in located])
 
 
+def _migrate(data: dict[str, Any], errors: _Errors) -> dict[str, Any]:
+    """The old `[eval] datasets = {name = "path"}` table (before 0.3) → `[datasets.name]` tables
+    listed in `[eval] test_sets`, with a FutureWarning saying what to write instead."""
+    old = data.get("eval", {}).get("datasets") if isinstance(data.get("eval"), dict) else None
+    if not isinstance(old, dict):
+        return data
+    data = {**data, "eval": {k: v for k, v in data["eval"].items() if k != "datasets"}}
+    datasets = dict(data.get("datasets", {})) if isinstance(data.get("datasets"), dict) else {}
+    for name, path in old.items():
+        if name in datasets:
+            errors.add(f"eval.datasets.{name}", f"[eval] datasets.{name}: also defined as [datasets.{name}]; "
+                                                "keep the [datasets.*] table and list its name in [eval] test_sets")
+            continue
+        datasets[name] = {"manifest": path}
+    data["datasets"] = datasets
+    data["eval"].setdefault("test_sets", list(old))
+    tables = " ".join(f'[datasets.{name}] manifest = "{path}";' for name, path in old.items())
+    names = ", ".join(f'"{name}"' for name in old)
+    warnings.warn(f"[eval] datasets is deprecated: write {tables} and [eval] test_sets = [{names}]",
+                  DeprecatedSetting, stacklevel=3)
+    return data
+
+
 def from_dict(data: dict[str, Any], source: str | None = None, text: str | None = None) -> Config:
     """Validate a raw TOML dict; raise one `ConfigError` listing every problem."""
     errors = _Errors()
-    cfg = _parse_table(Config, data, "", errors, None)
+    cfg = _parse_table(Config, _migrate(data, errors), "", errors, None)
     if errors.items:
         raise _config_error(errors, source, text)
     return cfg
@@ -403,9 +498,12 @@ def check(path: str | Path) -> CheckReport:
     """
     path = Path(path)
     text = _read(path)
-    errors = _Errors()
-    cfg = _parse_table(Config, _parse_toml(text, str(path)), "", errors, None)
-    notes = _Errors()
+    errors, notes = _Errors(), _Errors()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = _parse_table(Config, _migrate(_parse_toml(text, str(path)), errors), "", errors, None)
+    for warning in caught:
+        notes.add("eval.datasets", str(warning.message))
     _check_files(cfg, errors, notes)
     located = [_config_error(found, str(path), text).problems if found.items else [] for found in (errors, notes)]
     return CheckReport(*located)
@@ -416,9 +514,10 @@ def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
     from a path as loading does, by `model._hf.is_local_path`)."""
     from macasr.model._hf import is_local_path
 
-    manifests = [("data.train", "[data] train", p) for p in cfg.data.train]
-    manifests += [("data.valid", "[data] valid", p) for p in cfg.data.valid]
-    manifests += [(f"eval.datasets.{name}", f"[eval] datasets.{name}", p) for name, p in cfg.eval.datasets.items()]
+    manifests = [(f"data.{split}", f"[data] {split}", p) for split in ("train", "valid")
+                 for p in getattr(cfg.data, split) if p not in cfg.datasets]
+    manifests += [(f"datasets.{name}.manifest", f"[datasets.{name}] manifest", p)
+                  for name, ds in cfg.datasets.items() for p in ds.manifest]
     for key, label, p in manifests:
         problem = _manifest_problem(p)
         if problem:
@@ -441,8 +540,8 @@ def _relative_to_cwd(p: str) -> str:
 
 
 def _manifest_problem(p: str) -> str | None:
-    if Path(p).is_dir():
-        return f"{p!r} is a folder; expected a JSON Lines manifest file"
+    if Path(p).is_dir() and not any(Path(p).glob("cuts.*.jsonl*")):
+        return f"{p!r} is a folder without Shar shards (cuts.000000.jsonl.gz ...); expected a manifest file or a Shar folder"
     if not Path(p).exists():
         return f"no such manifest {p!r}{_relative_to_cwd(p)}"
     return None
@@ -477,12 +576,22 @@ def _render(obj: Any, key: str, registry: Registry[Any] | None = None) -> list[s
     return out
 
 
+def _render_datasets(datasets: dict[str, DatasetConfig]) -> list[str]:
+    """One [datasets.NAME] table each; with none, a commented example of one."""
+    if datasets:
+        return [line for name, ds in datasets.items() for line in _render(ds, f"datasets.{name}")]
+    example = _render(DatasetConfig(manifest=["data/librispeech_train-clean-100.jsonl.gz"]), "datasets.NAME")
+    return ["# Named datasets: [data] train/valid and [eval] test_sets refer to them by NAME.",
+            *[line if line.startswith("#") or not line else f"# {line}" for line in "\n".join(example).splitlines()]]
+
+
 def dumps(cfg: Config) -> str:
     """A complete TOML file: every field, its help text as a comment."""
     header = ["# macasr configuration. Every key is shown with its default or chosen value.", ""]
     body: list[str] = []
     for f in dataclasses.fields(cfg):
-        body += _render(getattr(cfg, f.name), f.name)
+        value = getattr(cfg, f.name)
+        body += _render_datasets(value) if f.name == "datasets" else _render(value, f.name)
     return "\n".join(header + body)
 
 
@@ -518,7 +627,10 @@ def reference_markdown() -> str:
     ]
     body: list[str] = []
     for f in dataclasses.fields(Config):
-        body += _reference_rows(getattr(Config(), f.name), f.name)
+        if f.name == "datasets":
+            body += _reference_rows(DatasetConfig(), "datasets.NAME", "[datasets.NAME] (one table per dataset)")
+        else:
+            body += _reference_rows(getattr(Config(), f.name), f.name)
     return "\n".join(head + body) + "\n"
 
 
@@ -576,15 +688,16 @@ def resolve_paths(cfg: Config, base: Path | None = None) -> Config:
         **{
             "model.encoder.path": fix(cfg.model.encoder.path),
             "model.llm.path": fix(cfg.model.llm.path),
-            "data.train": [fix(p) for p in cfg.data.train],
-            "data.valid": [fix(p) for p in cfg.data.valid],
-            "eval.datasets": {k: fix(v) for k, v in cfg.eval.datasets.items()},
+            "data.train": [p if p in cfg.datasets else fix(p) for p in cfg.data.train],
+            "data.valid": [p if p in cfg.datasets else fix(p) for p in cfg.data.valid],
+            "data.cache": fix(cfg.data.cache),
+            "datasets": {k: dataclasses.replace(d, manifest=[fix(p) for p in d.manifest]) for k, d in cfg.datasets.items()},
         },
     )
 
 
 __all__ = [
-    "Config", "ModelConfig", "LLMConfig", "PromptConfig", "DataConfig", "TrainConfig", "EvalConfig",
+    "Config", "ModelConfig", "LLMConfig", "PromptConfig", "DataConfig", "DatasetConfig", "TrainConfig", "EvalConfig",
     "LoggingConfig", "ComponentConfig", "load", "loads", "from_dict", "dump", "dumps", "to_dict",
     "load_preset", "preset_names", "replace", "resolve_paths", "check", "CheckReport", "device_problem",
 ]

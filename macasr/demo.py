@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -115,9 +116,8 @@ def demo_config(out: Path, manifests: dict[str, Path], whisper: Path, qwen: Path
     cfg = config_module.load_preset("demo")
     changes = {
         "model.encoder.path": str(whisper), "model.llm.path": str(qwen),
-        "data.train": [str(manifests["train"])], "data.valid": [str(manifests["valid"])],
         "train.output_dir": str(out.parent), "train.name": out.name,
-        "eval.datasets": {name: str(manifests[name]) for name in ("test", "test_unseen_voice")},
+        "datasets": {name: dataclasses.replace(ds, manifest=[str(manifests[name])]) for name, ds in cfg.datasets.items()},
     }
     if max_steps is not None:
         changes["train.max_steps"] = max_steps
@@ -129,7 +129,7 @@ def demo_config(out: Path, manifests: dict[str, Path], whisper: Path, qwen: Path
 def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: int | None = None, seed: int = 0) -> dict:
     """Run the demo end to end; returns the report dict (also written to out/report.json)."""
     from macasr.evaluate.report import examples_table, wer_table, write_report
-    from macasr.evaluate.run import evaluate_sets
+    from macasr.evaluate.run import evaluate_sets, named_sets
     from macasr.train.checkpoint import restore_model
     from macasr.train.run import train
 
@@ -144,7 +144,8 @@ def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: in
     result = train(cfg, console, overwrite=True)
     train_seconds = time.perf_counter() - t1
     restored = restore_model(result.run_dir / "best.pt", cfg.train.device)
-    scores = evaluate_sets(restored.model, restored.config, dict(restored.config.eval.datasets), restored.device, restored.precision)
+    test_sets = named_sets(restored.config, [], [])
+    scores = evaluate_sets(restored.model, restored.config, test_sets, restored.device, restored.precision)
     console.print(wer_table(scores, cfg.eval.normalizer, title="[bold]3/3[/] demo test sets"))
     console.print(examples_table(scores[0], n=5))
     extra = {"train_seconds": round(train_seconds, 1), "steps": result.steps, "checkpoint": str(result.run_dir / "best.pt")}

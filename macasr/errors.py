@@ -25,3 +25,7 @@ class DataError(MacasrError):
 
 class CheckpointError(MacasrError):
     """A checkpoint is missing, truncated or not a macasr checkpoint."""
+
+
+class DeprecatedSetting(FutureWarning):
+    """A config key from an earlier release that is still read; the CLI prints it as one yellow line."""

@@ -33,7 +33,7 @@ def _help(path: tuple[str, ...]) -> str:
 
 
 def test_table_names_in_help_texts_are_shown() -> None:
-    assert "A dataset named in [eval] datasets" in _help(("eval",))
+    assert "A dataset named in [datasets.*]" in _help(("eval",))
 
 
 def test_a_flag_shows_no_value_placeholder() -> None:

@@ -165,7 +165,7 @@ def _config_naming_files(tmp_path: Path) -> Path:
     cfg = config_module.replace(Config(), **{
         "data.train": [str(tmp_path / "train.jsonl"), str(tmp_path / "missing-train.jsonl")],
         "data.valid": [str(tmp_path)],
-        "eval.datasets": {"test": str(tmp_path / "missing-test.jsonl")},
+        "datasets": {"test": config_module.DatasetConfig(manifest=[str(tmp_path / "missing-test.jsonl")])},
         "model.encoder.path": str(tmp_path / "no-such-encoder"),
         "model.llm.path": str(tmp_path / "llm"),
     })
@@ -180,8 +180,9 @@ def test_config_check_reports_missing_files_and_schema_problems_in_one_run(tmp_p
     expected = [
         (_line(path, "seed ="), "`train.seed`: expected an integer, got 'zero' (str)"),
         (_line(path, "train = ["), f"[data] train: no such manifest {str(tmp_path / 'missing-train.jsonl')!r}"),
-        (_line(path, "valid = ["), f"[data] valid: {str(tmp_path)!r} is a folder; expected a JSON Lines manifest file"),
-        (_line(path, "datasets = "), f"[eval] datasets.test: no such manifest {str(tmp_path / 'missing-test.jsonl')!r}"),
+        (_line(path, "valid = ["), f"[data] valid: {str(tmp_path)!r} is a folder without Shar shards "
+                                   "(cuts.000000.jsonl.gz ...); expected a manifest file or a Shar folder"),
+        (_line(path, "manifest = ["), f"[datasets.test] manifest: no such manifest {str(tmp_path / 'missing-test.jsonl')!r}"),
         (_line(path, "path = "), f"[model.encoder] path: no such model folder {str(tmp_path / 'no-such-encoder')!r}"),
     ]
     assert result.stderr.splitlines() == [f"error: {path}:{line}: {message}" for line, message in sorted(expected)]
@@ -193,7 +194,7 @@ def _line(path: Path, start: str) -> int:
 
 
 def test_loading_a_config_does_not_require_its_files(tmp_path: Path) -> None:
-    # train needs no [eval] datasets and eval no training manifests: only `config check` looks.
+    # train needs no test sets and eval no training manifests: only `config check` looks.
     assert config_module.load(_config_naming_files(tmp_path)).data.valid == [str(tmp_path)]
 
 

@@ -23,7 +23,7 @@ def trained_run(tiny_config, corpus, tmp_path_factory) -> tuple[Path, Path]:
         "data.train": [str(corpus["train"])], "data.valid": [str(corpus["valid"])],
         "train.output_dir": str(root / "runs"), "train.name": "tiny", "train.max_steps": 6, "train.warmup_steps": 2,
         "train.valid_every": 3, "train.grad_accum": 2, "train.lr": 1e-3, "logging.log_every": 2,
-        "eval.datasets": {"test": str(corpus["test"])},
+        "datasets": {"test": config_module.DatasetConfig(manifest=[str(corpus["test"])])}, "eval.test_sets": ["test"],
     })
     path = config_module.dump(cfg, root / "tiny.toml")
     result = runner.invoke(app, ["train", str(path)])

@@ -58,16 +58,16 @@ def test_manifests_with_the_same_file_name_are_two_datasets(ckpt: Path, tmp_path
 
 def test_a_file_named_by_dataset_and_by_manifest_is_scored_once(tiny_config, tmp_path: Path) -> None:
     test = str(tmp_path / "data" / "test.jsonl")
-    cfg = config_module.replace(tiny_config, **{"eval.datasets": {"test": test}})
+    cfg = config_module.replace(tiny_config, datasets={"test": config_module.DatasetConfig(manifest=[test])})
     same = str(tmp_path / "data" / ".." / "data" / "test.jsonl")
-    assert run_module.named_sets(cfg, [same, test], ["test", "test"]) == {"test": test}
+    assert run_module.named_sets(cfg, [same, test], ["test", "test"]) == {"test": [test]}
 
 
 def test_named_sets_keeps_every_input_distinct(tiny_config, tmp_path: Path) -> None:
-    cfg = config_module.replace(tiny_config, **{"eval.datasets": {"test": str(tmp_path / "cfg.jsonl")}})
+    cfg = config_module.replace(tiny_config, datasets={"test": config_module.DatasetConfig(manifest=[str(tmp_path / "cfg.jsonl")])})
     a, b = str(tmp_path / "a" / "test.jsonl"), str(tmp_path / "b" / "test.jsonl")
-    assert run_module.named_sets(cfg, [a], ["test"]) == {"test": str(tmp_path / "cfg.jsonl"), "a/test": a}
-    assert run_module.named_sets(cfg, [a, b, a], []) == {"a/test": a, "b/test": b}  # the same file once
+    assert run_module.named_sets(cfg, [a], ["test"]) == {"test": [str(tmp_path / "cfg.jsonl")], "a/test": [a]}
+    assert run_module.named_sets(cfg, [a, b, a], []) == {"a/test": [a], "b/test": [b]}  # the same file once
     deep = [str(tmp_path / "x" / "a" / "test.jsonl"), str(tmp_path / "y" / "a" / "test.jsonl")]
     assert list(run_module.named_sets(cfg, deep, [])) == ["x/a/test", "y/a/test"]
     assert list(run_module.named_sets(cfg, [a], [])) == ["test"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
+from rich.markup import escape
 
 from macasr import __version__
 from macasr.cli import config_cmd, data_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
 from macasr.cli import plan_cmd
-from macasr.cli._common import typer_app
+from macasr.cli._common import err_console, typer_app
+from macasr.errors import DeprecatedSetting
 
 app = typer_app(
     name="macasr", no_args_is_help=True,
@@ -35,5 +39,17 @@ def _root(
     """Speech-LLM ASR: a frozen speech encoder, a trainable connector and a causal LLM."""
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """A DeprecatedSetting as one yellow line; any other warning as Python shows it."""
+    if issubclass(category, DeprecatedSetting):
+        err_console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+    else:
+        _python_show_warning(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     app()

@@ -36,7 +36,7 @@ def dataset_progress() -> Iterator[Callable[[str, int], Callable[[Any], None]]]:
 def evaluate(
     ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint to score (default: best.pt of --config's run folder).", show_default=False)] = None,
     manifest: Annotated[list[Path] | None, typer.Option("--manifest", help="JSONL manifest to score (repeatable).", show_default=False)] = None,
-    dataset: Annotated[list[str] | None, typer.Option("--dataset", help="A dataset named in [eval] datasets (repeatable).", show_default=False)] = None,
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", help="A dataset named in [datasets.*] (repeatable; default: [eval] test_sets).", show_default=False)] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Config whose [eval] settings and datasets, and [data] on_bad_clip, to use (default: the checkpoint's).", show_default=False)] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here (+ .utterances.jsonl beside it).", show_default=False)] = None,
     normalizer: Annotated[str | None, typer.Option("--normalizer", help="whisper, english, basic or none (default: [eval] normalizer).", show_default=False)] = None,
@@ -57,7 +57,7 @@ def evaluate(
         ckpt = user_cfg.run_dir / "best.pt"
     restored = restore_model(ckpt, device)
     base = user_cfg or restored.config
-    overrides = {"eval": base.eval, "data.on_bad_clip": on_bad_clip or base.data.on_bad_clip}
+    overrides = {"eval": base.eval, "datasets": base.datasets, "data.on_bad_clip": on_bad_clip or base.data.on_bad_clip}
     if normalizer:
         overrides["eval.normalizer"] = normalizer
     if batch_size:
@@ -66,7 +66,7 @@ def evaluate(
     cfg = config_module.from_dict(config_module.to_dict(config_module.replace(restored.config, **overrides)), "command line")
     sets = named_sets(cfg, [str(m) for m in manifest or []], dataset or [])
     if report:
-        inputs = [Path(p) for p in sets.values()] + [ckpt] + ([config] if config else [])
+        inputs = [Path(p) for paths in sets.values() for p in paths] + [ckpt] + ([config] if config else [])
         check_report_path(report, inputs=inputs)  # before, not after, decoding
     with dataset_progress() as progress:
         scores = evaluate_sets(restored.model, cfg, sets, restored.device, restored.precision, progress)

@@ -1,19 +1,44 @@
-"""JSON Lines manifests: one utterance per line, `{"audio", "text", "duration"}` (+ `id`, `offset`).
+"""Manifests in, lazy lhotse CutSets out.
 
-Relative audio paths are resolved from the manifest's folder, so a data folder can be moved
-whole. Every field of every line is checked when the manifest is read (`entry_problems`), and all
-problems of a file are reported at once, each as `FILE:LINE: what is wrong`.
+Three kinds of manifest are read, all lazily (memory stays flat for a million rows):
+- macasr JSON Lines: one utterance per line, `{"audio", "text", "duration"}` (+ `id`, `offset`,
+  `speaker`). Relative audio paths are resolved from the manifest's folder, so a data folder can
+  be moved whole. Every field of every line is checked in one streaming pass before use
+  (`entry_problems`), and all problems of a file are reported at once, each as `FILE:LINE: ...`.
+- lhotse CutSet manifests (`*.jsonl.gz`, or `*.jsonl` whose rows are lhotse cuts), as written by
+  `macasr data prepare` and lhotse's recipes.
+- lhotse Shar directories (`cuts.000000.jsonl.gz` + `recording.000000.tar` ...).
+
+Every cut handed on has exactly one supervision holding the transcript, and
+`cut.custom["origin"]` naming where it came from (`FILE:LINE` for macasr JSONL, `FILE` otherwise).
+A cut whose audio is known to be unusable before any decoding (missing file, unreadable header,
+offset past the end, a length 10 % off the manifest's duration, no transcript) carries
+`cut.custom["problem"]`, one line saying why: the loader reports it as a bad clip.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gzip
+import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from macasr.audio import seconds_problem
-from macasr.errors import DataError
+import soundfile as sf
+from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+from lhotse.audio import AudioSource
+from lhotse.cut import Cut
+from lhotse.cut.data import DataCut
+from lhotse.utils import fastcopy
+
+from macasr.audio import SAMPLE_RATE, seconds_problem
+from macasr.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from macasr.config import Config
 
 REQUIRED = ("audio", "text", "duration")
 MAX_PROBLEMS_SHOWN = 20  # lines of one DataError; the rest are counted
@@ -27,6 +52,7 @@ class Utterance:
     text: str
     duration: float  # seconds
     offset: float | None = None  # seconds into the file of a segment `duration` long; None: the whole file
+    speaker: str | None = None
 
 
 def show_value(value: object) -> str:
@@ -59,6 +85,7 @@ def entry_problems(entry: Mapping[str, object]) -> list[str]:
         "duration": lambda v: seconds_problem(v, zero_ok=False),
         "offset": lambda v: seconds_problem(v, zero_ok=True),
         "id": _id_problem,
+        "speaker": _id_problem,
     }
     problems = [f"missing key `{key}` (expected {', '.join(REQUIRED)})" for key in REQUIRED if key not in entry]
     for key, check in checks.items():
@@ -74,6 +101,7 @@ def _utterance(entry: Mapping[str, object], folder: Path, default_id: str) -> Ut
         id=str(entry.get("id", default_id)), audio=str(audio if audio.is_absolute() else folder / audio),
         text=str(entry["text"]), duration=float(entry["duration"]),  # type: ignore[arg-type]
         offset=float(entry["offset"]) if "offset" in entry else None,  # type: ignore[arg-type]
+        speaker=str(entry["speaker"]) if "speaker" in entry else None,
     )
 
 
@@ -85,19 +113,29 @@ def problems_error(problems: list[str], source: str) -> DataError:
     return DataError("\n".join(shown))
 
 
-def load_manifest(path: str | Path) -> list[Utterance]:
-    """All utterances of one manifest; DataError listing every bad line (and duplicate id)."""
-    path = Path(path)
+def _rows(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file (gzipped when it ends in .gz), streamed; DataError when it cannot be read."""
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not part of line 1
-    except (OSError, UnicodeDecodeError) as e:
+        opened = gzip.open(path, "rt", encoding="utf-8-sig") if path.suffix == ".gz" else path.open(encoding="utf-8-sig")
+        with opened as f:  # utf-8-sig: a BOM is not part of line 1
+            yield from enumerate(f, start=1)
+    except (OSError, EOFError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise DataError(f"{path}: cannot read manifest ({reason})") from None
+
+
+def _id_key(utterance_id: str) -> int:
+    """8-byte digest of an id: a million of them fit in a set of tens of MB, unlike the strings."""
+    return int.from_bytes(hashlib.blake2b(utterance_id.encode(), digest_size=8).digest(), "little")
+
+
+def _entries(path: Path) -> Iterator[tuple[int, Utterance]]:
+    """(line number, Utterance) of each usable line; problems are counted in `problems` as we go
+    and raised together (DataError) at the end, after the last line."""
     folder = path.resolve().parent
-    utterances: list[Utterance] = []
     problems: list[str] = []
-    first_line: dict[str, int] = {}  # id → line it was first seen on
-    for number, line in enumerate(lines, start=1):
+    first_line: dict[int, int] = {}  # id digest → line it was first seen on
+    for number, line in _rows(path):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -113,15 +151,22 @@ def load_manifest(path: str | Path) -> list[Utterance]:
             problems += [f"{where}: {p}" for p in bad]
             continue
         u = _utterance(entry, folder, f"{path.stem}-{number:06d}")
-        if u.id in first_line:
+        key = _id_key(u.id)
+        if key in first_line:
             given = "" if "id" in entry else " (this line's default id)"
             problems.append(f"{where}: `id` = {show_value(u.id)}{given}: expected an id used once "
-                            f"in the manifest (line {first_line[u.id]} has it too)")
+                            f"in the manifest (line {first_line[key]} has it too)")
             continue
-        first_line[u.id] = number
-        utterances.append(u)
+        first_line[key] = number
+        yield number, u
     if problems:
         raise problems_error(problems, str(path))
+
+
+def load_manifest(path: str | Path) -> list[Utterance]:
+    """All utterances of one macasr JSONL manifest; DataError listing every bad line (and duplicate id)."""
+    path = Path(path)
+    utterances = [u for _, u in _entries(path)]
     if not utterances:
         raise DataError(f"{path}: manifest has no utterances")
     return utterances
@@ -137,3 +182,228 @@ def write_manifest(path: str | Path, rows: Iterable[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# ----------------------------------------------------------------------------- lazy CutSets
+
+DURATION_TOLERANCE = 0.10  # a file this much longer or shorter than its manifest duration is a bad clip
+_HEADER_CACHE = 65_536  # audio headers remembered per process (rows often share a few long files)
+_LHOTSE_KEYS = ("supervisions", "recording", "tracks")  # keys of a lhotse cut row
+Kind = Literal["macasr", "lhotse", "shar"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestSummary:
+    cuts: int
+    seconds: float
+    speakers: int | None  # None when no cut names its speaker
+
+
+def _shar_shards(folder: Path) -> list[Path]:
+    return sorted(folder.glob("cuts.*.jsonl*"))
+
+
+def _first_row(path: Path) -> Mapping[str, object] | None:
+    for number, line in _rows(path):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            return row if isinstance(row, dict) else None
+    return None
+
+
+def manifest_kind(path: str | Path) -> Kind:
+    """What `path` holds, from its first row: a macasr JSONL manifest, a lhotse CutSet manifest,
+    or (a folder) lhotse Shar shards. DataError when it is none of them, naming what was found."""
+    path = Path(path)
+    if path.is_dir():
+        if _shar_shards(path):
+            return "shar"
+        raise DataError(f"{path}: is a folder without Shar shards (cuts.000000.jsonl.gz ...); "
+                        "expected a manifest file or a folder written by `macasr data shar`")
+    if not path.is_file():
+        raise DataError(f"{path}: no such manifest")
+    row = _first_row(path)
+    if row is None or "audio" in row:
+        return "macasr"  # an empty file or a bad first line is reported by the full check
+    if any(key in row for key in _LHOTSE_KEYS):
+        return "lhotse"
+    if "sources" in row:
+        raise DataError(f"{path}: is a lhotse recording manifest; expected cuts (pair it with its supervisions: "
+                        "`macasr data prepare` writes cut manifests)")
+    raise DataError(f"{path}:1: expected a macasr manifest row (audio, text, duration) or a lhotse cut, "
+                    f"got keys {', '.join(map(str, list(row)[:6]))}")
+
+
+@functools.lru_cache(maxsize=_HEADER_CACHE)
+def _audio_header(path: str) -> tuple[int, int, int] | str:
+    """(sampling rate, frames (0 = unknown), channels) from the file header, or why it cannot be read."""
+    if not Path(path).is_file():
+        return "no such audio file"
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        return f"cannot read audio header ({e})"
+    return int(info.samplerate), int(info.frames), int(info.channels)
+
+
+def _segment_problem(u: Utterance, file_seconds: float) -> tuple[float, str | None]:
+    """→ (seconds the cut can read, problem or None), by the header's length alone."""
+    if u.offset is None:
+        if abs(file_seconds - u.duration) > DURATION_TOLERANCE * u.duration:
+            return file_seconds, (f"the file is {file_seconds:.2f} s long but the manifest says duration "
+                                  f"{u.duration:g} s (more than {DURATION_TOLERANCE:.0%} apart)")
+        return file_seconds, None
+    if u.offset >= file_seconds:
+        return u.duration, f"offset {u.offset:g} s is beyond the end of the file ({file_seconds:.2f} s)"
+    available = min(u.duration, file_seconds - u.offset)
+    if u.duration - available > DURATION_TOLERANCE * u.duration:
+        return available, (f"offset {u.offset:g} s + duration {u.duration:g} s runs past the end of the file "
+                           f"({file_seconds:.2f} s)")
+    return available, None
+
+
+def utterance_cut(u: Utterance, origin: str) -> MonoCut:
+    """One macasr manifest row → a MonoCut over its audio file (all channels, mixed to mono when
+    loaded), one supervision with the transcript; `custom` holds origin (and problem, if any)."""
+    header = _audio_header(u.audio)
+    problem = header if isinstance(header, str) else None
+    rate, frames, channels = (SAMPLE_RATE, 0, 1) if isinstance(header, str) else header
+    start, seconds = u.offset or 0.0, u.duration
+    if problem is None and frames > 0:
+        seconds, problem = _segment_problem(u, frames / rate)
+    num_samples = frames if frames > 0 and problem is None else max(frames, round((start + seconds) * rate))
+    channel_ids = list(range(channels))
+    recording = Recording(
+        id=u.id, sources=[AudioSource(type="file", channels=channel_ids, source=u.audio)],
+        sampling_rate=rate, num_samples=num_samples, duration=num_samples / rate,
+    )
+    channel: int | list[int] = 0 if channels == 1 else channel_ids
+    supervision = SupervisionSegment(id=u.id, recording_id=u.id, start=0.0, duration=seconds, channel=channel,
+                                     text=u.text, speaker=u.speaker)
+    custom = {"origin": origin} | ({"problem": problem} if problem else {})
+    return MonoCut(id=u.id, start=start, duration=seconds, channel=channel, recording=recording,  # type: ignore[arg-type]
+                   supervisions=[supervision], custom=custom)
+
+
+class JsonlCuts:
+    """A macasr JSONL manifest as an iterable of cuts, re-read on every pass (lazy, picklable)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[MonoCut]:
+        for number, u in _entries(self.path):
+            yield utterance_cut(u, f"{self.path}:{number}")
+
+
+def with_one_supervision(cut: Cut, origin: str) -> Cut:
+    """A lhotse cut as macasr uses it: one supervision holding the whole transcript (several are
+    joined in time order), `custom["origin"]`, and `custom["problem"]` when it has no transcript."""
+    if not isinstance(cut, DataCut):
+        return cut  # a MixedCut (already augmented) passes through as it is
+    custom = dict(cut.custom or {}) | {"origin": origin}
+    supervisions = sorted(cut.supervisions, key=lambda s: s.start)
+    texts = [s.text for s in supervisions if s.text and s.text.strip()]
+    if not texts:
+        custom["problem"] = "no transcript (the cut has no supervision with text)"
+    if len(supervisions) > 1:
+        first, last = supervisions[0], supervisions[-1]
+        joined = fastcopy(first, text=" ".join(texts), duration=last.end - first.start)
+        supervisions = [joined]
+    return fastcopy(cut, supervisions=supervisions, custom=custom)
+
+
+def check_manifest(path: str | Path) -> Kind:
+    """Read a whole manifest once, streaming: DataError listing every bad line of a macasr JSONL
+    manifest (or naming a lhotse one that cannot be parsed); DataError when it holds no cut."""
+    path = Path(path)
+    kind = manifest_kind(path)
+    if manifest_summary(path, kind).cuts == 0:
+        raise DataError(f"{path}: manifest has no utterances")
+    return kind
+
+
+def _raw_cuts(path: Path, kind: Kind, shuffle_shards: bool = False, seed: int = 0, audio: bool = True) -> CutSet:
+    if kind == "macasr":
+        return CutSet(JsonlCuts(path))
+    if kind == "lhotse":
+        return CutSet.from_jsonl_lazy(path)
+    if not audio:  # the cuts' metadata alone, without reading the audio tar files
+        return CutSet.from_shar(fields={"cuts": [str(p) for p in _shar_shards(path)]})
+    return CutSet.from_shar(in_dir=path, shuffle_shards=shuffle_shards, seed=seed)
+
+
+def open_cuts(path: str | Path, *, shuffle_shards: bool = False, seed: int = 0) -> CutSet:
+    """A manifest (macasr JSONL, lhotse CutSet or Shar folder) as a lazy CutSet of cuts with one
+    supervision each, after one streaming check of every row (`check_manifest`).
+
+    `shuffle_shards` (Shar only) reads the shards in an order drawn from `seed` (and the epoch).
+    Raises DataError naming the file (and lines) when it is missing, of no known kind, or bad.
+    """
+    path = Path(path)
+    kind = check_manifest(path)
+    cuts = _raw_cuts(path, kind, shuffle_shards, seed)
+    return cuts if kind == "macasr" else cuts.map(functools.partial(with_one_supervision, origin=str(path)))
+
+
+def manifest_summary(path: str | Path, kind: Kind | None = None) -> ManifestSummary:
+    """Cuts, seconds and distinct speakers of a manifest, in one streaming pass (Shar audio is not read)."""
+    path = Path(path)
+    kind = kind or manifest_kind(path)
+    count, seconds, speakers = 0, 0.0, set()
+    try:
+        if kind == "macasr":
+            for _, u in _entries(path):
+                count, seconds = count + 1, seconds + u.duration
+                if u.speaker is not None:
+                    speakers.add(_id_key(u.speaker))
+        else:
+            for cut in _raw_cuts(path, kind, audio=False):
+                count, seconds = count + 1, seconds + cut.duration
+                speakers.update(_id_key(s.speaker) for s in cut.supervisions if s.speaker)
+    except DataError:
+        raise
+    except Exception as e:  # lhotse's parsers raise many types; any of them means a bad manifest
+        raise DataError(f"{path}: cannot read it as a lhotse {'Shar folder' if kind == 'shar' else 'cut manifest'} "
+                        f"(after {count:,} cuts: {type(e).__name__}: {e})") from None
+    return ManifestSummary(count, seconds, len(speakers) or None)
+
+
+# ----------------------------------------------------------------------------- named datasets
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """One entry of `[data] train`/`valid`: a [datasets.*] dataset, or a bare manifest path (named
+    by its file stem, with default options)."""
+
+    name: str
+    manifests: list[str]
+    weight: float = 1.0
+    text: str = "keep"
+    drop_annotations: bool = False
+    min_duration: float = 0.0
+    max_duration: float = 0.0
+
+
+def source_for(cfg: Config, entry: str) -> DataSource:
+    """A dataset name from [datasets.*] or a manifest path → DataSource; ConfigError for a name
+    that is not defined (listing those that are)."""
+    from macasr.config import looks_like_path
+
+    if entry in cfg.datasets:
+        d = cfg.datasets[entry]
+        return DataSource(entry, list(d.manifest), d.weight, d.text, d.drop_annotations, d.min_duration, d.max_duration)
+    if looks_like_path(entry):
+        name = Path(entry).name.removesuffix(".gz").removesuffix(".jsonl")
+        return DataSource(name, [entry])
+    known = ", ".join(cfg.datasets) or "none defined"
+    raise ConfigError(f"no dataset named `{entry}` in [datasets.*] (known: {known})")
+
+
+def dataset_sources(cfg: Config, split: Literal["train", "valid"]) -> list[DataSource]:
+    """The sources of `[data] train` or `[data] valid`, in order."""
+    return [source_for(cfg, entry) for entry in getattr(cfg.data, split)]

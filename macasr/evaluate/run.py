@@ -10,7 +10,7 @@ import torch
 from macasr.config import Config
 from macasr.data.collate import Batch
 from macasr.data.loader import build_loader
-from macasr.data.manifest import Utterance, load_manifest
+from macasr.data.manifest import Utterance, load_manifests
 from macasr.errors import ConfigError
 from macasr.evaluate.wer import DatasetScore, score
 from macasr.infer.decode import decode_loader
@@ -73,33 +73,33 @@ def _distinct_names(paths: Sequence[Path], taken: Collection[str]) -> list[str]:
             depth[i] += 1
 
 
-def named_sets(cfg: Config, manifests: Sequence[str], datasets: Sequence[str]) -> dict[str, str]:
-    """Which manifests to score, by dataset name: --dataset names looked up in `[eval] datasets`,
+def named_sets(cfg: Config, manifests: Sequence[str], datasets: Sequence[str]) -> dict[str, list[str]]:
+    """Which manifests to score, by dataset name: --dataset names looked up in `[datasets.*]`,
     then --manifest files named by their stem (with folders added until every name is distinct);
-    with neither, every dataset the config names. The same file given twice is scored once."""
-    chosen: dict[str, str] = {}
+    with neither, the datasets of `[eval] test_sets`. A file given twice is scored once."""
+    chosen: dict[str, list[str]] = {}
     for name in datasets:
-        if name not in cfg.eval.datasets:
-            known = ", ".join(cfg.eval.datasets) or "none"
-            raise ConfigError(f"[eval] datasets: no dataset named `{name}` (the config names: {known})")
-        chosen[name] = cfg.eval.datasets[name]
-    seen = {Path(path).resolve() for path in chosen.values()}  # a file named twice is scored once
+        if name not in cfg.datasets:
+            known = ", ".join(cfg.datasets) or "none"
+            raise ConfigError(f"--dataset {name}: no dataset named `{name}` in [datasets.*] (the config names: {known})")
+        chosen[name] = list(cfg.datasets[name].manifest)
+    seen = {Path(path).resolve() for paths in chosen.values() for path in paths}  # a file named twice is scored once
     paths = []
     for path in map(Path, manifests):
         if path.resolve() not in seen:
             seen.add(path.resolve())
             paths.append(path)
     for name, path in zip(_distinct_names(paths, set(chosen)), paths, strict=True):
-        chosen[name] = str(path)
+        chosen[name] = [str(path)]
     if not chosen:
-        chosen = dict(cfg.eval.datasets)
+        chosen = {name: list(cfg.datasets[name].manifest) for name in cfg.eval.test_sets}
     if not chosen:
-        raise ConfigError("nothing to evaluate: give --manifest FILE or --dataset NAME ([eval] datasets is empty)")
+        raise ConfigError("nothing to evaluate: give --manifest FILE or --dataset NAME ([eval] test_sets is empty)")
     return chosen
 
 
 def evaluate_sets(
-    model: SpeechLLM, cfg: Config, sets: dict[str, str], device: torch.device, precision: str,
+    model: SpeechLLM, cfg: Config, sets: dict[str, list[str]], device: torch.device, precision: str,
     progress: Callable[[str, int], Callable[[Batch], None]] | None = None,
 ) -> list[DatasetScore]:
     """Score each named manifest → scores in order (each with its skipped clips).
@@ -107,7 +107,7 @@ def evaluate_sets(
     Every manifest is read before any decoding, so a bad line in the last one costs nothing.
     `progress(name, n_utterances)` may return a per-batch callback (for a progress bar).
     """
-    loaded = {name: load_manifest(path) for name, path in sets.items()}
+    loaded = {name: load_manifests(paths) for name, paths in sets.items()}
     scores = []
     for name, utterances in loaded.items():
         on_batch = progress(name, len(utterances)) if progress else None

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from macasr import config as config_module
 from macasr.config import Config
-from macasr.data.manifest import Utterance, load_manifests
+from macasr.data.manifest import Utterance, dataset_sources, load_manifests
 from macasr.errors import CheckpointError, ConfigError, MacasrError
 from macasr.model.build import build_model, parameter_counts, resolve_device, resolve_precision
 from macasr.model.speech_llm import SpeechLLM
@@ -33,15 +33,16 @@ def parameter_table(model: SpeechLLM) -> Table:
 
 def training_sets(cfg: Config) -> tuple[list[Utterance], list[Utterance]]:
     if not cfg.data.train:
-        raise ConfigError("[data] train: no training manifests given")
-    train_set = load_manifests(cfg.data.train)
+        raise ConfigError("[data] train: no training data given")
+    manifests = {split: [m for s in dataset_sources(cfg, split) for m in s.manifests] for split in ("train", "valid")}
+    train_set = load_manifests(manifests["train"])
     if cfg.data.max_duration > 0:
         kept = [u for u in train_set if u.duration <= cfg.data.max_duration]
         if not kept:
             raise ConfigError(f"[data] max_duration: all {len(train_set):,} training clips are longer than "
                               f"{cfg.data.max_duration:g} s; raise it or set 0 to keep every clip")
         train_set = kept
-    return train_set, load_manifests(cfg.data.valid) if cfg.data.valid else []
+    return train_set, load_manifests(manifests["valid"]) if cfg.data.valid else []
 
 
 def run_files(run_dir: Path) -> list[Path]:
