@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
-from macasr import testing
+from macasr import config as config_module, testing
 from macasr.cli import app
 from macasr.data.prepare import prepare
-from macasr.data.shar import open_cuts, write_shar
-from macasr.data.stats import manifest_stats
+from macasr.data.manifest import open_cuts
+from macasr.data.shar import write_shar
+from macasr.data.stats import config_stats, manifest_stats
+from macasr.data.text import normalize_target
 from macasr.errors import DataError
-from tests.corpora import WIDE, write_kaldi, write_librispeech
+from tests.corpora import WIDE, tone, write_kaldi, write_librispeech
 
 
 @pytest.fixture
@@ -99,3 +103,35 @@ def test_stats_tokens_per_second_under_the_config_tokenizer(libri_manifest: Path
 def test_stats_of_a_missing_manifest_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["data", "stats", str(tmp_path / "nope.jsonl.gz")])
     assert result.exit_code == 1 and "nope.jsonl.gz" in result.output and "Traceback" not in result.output
+
+
+def test_stats_of_a_named_dataset_count_tokens_of_its_training_targets(tmp_path: Path) -> None:
+    data, _ = write_kaldi(tmp_path)
+    [s] = prepare("kaldi", str(data), tmp_path / "manifests", name="swbd")
+    tokenizer = testing.train_tokenizer(["uh-huh yeah i think that's right"], vocab_size=120)
+    tokenizer.save_pretrained(tmp_path / "llm")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[model.llm]\npath = "{tmp_path / "llm"}"\n\n[datasets.swbd]\nmanifest = ["{s.path}"]\n'
+                      'text = "lower"\ndrop_annotations = true\n')
+    [stats] = config_stats(config_module.load(config), str(config), ["swbd"])
+    cuts = list(open_cuts(s.path))
+    rates = [len(tokenizer(normalize_target(c.supervisions[0].text, "lower", True), add_special_tokens=False)["input_ids"])
+             / c.duration for c in cuts]
+    assert stats.label == "swbd" and stats.tokens_per_second["max"] == pytest.approx(max(rates))  # type: ignore[index]
+    raw = max(len(tokenizer(c.supervisions[0].text, add_special_tokens=False)["input_ids"]) / c.duration for c in cuts)
+    assert raw > max(rates)  # the tags and partial words are not counted
+    result = CliRunner().invoke(app, ["data", "stats", "swbd", "--config", str(config)], env=WIDE)
+    assert result.exit_code == 0 and "swbd" in result.output, result.output
+    result = CliRunner().invoke(app, ["data", "stats", "nosuch", "--config", str(config)], env=WIDE)
+    assert result.exit_code == 1 and "no dataset named `nosuch`" in result.output
+
+
+def test_shar_of_a_macasr_manifest_skips_its_bad_clips(tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", tone(0.5, 16000), 16000)
+    rows = [{"audio": "a.wav", "text": "fine", "duration": 0.5}, {"audio": "gone.wav", "text": "lost", "duration": 1.0}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = write_shar(tmp_path / "m.jsonl", tmp_path / "shar", shard_size=10)
+    assert (summary.cuts, dict(summary.skipped)) == (1, {"bad clip": 1})
+    assert summary.examples == ["m-000002: no such audio file"]
+    [cut] = open_cuts(tmp_path / "shar")
+    assert cut.supervisions[0].text == "fine" and cut.duration == pytest.approx(0.5)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from macasr.cli import app
 from macasr.data.kaldi import lhotse_reads_sphere, parse_sph2pipe
 from macasr.data.prepare import prepare
-from macasr.data.shar import open_cuts
+from macasr.data.manifest import open_cuts
 from macasr.errors import DataError
 from tests.corpora import WIDE, save_hf_dataset, tone, write_commonvoice, write_kaldi, write_librispeech, write_switchboard
 

@@ -92,18 +92,19 @@ def shar(
 @app.command("stats")
 @handle_errors
 def stats(
-    manifests: Annotated[list[Path], typer.Argument(help="Manifests: macasr JSONL, lhotse CutSet, Shar folders.", show_default=False)],
-    config: Annotated[Path | None, typer.Option("--config", help="Config whose [model.llm] tokenizer counts tokens per second (checked against [eval] max_tokens_per_second).", show_default=False)] = None,
+    manifests: Annotated[list[str], typer.Argument(help="Manifests (macasr JSONL, lhotse CutSet, Shar folders), or with --config also [datasets.*] names.", show_default=False)],
+    config: Annotated[Path | None, typer.Option("--config", help="Config whose [model.llm] tokenizer counts tokens per second of each dataset's training targets (checked against [eval] max_tokens_per_second).", show_default=False)] = None,
 ) -> None:
     """Utterances, hours, speakers, durations, transcript lengths and tokens per second of audio."""
-    from macasr.data.stats import coverage_note, load_tokenizer, manifest_stats
+    from macasr import config as config_module
+    from macasr.data.stats import config_stats, coverage_note, manifest_stats
 
-    tokenizer, cap = load_tokenizer(config) if config else (None, None)
-    results = [manifest_stats(m, tokenizer) for m in manifests]
+    cfg = config_module.load(config) if config else None
+    results = config_stats(cfg, str(config), manifests) if cfg else [manifest_stats(m) for m in manifests]
     table = Table(title="manifests")
     table.add_column("")
     for r in results:
-        table.add_column(escape(Path(r.path).name), justify="right")
+        table.add_column(escape(r.label), justify="right")
     rows: list[tuple[str, list[str]]] = [
         ("utterances", [f"{r.cuts:,}" for r in results]),
         ("hours", [_hours(r.seconds) for r in results]),
@@ -111,15 +112,16 @@ def stats(
     ]
     rows += [(f"duration {k} (s)", [f"{r.duration[k]:.2f}" for r in results]) for k in ("p5", "p50", "p95", "max")]
     rows += [(f"text chars {k}", [f"{r.chars[k]:,.0f}" for r in results]) for k in ("p50", "p95", "max")]
-    if tokenizer is not None:
+    if cfg:
         rows += [(f"tokens/s {k}", [f"{r.tokens_per_second[k]:.2f}" for r in results]) for k in ("p50", "p95", "p99", "max")]  # type: ignore[index]
     for label, values in rows:
         table.add_row(label, *values)
     console.print(table)
-    if tokenizer is None:
+    if not cfg:
         err_console.print("[yellow]note:[/] pass --config to count tokens per second under its LLM tokenizer", soft_wrap=True)
         return
-    notes = [n for r in results if (n := coverage_note(r, cap))]  # type: ignore[arg-type]
+    cap = cfg.eval.max_tokens_per_second
+    notes = [n for r in results if (n := coverage_note(r, cap))]
     for note in notes:
         err_console.print(f"[yellow]warning:[/] {escape(note)}", soft_wrap=True)
     if not notes:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from macasr.data.manifest import open_cuts
 from macasr.errors import DataError
 
 AUDIO_FORMATS = ("flac", "wav", "mp3", "opus")
@@ -36,20 +37,6 @@ class SharSummary:
         self.skipped[reason] += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{cut_id}: {why}")
-
-
-def open_cuts(path: str | Path) -> Any:
-    """The lead's lazy reader (macasr.data.manifest.open_cuts) where present, else lhotse's own."""
-    try:
-        from macasr.data.manifest import open_cuts as lead_open_cuts
-    except ImportError:
-        from lhotse import CutSet
-
-        path = Path(path)
-        if not path.exists():
-            raise DataError(f"{path}: no such manifest") from None
-        return CutSet.from_shar(in_dir=path) if path.is_dir() else CutSet.from_jsonl_lazy(path)
-    return lead_open_cuts(path)
 
 
 def _why(error: Exception) -> str:
