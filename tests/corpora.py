@@ -113,3 +113,24 @@ def write_switchboard(root: Path) -> tuple[Path, np.ndarray]:
         "sw2001A-ms98-a-0001 0.000000 0.500000 [silence]\nsw2001A-ms98-a-0002 0.500000 1.750000 uh-huh [laughter] right\n")
     (trans / "sw2001B-ms98-a-trans.text").write_text("sw2001B-ms98-a-0001 1.000000 3.000000 i think th- that's it\n")
     return root / "LDC97S62", sf.read(audio / "sw02001.sph", dtype="float32")[0]
+
+
+def write_fisher(root: Path) -> tuple[Path, np.ndarray]:
+    """Fisher English part 1 as lhotse's recipe reads it: LDC2004S13/<disc>/audio/<dir>/fe_03_NNNNN.sph
+    (8 kHz two-channel SPHERE), LDC2004T19/data/trans/<dir>/fe_03_NNNNN.txt (three header lines,
+    then `START END SIDE: words`) and LDC2004T19/doc/fe_03_p1_calldata.tbl (speaker pins per side)."""
+    corpus = root / "fisher"
+    audio = corpus / "LDC2004S13" / "fe_03_p1_sph1" / "audio" / "000"
+    audio.mkdir(parents=True)
+    samples = tone(3.0, 8000, 5, channels=2)
+    sf.write(audio / "fe_03_00001.sph", samples, 8000, format="NIST", subtype="PCM_16")
+    trans = corpus / "LDC2004T19" / "data" / "trans" / "000"
+    trans.mkdir(parents=True)
+    (trans / "fe_03_00001.txt").write_text(
+        "# fe_03_00001.sph\n\n\n0.50 1.50 A: hi (( um )) my name is\n\n1.20 2.80 B: [laughter] oh hi th- there\n")
+    doc = corpus / "LDC2004T19" / "doc"
+    doc.mkdir()
+    (doc / "fe_03_p1_calldata.tbl").write_text(
+        "CALL_ID,DATE,TOPIC,SIG_GRADE,CNV_GRADE,APIN,ASX.DL,APHNUM,APHSET,APHTYP,BPIN,BSX.DL,BPHNUM,BPHSET,BPHTYP\n"
+        "00001,20021112_102108,ENG01,2,2,3917,F.a,0,1,3,3911,M.a,0,1,3\n")
+    return corpus, sf.read(audio / "fe_03_00001.sph", dtype="float32")[0]

@@ -17,7 +17,7 @@ from macasr.data.kaldi import lhotse_reads_sphere, parse_sph2pipe
 from macasr.data.prepare import prepare
 from macasr.data.manifest import open_cuts
 from macasr.errors import DataError
-from tests.corpora import WIDE, save_hf_dataset, tone, write_commonvoice, write_kaldi, write_librispeech, write_switchboard
+from tests.corpora import WIDE, save_hf_dataset, tone, write_commonvoice, write_fisher, write_kaldi, write_librispeech, write_switchboard
 
 
 def cuts_of(path: Path) -> dict[str, object]:
@@ -111,6 +111,19 @@ def test_switchboard_turns_become_mono_cuts_on_their_channel(tmp_path: Path) -> 
     assert (a.channel, a.start, a.duration) == (0, 0.5, 1.25) and (b.channel, b.start, b.duration) == (1, 1.0, 2.0)
     with lhotse_reads_sphere():
         np.testing.assert_allclose(b.load_audio()[0], samples[8000:24000, 1], atol=1e-4)
+
+
+def test_fisher_english_speakers_and_channels(tmp_path: Path) -> None:
+    corpus, samples = write_fisher(tmp_path)
+    options = ['audio_dirs=["LDC2004S13"]', 'transcript_dirs=["LDC2004T19"]']
+    [s] = prepare("fisher-english", str(corpus), tmp_path / "out", options=options)
+    assert s.path.name == "fisher-english.jsonl.gz" and s.name == "fisher_english" and s.speakers == {"3917", "3911"}
+    cuts = {c.supervisions[0].speaker: c for c in open_cuts(s.path)}
+    a, b = cuts["3917"], cuts["3911"]
+    assert (a.channel, a.start, a.duration, a.supervisions[0].text) == (0, 0.5, 1.0, "hi (( um )) my name is")
+    assert (b.channel, b.start, b.duration, b.supervisions[0].text) == (1, 1.2, 1.6, "[laughter] oh hi th- there")
+    with lhotse_reads_sphere():
+        np.testing.assert_allclose(b.load_audio()[0], samples[9600:22400, 1], atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- Kaldi + SPHERE
