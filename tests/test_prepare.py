@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from macasr import config as config_module
 from macasr.cli import app
 from macasr.data.kaldi import lhotse_reads_sphere, parse_sph2pipe
 from macasr.data.prepare import prepare
@@ -39,7 +40,8 @@ def test_librispeech_tree_becomes_one_cutset_per_split(tmp_path: Path) -> None:
     assert cut.duration == pytest.approx(1.5) and len(cut.supervisions) == 1
     assert cut.supervisions[0].text == "GO DO YOU HEAR NUMBER 84 1"
     np.testing.assert_allclose(cut.load_audio()[0], sf.read(cut.recording.sources[0].source, dtype="float32")[0], atol=1e-6)
-    assert 'text = "lower"' in s.toml() and f'manifest = ["{s.path}"]' in s.toml()
+    pasted = config_module.loads(s.toml()).datasets["librispeech_dev_clean"]  # the lines to paste load as they are
+    assert (pasted.manifest, pasted.text) == ([str(s.path)], "lower")
 
 
 def test_prepare_cli_prints_the_table_and_the_dataset_lines(tmp_path: Path) -> None:
@@ -117,7 +119,8 @@ def test_fisher_english_speakers_and_channels(tmp_path: Path) -> None:
     corpus, samples = write_fisher(tmp_path)
     options = ['audio_dirs=["LDC2004S13"]', 'transcript_dirs=["LDC2004T19"]']
     [s] = prepare("fisher-english", str(corpus), tmp_path / "out", options=options)
-    assert s.path.name == "fisher-english.jsonl.gz" and s.name == "fisher_english" and s.speakers == {"3917", "3911"}
+    assert s.path.name == "fisher-english.jsonl.gz" and s.name == "fisher_english"
+    assert (s.cuts, s.speakers) == (2, {"3917", "3911"})  # overlapping turns: one supervision per cut
     cuts = {c.supervisions[0].speaker: c for c in open_cuts(s.path)}
     a, b = cuts["3917"], cuts["3911"]
     assert (a.channel, a.start, a.duration, a.supervisions[0].text) == (0, 0.5, 1.0, "hi (( um )) my name is")

@@ -74,11 +74,13 @@ def shar(
     audio_format: Annotated[str, typer.Option("--audio-format", help="Audio encoding in the shards: flac, wav, mp3, opus.")] = "flac",
 ) -> None:
     """Write lhotse Shar shards (cuts + re-encoded audio) for sequential reads from shared storage."""
+    from macasr.data.manifest import manifest_summary
     from macasr.data.shar import write_shar
 
+    total = manifest_summary(in_manifest).cuts  # metadata only: cheap beside re-encoding the audio
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("cuts", total=None)
+        task = progress.add_task("cuts", total=total)
         summary = write_shar(in_manifest, out_dir, shard_size=shard_size, audio_format=audio_format,
                              on_cut=lambda: progress.advance(task))
     console.print(f"[green]wrote[/] {summary.shards:,} shard(s), {summary.cuts:,} cuts, {_hours(summary.seconds)} h "

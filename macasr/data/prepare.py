@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -202,12 +203,17 @@ class _RecipeLog(logging.Handler):
 
 @contextmanager
 def _recipe_log() -> Iterator[_RecipeLog]:
+    """Collect the recipe's log records and Python warnings (Fisher's "N recordings had errors and
+    were omitted") while it runs."""
     root = logging.getLogger()
     handler, level = _RecipeLog(), root.level
     root.addHandler(handler)
     root.setLevel(min(level, logging.INFO) if level else logging.INFO)
     try:
-        yield handler
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield handler
+        handler.notes += [str(w.message) for w in caught if "lhotse" in w.filename]
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
