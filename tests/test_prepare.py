@@ -177,6 +177,11 @@ def test_kaldi_other_pipes_run_only_with_allow_pipes(tmp_path: Path) -> None:
     (data / "text").write_text("utt1 piped words\n")
     result = CliRunner().invoke(app, ["data", "prepare", "kaldi", str(data), str(tmp_path / "out")])
     assert result.exit_code == 1 and f"{data / 'wav.scp'}:1: piped command" in result.output
+    (data / "text").write_text("utt1 piped words\nutt2 no recording\n")
+    with pytest.raises(DataError) as e:
+        prepare("kaldi", str(data), tmp_path / "out", allow_pipes=True)
+    assert str(e.value) == f"{data / 'text'}:2: 'utt2' is not in wav.scp"
+    (data / "text").write_text("utt1 piped words\n")
     [s] = prepare("kaldi", str(data), tmp_path / "out", allow_pipes=True)
     [cut] = open_cuts(s.path)
     assert cut.recording.sources[0].type == "command" and cut.duration == pytest.approx(1.0)

@@ -229,8 +229,8 @@ def kaldi_cuts(data_dir: Path, *, allow_pipes: bool = False) -> list[Any]:
             problems.append(f"{line.where}: {key} has {audio[key].num_channels} channels; name one per entry "
                             "(`sph2pipe -f wav -p -c N FILE |`) or split the file into mono files")
 
-    spans = _spans(segments, wav, audio, text, problems) if segments is not None else _whole(wav, audio, text, utt2dur, problems)
-    _check_ids(text, spans, "in segments" if segments is not None else "in wav.scp", problems)
+    spans = _spans(segments, wav, audio, text, problems) if segments is not None else _whole(audio, text)
+    _check_ids(text, segments if segments is not None else wav, "in segments" if segments is not None else "in wav.scp", problems)
     _check_ids(utt2spk, text, "in text", problems)
     _check_ids(utt2dur, text, "in text", problems)
     for utt in text:
@@ -271,16 +271,10 @@ def _spans(segments: dict[str, Line], wav: dict[str, Line], audio: dict[str, Aud
     return spans
 
 
-def _whole(wav: dict[str, Line], audio: dict[str, Audio], text: dict[str, Line], utt2dur: dict[str, Line],
-           problems: list[str]) -> dict[str, tuple[str, float, float]]:
-    """No segments: each utterance is a whole recording of the same id."""
-    spans = {}
-    for utt, line in text.items():
-        if utt not in wav:
-            problems.append(f"{line.where}: utterance {utt!r} is not in wav.scp (and there is no segments file)")
-        elif utt in audio:
-            spans[utt] = (utt, 0.0, audio[utt].duration)
-    return spans
+def _whole(audio: dict[str, Audio], text: dict[str, Line]) -> dict[str, tuple[str, float, float]]:
+    """No segments: each utterance is a whole recording of the same id (a `text` id missing from
+    wav.scp is reported by the id check)."""
+    return {utt: (utt, 0.0, audio[utt].duration) for utt in text if utt in audio}
 
 
 def _recording(rec_id: str, a: Audio) -> Any:
