@@ -7,9 +7,15 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
-WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}  # Rich tables unwrapped
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rich tables of the CLI printed 200 columns wide, whatever the terminal (or none, under xdist)."""
+    from macasr.cli import _common
+
+    for console in (_common.console, _common.err_console):
+        monkeypatch.setattr(console, "_width", 200)
 
 
 def tone(seconds: float, rate: int, seed: int = 0, channels: int = 1) -> np.ndarray:

@@ -18,7 +18,7 @@ from macasr.data.shar import write_shar
 from macasr.data.stats import config_stats, manifest_stats
 from macasr.data.text import normalize_target
 from macasr.errors import DataError
-from tests.corpora import WIDE, tone, write_kaldi, write_librispeech
+from tests.corpora import tone, wide_console, write_kaldi, write_librispeech
 
 
 @pytest.fixture
@@ -64,10 +64,11 @@ def test_shar_refuses_a_folder_with_files(libri_manifest: Path, tmp_path: Path) 
         write_shar(libri_manifest, out, shard_size=2)
 
 
-def test_shar_skips_unreadable_audio_and_says_why(libri_manifest: Path, tmp_path: Path) -> None:
+def test_shar_skips_unreadable_audio_and_says_why(libri_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wide_console(monkeypatch)
     first = next(iter(open_cuts(libri_manifest)))
     Path(first.recording.sources[0].source).unlink()
-    result = CliRunner().invoke(app, ["data", "shar", str(libri_manifest), str(tmp_path / "shar"), "--shard-size", "5"], env=WIDE)
+    result = CliRunner().invoke(app, ["data", "shar", str(libri_manifest), str(tmp_path / "shar"), "--shard-size", "5"])
     assert result.exit_code == 0, result.output
     assert "1 shard(s), 2 cuts" in result.output and "1 audio not readable" in result.output
 
@@ -80,7 +81,8 @@ def test_stats_reports_counts_durations_and_speakers(libri_manifest: Path) -> No
     assert stats.chars["max"] == max(len(t) for t in texts) and stats.tokens_per_second is None
 
 
-def test_stats_tokens_per_second_under_the_config_tokenizer(libri_manifest: Path, tmp_path: Path) -> None:
+def test_stats_tokens_per_second_under_the_config_tokenizer(libri_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wide_console(monkeypatch)
     tokenizer = testing.train_tokenizer(["go do you hear number"], vocab_size=120)
     tokenizer.save_pretrained(tmp_path / "llm")
     cuts = list(open_cuts(libri_manifest))
@@ -92,11 +94,11 @@ def test_stats_tokens_per_second_under_the_config_tokenizer(libri_manifest: Path
     config = tmp_path / "c.toml"
     low = float(np.percentile(rates, 99)) / 2
     config.write_text(f'[model.llm]\npath = "{tmp_path / "llm"}"\n\n[eval]\nmax_tokens_per_second = {low}\n')
-    result = CliRunner().invoke(app, ["data", "stats", str(libri_manifest), "--config", str(config)], env=WIDE)
+    result = CliRunner().invoke(app, ["data", "stats", str(libri_manifest), "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "tokens/s p99" in result.output and f"max_tokens_per_second = {low:g}; decoding would cut off" in result.output
     config.write_text(f'[model.llm]\npath = "{tmp_path / "llm"}"\n\n[eval]\nmax_tokens_per_second = {max(rates) * 2}\n')
-    result = CliRunner().invoke(app, ["data", "stats", str(libri_manifest), "--config", str(config)], env=WIDE)
+    result = CliRunner().invoke(app, ["data", "stats", str(libri_manifest), "--config", str(config)])
     assert "covers the p99 of every manifest" in result.output
 
 
@@ -105,7 +107,8 @@ def test_stats_of_a_missing_manifest_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "nope.jsonl.gz" in result.output and "Traceback" not in result.output
 
 
-def test_stats_of_a_named_dataset_count_tokens_of_its_training_targets(tmp_path: Path) -> None:
+def test_stats_of_a_named_dataset_count_tokens_of_its_training_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wide_console(monkeypatch)
     data, _ = write_kaldi(tmp_path)
     [s] = prepare("kaldi", str(data), tmp_path / "manifests", name="swbd")
     tokenizer = testing.train_tokenizer(["uh-huh yeah i think that's right"], vocab_size=120)
@@ -120,9 +123,9 @@ def test_stats_of_a_named_dataset_count_tokens_of_its_training_targets(tmp_path:
     assert stats.label == "swbd" and stats.tokens_per_second["max"] == pytest.approx(max(rates))  # type: ignore[index]
     raw = max(len(tokenizer(c.supervisions[0].text, add_special_tokens=False)["input_ids"]) / c.duration for c in cuts)
     assert raw > max(rates)  # the tags and partial words are not counted
-    result = CliRunner().invoke(app, ["data", "stats", "swbd", "--config", str(config)], env=WIDE)
+    result = CliRunner().invoke(app, ["data", "stats", "swbd", "--config", str(config)])
     assert result.exit_code == 0 and "swbd" in result.output, result.output
-    result = CliRunner().invoke(app, ["data", "stats", "nosuch", "--config", str(config)], env=WIDE)
+    result = CliRunner().invoke(app, ["data", "stats", "nosuch", "--config", str(config)])
     assert result.exit_code == 1 and "no dataset named `nosuch`" in result.output
 
 

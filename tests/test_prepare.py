@@ -18,7 +18,9 @@ from macasr.data.kaldi import lhotse_reads_sphere, parse_sph2pipe
 from macasr.data.prepare import prepare
 from macasr.data.manifest import open_cuts
 from macasr.errors import DataError
-from tests.corpora import WIDE, save_hf_dataset, tone, write_commonvoice, write_fisher, write_kaldi, write_librispeech, write_switchboard
+from tests.corpora import (
+    save_hf_dataset, tone, wide_console, write_commonvoice, write_fisher, write_kaldi, write_librispeech, write_switchboard,
+)
 
 
 def cuts_of(path: Path) -> dict[str, object]:
@@ -44,8 +46,9 @@ def test_librispeech_tree_becomes_one_cutset_per_split(tmp_path: Path) -> None:
     assert (pasted.manifest, pasted.text) == ([str(s.path)], "lower")
 
 
-def test_prepare_cli_prints_the_table_and_the_dataset_lines(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["data", "prepare", "librispeech", str(write_librispeech(tmp_path)), str(tmp_path / "out")], env=WIDE)
+def test_prepare_cli_prints_the_table_and_the_dataset_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wide_console(monkeypatch)
+    result = CliRunner().invoke(app, ["data", "prepare", "librispeech", str(write_librispeech(tmp_path)), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "librispeech_dev_clean" in result.output and "listed but no readable audio file" in result.output
     assert "[datasets.librispeech_dev_clean]" in result.output and 'text = "lower"' in result.output
