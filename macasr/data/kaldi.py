@@ -208,8 +208,9 @@ def prepare_kaldi(data_dir: Path, out_dir: Path, *, allow_pipes: bool = False, n
     return write_cuts(cuts, summary)
 
 
-def kaldi_cuts(data_dir: Path, *, allow_pipes: bool = False) -> list[Any]:
-    """Every utterance of a Kaldi folder as a MonoCut with one supervision (text, speaker)."""
+def kaldi_cuts(data_dir: Path, *, allow_pipes: bool = False) -> Iterator[Any]:
+    """Every utterance of a Kaldi folder as a MonoCut with one supervision (text, speaker), made
+    as they are written (a Fisher folder has a million segments); all checks run first."""
     problems: list[str] = []
     wav = read_table(data_dir / "wav.scp", (1, 1), problems, rest=True)
     text = read_table(data_dir / "text", (0, 1), problems, rest=True)
@@ -240,8 +241,8 @@ def kaldi_cuts(data_dir: Path, *, allow_pipes: bool = False) -> list[Any]:
         _seconds(line.fields[0], line.where, "duration", problems)
     if problems:
         raise problems_error(problems, str(data_dir))
-    return [_cut(utt, spans[utt], audio, text[utt].fields[0] if text[utt].fields else "", utt2spk.get(utt))
-            for utt in text if utt in spans]
+    return (_cut(utt, spans[utt], audio, text[utt].fields[0] if text[utt].fields else "", utt2spk.get(utt))
+            for utt in text if utt in spans)
 
 
 def _spans(segments: dict[str, Line], wav: dict[str, Line], audio: dict[str, Audio], text: dict[str, Line],
