@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import tomli_w
 
+from macasr.data.augment import AugmentConfig, uses_waveform
 from macasr.errors import ConfigError, DeprecatedSetting
 from macasr.model.connectors import CONNECTORS, ConnectorConfig, MLPConnectorConfig
 from macasr.model.encoders import ENCODERS, EncoderConfig, WhisperEncoderConfig
@@ -225,6 +226,7 @@ class Config:
     train: TrainConfig = option(TrainConfig(), "Optimisation and the run folder.")
     eval: EvalConfig = option(EvalConfig(), "Decoding and scoring.")
     logging: LoggingConfig = option(LoggingConfig(), "Metrics and wandb.")
+    augment: AugmentConfig = option(AugmentConfig(), "Waveform augmentation of training cuts, all off by default (docs/augmentation.md).")
     datasets: dict[str, DatasetConfig] = option({}, "Named datasets, one [datasets.NAME] table each.")
 
     @property
@@ -242,6 +244,22 @@ class Config:
                 known = ", ".join(self.datasets) or "none defined"
                 path = "" if key == "test_sets" else "; a manifest path needs a folder or a file extension"
                 problems.append(f"[{table}] {key}: no dataset named `{entry}` in [datasets.*] (known: {known}){path}")
+        return problems + self._cache_problems()
+
+    def _cache_problems(self) -> list[str]:
+        """Cached encoder frames are fixed: nothing may change the audio or the encoder after caching."""
+        if not self.data.cache:
+            return []
+        problems = []
+        if uses_waveform(self.augment):
+            problems.append("[data] cache: cached frames cannot show waveform augmentation ([augment] is on); "
+                            "turn one of them off")
+        if self.data.spec_augment:
+            problems.append("[data] cache: spec_augment masks log-mel features, which a cache of encoder frames "
+                            "does not hold; set spec_augment = false")
+        if getattr(self.model.encoder, "train", False):
+            problems.append("[data] cache: the encoder trains ([model.encoder] train = true), so its frames change "
+                            "every step; a cache needs a frozen encoder")
         return problems
 
 
@@ -288,6 +306,11 @@ def _convert(tp: Any, value: Any, key: str, errors: _Errors, registry: str | Non
         if value in choices:
             return value
         errors.add(key, f"`{key}`: expected one of {', '.join(map(repr, choices))}, got {_describe(value)}")
+        return None
+    if origin is list and typing.get_args(tp) == (float,):
+        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
+        errors.add(key, f"`{key}`: expected a list of numbers, got {_describe(value)}")
         return None
     if origin in (list, tuple):
         items = [value] if isinstance(value, str) else value
@@ -555,6 +578,13 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _inline(value: Any) -> str:
+    """A TOML value on one line (tomli_w spreads a non-empty array over several lines)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).strip()[4:]
+
+
 def _render(obj: Any, key: str, registry: Registry[Any] | None = None) -> list[str]:
     lines = [f"[{key}]"]
     nested = []
@@ -569,7 +599,7 @@ def _render(obj: Any, key: str, registry: Registry[Any] | None = None) -> list[s
         if isinstance(value, dict):
             lines.append(f"{f.name} = {{ {', '.join(tomli_w.dumps({k: v}).strip() for k, v in value.items())} }}")
         else:
-            lines.append(tomli_w.dumps({f.name: value}).strip())
+            lines.append(f"{f.name} = {_inline(value)}")
     out = lines + [""] if len(lines) > 1 else []
     for value, sub, reg in nested:
         out += _render(value, sub, reg)
@@ -603,7 +633,7 @@ def _reference_rows(obj: Any, key: str, heading: str | None = None) -> list[str]
         if dataclasses.is_dataclass(value):
             nested.append((value, f"{key}.{f.name}", f.metadata.get("registry")))
             continue
-        shown = tomli_w.dumps({"v": value}).strip()[4:].replace("|", "\\|") if not isinstance(value, dict) else "{}"
+        shown = _inline(value).replace("|", "\\|") if not isinstance(value, dict) else "{}"
         lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('help', '')} |")
     out = lines if len(lines) > 3 else []
     for value, sub, registry in nested:

@@ -218,3 +218,14 @@ def test_config_check_tells_hub_ids_from_missing_local_folders(path: str, proble
     else:
         assert result.exit_code == 1
         assert f"[model.llm] path: {problem}" in result.stderr
+
+
+def test_a_feature_cache_refuses_what_would_change_cached_frames() -> None:
+    text = ('[data]\ncache = "cache/"\nspec_augment = true\n\n[augment]\nspeed_prob = 0.5\n\n'
+            '[model.encoder]\nname = "whisper"\ntrain = true\n')
+    with pytest.raises(ConfigError) as e:
+        config_module.loads(text, "c.toml")
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith("c.toml:2: [data] cache: ") for line in lines)
+    assert "waveform augmentation" in lines[0] and "spec_augment" in lines[1] and "encoder trains" in lines[2]
+    assert config_module.loads('[data]\ncache = "cache/"\n').data.cache == "cache/"  # alone it is fine
