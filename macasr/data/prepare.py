@@ -322,21 +322,23 @@ def switchboard_transcripts(corpus_dir: Path) -> Path:
 # ----------------------------------------------------------------------------- one entry point
 
 
-def prepare(corpus: str, source: str, out_dir: Path, **kwargs: Any) -> list[SplitSummary]:
-    """`macasr data prepare CORPUS SOURCE OUT_DIR`: kaldi, hf or a lhotse recipe by name."""
+def prepare(corpus: str, source: str, out_dir: Path, *, options: Iterable[str] = (), allow_pipes: bool = False,
+            split: str = "train", audio_column: str = "audio", text_column: str = "text",
+            speaker_column: str | None = None, name: str | None = None) -> list[SplitSummary]:
+    """`macasr data prepare CORPUS SOURCE OUT_DIR`: kaldi (`allow_pipes`, `name`), hf (`split`,
+    the columns, `name`) or a lhotse recipe by name (`options`: KEY=VALUE strings for it)."""
     corpus = corpus.lower()
     if corpus == "kaldi":
         from macasr.data.kaldi import prepare_kaldi
 
-        return [prepare_kaldi(Path(source), out_dir, allow_pipes=kwargs.get("allow_pipes", False), name=kwargs.get("name"))]
+        return [prepare_kaldi(Path(source), out_dir, allow_pipes=allow_pipes, name=name)]
     if corpus == "hf":
         from macasr.data.hf import prepare_hf
 
-        return [prepare_hf(source, out_dir, split=kwargs.get("split") or "train", audio_column=kwargs.get("audio_column", "audio"),
-                           text_column=kwargs.get("text_column", "text"), speaker_column=kwargs.get("speaker_column"),
-                           name=kwargs.get("name"))]
+        return [prepare_hf(source, out_dir, split=split, audio_column=audio_column, text_column=text_column,
+                           speaker_column=speaker_column, name=name)]
     refuse_features_only(Path(source))
-    return prepare_recipe(corpus, Path(source), out_dir, parse_options(kwargs.get("options") or []))
+    return prepare_recipe(corpus, Path(source), out_dir, parse_options(options))
 
 
 FEATURE_FILES = ("feats.scp", "cmvn.scp")
