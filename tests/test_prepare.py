@@ -100,7 +100,7 @@ def test_commonvoice_release_keeps_punctuation_and_counts_missing_clips(tmp_path
     cuts = cuts_of(s.path)
     assert {c.supervisions[0].text for c in cuts.values()} == {'She said "yes" twice.', "It's quiet here."}
     assert cuts["common_voice_en_4"].duration == pytest.approx(0.75, abs=0.03)
-    assert 'text = "whisper"' in s.toml()
+    assert 'text = "basic"' in s.toml()
 
 
 # ----------------------------------------------------------------------------- Switchboard

@@ -34,7 +34,7 @@ OWN_SOURCES = ("kaldi", "hf")  # prepared by macasr itself, not by a lhotse reci
 # (docs/data.md, "Training targets from mixed corpora").
 SUGGESTED_OPTIONS: dict[str, dict[str, Any]] = {
     "librispeech": {"text": "lower"},  # upper case, no punctuation
-    "commonvoice": {"text": "whisper"},  # cased and punctuated
+    "commonvoice": {"text": "basic"},  # cased and punctuated → lower case, no punctuation (apostrophes kept)
     "fisher-english": {"drop_annotations": True},  # [laughter] (( )) th- ...
     "switchboard": {"drop_annotations": True},  # [noise] <unk> partial words
 }
