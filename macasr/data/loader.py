@@ -85,7 +85,8 @@ def _fit_to_file(cut: Cut) -> Cut:
 
 
 def read_wave(cut: Cut, min_samples: int = 0) -> np.ndarray:
-    """A cut's audio → mono float32 samples at SAMPLE_RATE, every sample finite.
+    """A cut's audio → mono float32 samples at SAMPLE_RATE (its channels averaged, resampled with
+    soxr as macasr.audio does: lhotse's own resampler needs scipy or torchaudio), every sample finite.
 
     ClipProblem when it cannot be read (lhotse's audio backends raise many exception types, so
     any exception while decoding is one), is empty, holds a NaN or infinite sample, or is
@@ -111,7 +112,7 @@ def read_wave(cut: Cut, min_samples: int = 0) -> np.ndarray:
         raise ClipProblem(str(e).removeprefix(".: ")) from None
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the feature check
         wave = audio.mean(axis=0) if audio.shape[0] > 1 else audio[0]
-        if cut.sampling_rate != SAMPLE_RATE:  # soxr as in macasr.audio: lhotse's resampler needs scipy or torchaudio
+        if cut.sampling_rate != SAMPLE_RATE:
             wave = soxr.resample(wave, cut.sampling_rate, SAMPLE_RATE, quality="HQ")
     if len(wave) < min_samples:
         raise ClipProblem(f"{len(wave):,} samples ({len(wave) / SAMPLE_RATE * 1000:.1f} ms) is shorter than the STFT "
