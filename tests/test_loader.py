@@ -225,8 +225,8 @@ def test_a_resumed_sampler_draws_the_batch_an_uninterrupted_one_draws_next(tmp_p
 
 
 @pytest.mark.parametrize(("saved", "given", "refusal"), [
-    ({"world_size": 2}, {}, "does not fit this run's sampler"),
-    ({"seed": 1}, {}, "does not fit this run's sampler"),
+    ({"world_size": 2}, {}, r"saved with processes \(world size\) 2, not 1"),
+    ({"seed": 1}, {}, r"saved with \[train\] seed 1, not 0"),
     ({"batch_size": 3}, {}, r"saved with \[data\] batch_size 3, not 0"),
     ({}, {"max_batch_seconds": 6.0}, r"saved with \[data\] max_batch_seconds 5, not 6"),
 ])

@@ -378,10 +378,12 @@ def restore_sampler(sampler: DynamicBucketingSampler, state: dict[str, Any]) -> 
     """Load `sampler_state` output: the sampler's next batch is the one after those consumed.
     ValueError when the state does not fit this sampler (other batch limits, world size or seed):
     lhotse would silently take the stored batch limits, or draw other batches."""
-    for key, setting in (("max_duration", "max_batch_seconds"), ("max_cuts", "batch_size"),
-                         ("quadratic_duration", "quadratic_duration")):
+    settings = (("max_duration", "[data] max_batch_seconds"), ("max_cuts", "[data] batch_size"),
+                ("quadratic_duration", "[data] quadratic_duration"), ("seed", "[train] seed"),
+                ("world_size", "processes (world size)"))
+    for key, setting in settings:
         if state.get(key) != getattr(sampler, key):
-            raise ValueError(f"the data position was saved with [data] {setting} {state.get(key) or 0:g}, "
+            raise ValueError(f"the data position was saved with {setting} {state.get(key) or 0:g}, "
                              f"not {getattr(sampler, key) or 0:g}")
     try:
         sampler.load_state_dict(_plain(state))  # a copy: lhotse empties the dict it loads
