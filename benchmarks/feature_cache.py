@@ -6,8 +6,9 @@ A Whisper-base-sized encoder (d_model 512, 6 layers, 8 heads, FFN 2048, 80 mel b
 weights, built from a WhisperConfig, nothing downloaded) feeds a small Qwen3 LLM (hidden 256,
 4 layers) through the MLP connector, on CPU in fp32. Clips are noise WAVs of 2-12 s (uniform,
 mean 7 s), batched 8 at a time in duration order. One epoch is what a training epoch does per
-batch, in one process: live = read audio + log-mel + encoder forward + connector/LLM forward
-and backward + AdamW step; cached = read frames (`FrameCache`) + the same connector/LLM step.
+batch, in one process, through the training dataset (`CutDataset`): live = read audio + log-mel
++ encoder forward + connector/LLM forward and backward + AdamW step; cached = read frames
+(`frames_from` = `FrameCache`) + the same connector/LLM step.
 Live and cached epochs alternate and each is timed, in wall-clock and in this process's CPU
 seconds; the speedup is best epoch over best epoch (the least disturbed by other processes on a
 shared machine), with the median and CPU-time ratios beside it, for window = "own" and "full" (full pads every clip to Whisper's 30 s window: costly live, free once cached).
@@ -37,8 +38,8 @@ import torch  # noqa: E402
 
 from macasr import config as config_module, testing  # noqa: E402
 from macasr.config import Config  # noqa: E402
-from macasr.data.cache import CutEncoder, FrameCache, build_cache, cache_key, read_waveform  # noqa: E402
-from macasr.data.collate import Batch  # noqa: E402
+from macasr.data.cache import CutEncoder, FrameCache, build_cache, cache_key  # noqa: E402
+from macasr.data.loader import CutDataset  # noqa: E402
 from macasr.model.build import build_model  # noqa: E402
 from macasr.model.llm import TargetTokenizer  # noqa: E402
 
@@ -74,33 +75,21 @@ def make_config(folder: Path) -> Config:
                                                "train.device": "cpu", "data.num_workers": 0})
 
 
-def batches(cuts: list, size: int) -> list[list]:
+def batches(cuts: list, size: int) -> list:
+    """CutSets of `size` cuts in duration order (what a bucketing sampler hands the dataset)."""
+    from lhotse import CutSet
+
     ordered = sorted(cuts, key=lambda c: c.duration)
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    return [CutSet.from_cuts(ordered[i : i + size]) for i in range(0, len(ordered), size)]
 
 
-def make_batch(cuts: list, features: list[torch.Tensor], tokenize, encoded: bool) -> Batch:
-    """features: (C, L) log-mel per clip, or (D, T) cached frames per clip."""
-    targets = [torch.tensor(tokenize(c.supervisions[0].text)) for c in cuts]
-    return Batch(
-        indices=list(range(len(cuts))), ids=[c.id for c in cuts], texts=[""] * len(cuts), durations=[c.duration for c in cuts],
-        features=torch.nn.utils.rnn.pad_sequence([f.T for f in features], batch_first=True).transpose(1, 2),
-        feature_lengths=torch.tensor([f.shape[-1] for f in features]),
-        targets=torch.nn.utils.rnn.pad_sequence(targets, batch_first=True), target_lengths=torch.tensor([len(t) for t in targets]),
-        encoded=encoded,
-    )
-
-
-def epoch(model, optimizer, plan: list[list], tokenize, frames: FrameCache | None) -> tuple[float, float]:
-    """(wall, CPU) seconds for one pass over `plan`'s batches: data, forward, backward, optimizer step."""
+def epoch(model, optimizer, plan: list, dataset: CutDataset) -> tuple[float, float]:
+    """(wall, CPU) seconds for one pass over `plan`'s batches through the training dataset (live:
+    read + log-mel; cached: frames_from), then forward, backward and an AdamW step."""
     model.train()
     start, cpu = time.perf_counter(), time.process_time()
     for cuts in plan:
-        if frames is None:
-            features = [model.encoder.featurizer(read_waveform(c)) for c in cuts]
-        else:
-            features = [frames(c).T for c in cuts]
-        loss = model(make_batch(cuts, features, tokenize, encoded=frames is not None))
+        loss = model(dataset[cuts])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -121,11 +110,12 @@ def run_window(cfg: Config, window: str, manifest: Path, root: Path, epochs: int
     start = time.perf_counter()
     build_cache(root / window, key, {"bench": [str(manifest)]}, CutSet.from_jsonl_lazy, CutEncoder(model.encoder, batch_size=BATCH))
     build_s = time.perf_counter() - start
-    frames = FrameCache(root / window, key)
+    live_data = CutDataset(model.encoder.featurizer, tokenize)
+    cached_data = CutDataset(model.encoder.featurizer, tokenize, frames_from=FrameCache(root / window, key))
     live, cached = [], []
     for _ in range(epochs):  # interleaved, so a burst of load from other processes hits both alike
-        live.append(epoch(model, optimizer, plan, tokenize, None))
-        cached.append(epoch(model, optimizer, plan, tokenize, frames))
+        live.append(epoch(model, optimizer, plan, live_data))
+        cached.append(epoch(model, optimizer, plan, cached_data))
     wall = {"live": [w for w, _ in live], "cached": [w for w, _ in cached]}
     cpu = {"live": [c for _, c in live], "cached": [c for _, c in cached]}
     return {

@@ -45,7 +45,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from macasr.audio import SAMPLE_RATE
 from macasr.errors import ConfigError, DataError, MacasrError
 
 if TYPE_CHECKING:
@@ -157,33 +156,23 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- encoding
 
 
-def read_waveform(cut: Cut) -> np.ndarray:
-    """A cut's audio as mono float32 at 16 kHz (samples,); DataError naming the cut if unusable."""
-    problem = (cut.custom or {}).get("problem")
-    if problem:
-        raise DataError(f"{cut.id}: {problem}")
-    try:
-        audio = (cut.resample(SAMPLE_RATE) if cut.sampling_rate != SAMPLE_RATE else cut).load_audio()
-    except Exception as e:  # lhotse and its audio backends raise many kinds, with multi-line messages
-        sources = ", ".join(str(s.source) for s in cut.recording.sources) if cut.has_recording else "no recording"
-        raise DataError(f"{cut.id}: cannot read its audio from {sources} ({type(e).__name__})") from None
-    wave = np.asarray(audio, dtype=np.float32).reshape(-1, audio.shape[-1]).mean(axis=0)
-    if wave.size == 0 or not np.isfinite(wave).all():
-        raise DataError(f"{cut.id}: its audio is empty or not finite")
-    return wave
-
-
 class CutEncoder:
-    """Cuts → each cut's encoder frames (T, D) as fp16 numpy, or the one-line reason it could not
-    be read; read, featurized and encoded `batch_size` at a time.
+    """Cuts → each cut's encoder frames (T, D) as fp16 numpy, or the one line saying why it could
+    not be used; read, featurized and encoded `batch_size` at a time.
 
-    The encoder is the one training would use (same weights and dtype), run under no_grad in eval
-    mode; batching does not change a clip's frames (tests/test_window.py)."""
+    Clips are read and featurized by the training dataset itself (`CutDataset.example`, without
+    augmentation), so cached frames come from exactly the features live training would use, and
+    a clip training would call bad is reported the same way. The encoder is the one training
+    would use (same weights and dtype), run under no_grad in eval mode; batching does not change
+    a clip's frames (tests/test_window.py)."""
 
     def __init__(self, encoder: nn.Module, device: torch.device | str = "cpu", batch_size: int = 16) -> None:
+        from macasr.data.loader import CutDataset
+
         self.encoder = encoder.eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.dataset = CutDataset(encoder.featurizer)
 
     def __call__(self, cuts: list[Cut]) -> list[np.ndarray | str]:
         out: list[np.ndarray | str] = []
@@ -193,21 +182,17 @@ class CutEncoder:
 
     @torch.no_grad()
     def _batch(self, cuts: list[Cut]) -> list[np.ndarray | str]:
-        results: list[np.ndarray | str] = []
-        features = []  # (C, L) of the readable cuts
-        for cut in cuts:
-            try:
-                features.append(self.encoder.featurizer(read_waveform(cut)))
-                results.append("")
-            except DataError as e:
-                results.append(str(e))
+        from macasr.data.collate import BadClip
+
+        examples = [self.dataset.example(cut) for cut in cuts]
+        features = [x.features for x in examples if not isinstance(x, BadClip)]  # (C, L) each
         if not features:
-            return results
+            return [x.line for x in examples]
         lengths = torch.tensor([f.shape[-1] for f in features])
         padded = nn.utils.rnn.pad_sequence([f.T for f in features], batch_first=True).transpose(1, 2)
         frames, frame_lengths = self.encoder(padded.to(self.device), lengths.to(self.device))
         encoded = iter(frames[i, :n].to(torch.float16).cpu().numpy() for i, n in enumerate(frame_lengths.tolist()))
-        return [r if r else next(encoded) for r in results]
+        return [x.line if isinstance(x, BadClip) else next(encoded) for x in examples]
 
 
 # ----------------------------------------------------------------------------- building
