@@ -42,7 +42,7 @@ def build(
     import torch
 
     from macasr import config as config_module
-    from macasr.data.cache import CutEncoder, build_cache, cache_key, cache_sources
+    from macasr.data.cache import CutEncoder, build_cache, cache_key, cache_sources, prepare_root
     from macasr.data.manifest import open_cuts
     from macasr.errors import ConfigError
     from macasr.model.build import DTYPES, resolve_device, resolve_precision
@@ -56,16 +56,17 @@ def build(
     precision = resolve_precision(cfg.train.precision, dev)  # the encoder's dtype in training, part of the key
     encoder = ENCODERS.build(cfg.model.encoder, dtype=DTYPES[precision]).to(dev)
     key = cache_key(cfg, encoder)
+    prepare_root(Path(cfg.data.cache), key, list(sources), rebuild)  # a stale key fails before the long work
     total = sum(1 for manifests in sources.values() for m in manifests for _ in open_cuts(m))
     columns = (TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with torch.inference_mode(), Progress(*columns, console=console) as progress:
         task = progress.add_task("encoding", total=total)
         reports = build_cache(
             cfg.data.cache, key, sources, open_cuts, CutEncoder(encoder, dev, batch_size or cfg.eval.batch_size),
-            rebuild=rebuild, shard_size=shard_size, on_bad_clip=cfg.data.on_bad_clip, advance=lambda n: progress.advance(task, n),
+            rebuild=False, shard_size=shard_size, on_bad_clip=cfg.data.on_bad_clip, advance=lambda n: progress.advance(task, n),
         )
     for r in reports.values():
         for line in r.skipped:
             console.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)
     console.print(_report_table(reports))
-    console.print(f"Frames in {escape(str(Path(cfg.data.cache).resolve()))}; training reads them while [data] cache names it.")
+    console.print(escape(f"Frames in {Path(cfg.data.cache).resolve()}; training reads them while [data] cache names it."))

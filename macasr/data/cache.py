@@ -290,9 +290,10 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _prepare_root(root: Path, key: dict[str, Any], names: list[str], rebuild: bool) -> None:
+def prepare_root(root: Path, key: dict[str, Any], names: list[str], rebuild: bool) -> None:
     """Create or reuse `root`: a new cache gets `key`; a stale one is refused (CacheKeyError) or,
-    with rebuild, wiped; with rebuild and a current key only the named sources are wiped."""
+    with rebuild, wiped; with rebuild and a current key only the named sources are wiped.
+    `build_cache` calls it; a caller may call it first to fail before any other work."""
     found = read_key(root)
     if found is None and root.exists() and any(root.iterdir()):
         raise DataError(f"{root}: exists, is not empty and is not a feature cache (no {KEY_FILE}); "
@@ -389,7 +390,7 @@ def build_cache(
 ) -> dict[str, SourceReport]:
     """Cache every source (name → manifests) under `root` with `key` (see the module docstring)."""
     root = Path(root)
-    _prepare_root(root, key, list(sources), rebuild)
+    prepare_root(root, key, list(sources), rebuild)
     frame_shift = 1.0 / key["frame_rate"]
     reports = {}
     for name, manifests in sources.items():
