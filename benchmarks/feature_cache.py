@@ -1,6 +1,6 @@
 """Benchmark `feature_cache`: training epoch time from cached encoder frames vs live encoding.
 
-    python benchmarks/feature_cache.py [--clips 16] [--epochs 3] [--out benchmarks/results/feature_cache.json]
+    python benchmarks/feature_cache.py [--clips 16] [--epochs 3] [--threads 1] [--out benchmarks/results/feature_cache.json]
 
 A Whisper-base-sized encoder (d_model 512, 6 layers, 8 heads, FFN 2048, 80 mel bins; random
 weights, built from a WhisperConfig, nothing downloaded) feeds a small Qwen3 LLM (hidden 256,
@@ -11,7 +11,10 @@ batch, in one process, through the training dataset (`CutDataset`): live = read 
 (`frames_from` = `FrameCache`) + the same connector/LLM step.
 Live and cached epochs alternate and each is timed, in wall-clock and in this process's CPU
 seconds; the speedup is best epoch over best epoch (the least disturbed by other processes on a
-shared machine), with the median and CPU-time ratios beside it, for window = "own" and "full" (full pads every clip to Whisper's 30 s window: costly live, free once cached).
+shared machine), with the median and CPU-time ratios beside it, for window = "own" and "full"
+(full pads every clip to Whisper's 30 s window: costly live, free once cached). One torch
+thread by default: on a shared machine a second thread spins while the first waits for a core,
+which inflates CPU time and blurs the comparison.
 The speedup depends on how large the LLM is next to the encoder: a 1.7 B LLM on a GPU is a
 larger share of the step than this CPU-sized one (see docs/performance.md).
 Goal: cached ≥ 2× faster than live (window = "own").
@@ -132,8 +135,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no thread spins while another waits for a shared core)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "feature_cache.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     from lhotse import CutSet
 
     with tempfile.TemporaryDirectory() as tmp:
