@@ -110,6 +110,7 @@ class DataConfig:
     on_bad_clip: Literal["skip", "error"] = option("skip", "A missing or unreadable clip: skip and report it (runs/NAME/bad_clips.jsonl), or stop with its path.")
     spec_augment: bool = option(False, "Mask random frequency bands and time spans of training features (SpecAugment).")
     cache: str = option("", "Folder of cached encoder frames (`macasr cache build`) to train from instead of running the encoder (\"\" = none).")
+    frame_mask: bool = option(False, "With a cache: mask random bands and spans of the cached encoder frames of training batches (SpecAugment on frames).")
 
     def validate(self) -> list[str]:
         problems = []
@@ -249,7 +250,7 @@ class Config:
     def _cache_problems(self) -> list[str]:
         """Cached encoder frames are fixed: nothing may change the audio or the encoder after caching."""
         if not self.data.cache:
-            return []
+            return ["[data] frame_mask: masks cached encoder frames; set [data] cache too (or use spec_augment)"] if self.data.frame_mask else []
         problems = []
         if uses_waveform(self.augment):
             problems.append("[data] cache: cached frames cannot show waveform augmentation ([augment] is on); "
@@ -257,9 +258,10 @@ class Config:
         if self.data.spec_augment:
             problems.append("[data] cache: spec_augment masks log-mel features, which a cache of encoder frames "
                             "does not hold; set spec_augment = false")
-        if getattr(self.model.encoder, "train", False):
-            problems.append("[data] cache: the encoder trains ([model.encoder] train = true), so its frames change "
-                            "every step; a cache needs a frozen encoder")
+        encoder = self.model.encoder
+        if getattr(encoder, "train", False) or getattr(getattr(encoder, "lora", None), "enabled", False):
+            problems.append("[data] cache: the encoder trains ([model.encoder] train = true or its LoRA is enabled), "
+                            "so its frames change every step; a cache needs a frozen encoder")
         return problems
 
 

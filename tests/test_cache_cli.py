@@ -110,3 +110,32 @@ def test_frames_from_config_is_none_without_a_cache_and_checked_with_one(tmp_pat
     frames = frames_from_config(cache_config, model.encoder)
     assert isinstance(frames, FrameCache) and len(frames) == 4
     assert isinstance(frames_from_config(cache_config, model.encoder, mask=True), MaskedFrames)
+
+
+@pytest.mark.parametrize("frame_mask", [False, True])
+def test_training_with_a_cache_reads_no_audio(tmp_path, cache_config, frame_mask: bool) -> None:
+    # Frames come from the cache: with the audio files gone, training still takes its steps.
+    cfg = config_module.replace(cache_config, **{
+        "data.valid": [], "data.frame_mask": frame_mask, "train.max_steps": 2, "train.warmup_steps": 0,
+        "train.valid_every": 2, "train.output_dir": str(tmp_path / "runs"), "train.name": "cached",
+    })
+    assert invoke(cfg, tmp_path / "c.toml").exit_code == 0
+    for wav in (Path(cfg.data.train[0]).parent).glob("*.wav"):
+        wav.unlink()
+    result = runner.invoke(app, ["train", str(config_module.dump(cfg, tmp_path / "t.toml"))])
+    assert result.exit_code == 0, result.output
+    assert "skipped" not in result.output and not (tmp_path / "runs" / "cached" / "bad_clips.jsonl").exists()
+    assert (tmp_path / "runs" / "cached" / "last.pt").is_file()
+
+
+def test_training_without_a_cache_reads_the_audio(tmp_path, cache_config) -> None:
+    # The counterpart: the same run without [data] cache needs the audio, and says so per clip.
+    cfg = config_module.replace(cache_config, **{
+        "data.valid": [], "data.cache": "", "train.max_steps": 1, "train.warmup_steps": 0,
+        "train.output_dir": str(tmp_path / "runs"), "train.name": "live",
+    })
+    for wav in (Path(cfg.data.train[0]).parent).glob("*.wav"):
+        wav.unlink()
+    result = runner.invoke(app, ["train", str(config_module.dump(cfg, tmp_path / "t.toml"))])
+    assert result.exit_code == 1, result.output
+    assert "no such audio file" in result.output and "none of the 3 training clips could be read" in result.output

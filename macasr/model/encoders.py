@@ -89,7 +89,7 @@ class WhisperFeaturizer:
             wave = nn.functional.pad(wave, (0, self.n_fft - wave.numel()))
         window = torch.hann_window(self.n_fft)
         stft = torch.stft(wave, self.n_fft, self.hop_length, window=window, return_complex=True)
-        power = stft[..., :-1].abs() ** 2  # (n_fft/2+1, L)
+        power = torch.view_as_real(stft[..., :-1]).square().sum(-1)  # (n_fft/2+1, L); |z|² without abs's square root
         mel = self.mel_filters.T @ power  # (C, L)
         log_spec = torch.clamp(mel, min=1e-10).log10()
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)

@@ -14,6 +14,7 @@ from rich.table import Table
 from macasr import config as config_module
 from macasr.config import Config
 from macasr.data.augment import build_augmenter
+from macasr.data.cache import frames_from_config
 from macasr.data.loader import chain, target_text
 from macasr.data.manifest import dataset_sources, manifest_summary, open_cuts
 from macasr.errors import CheckpointError, ConfigError, MacasrError
@@ -115,8 +116,9 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     console.print(f"train: {data_banner(train_set)}; valid: {len(valid_set):,} clips; "
                   f"device {device}, precision {precision}; run folder {cfg.run_dir}")
     augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
+    frames_from = frames_from_config(cfg, model.encoder, mask=cfg.data.frame_mask)  # None without [data] cache
     trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=current_world(),
-                      augment=augment)
+                      augment=augment, frames_from=frames_from)
     if resume:
         last = cfg.run_dir / "last.pt"
         trainer.resume(last)
