@@ -23,7 +23,6 @@ Goal: cached ≥ 2× faster than live (window = "own").
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -45,6 +44,8 @@ from macasr.data.cache import CutEncoder, FrameCache, build_cache, cache_key  # 
 from macasr.data.loader import CutDataset  # noqa: E402
 from macasr.model.build import build_model  # noqa: E402
 from macasr.model.llm import TargetTokenizer  # noqa: E402
+
+from common import RESULTS, write_result  # benchmarks/common.py (scripts run from this folder)
 
 WHISPER_BASE = {"d_model": 512, "layers": 6, "heads": 8, "num_mel_bins": 80}  # openai/whisper-base's encoder
 LLM = {"hidden": 256, "layers": 4, "heads": 4, "kv_heads": 2}
@@ -136,7 +137,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no thread spins while another waits for a shared core)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "feature_cache.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "feature_cache.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from lhotse import CutSet
@@ -149,7 +150,7 @@ def main() -> None:
         hours = sum(c.duration for c in CutSet.from_jsonl_lazy(manifest)) / 3600
         results = {w: run_window(cfg, w, manifest, root / "cache", args.epochs) for w in ("own", "full")}
     report = {
-        "benchmark": "feature_cache", "date": time.strftime("%Y-%m-%d"), "goal": "cached epoch >= 2x faster than live (window = own)",
+        "benchmark": "feature_cache", "goal": "cached epoch >= 2x faster than live (window = own)",
         "met": results["own"]["speedup"] >= 2.0,
         "setup": {"encoder": {"sized_as": "openai/whisper-base", **WHISPER_BASE, "ffn": 4 * WHISPER_BASE["d_model"], "weights": "random"},
                   "llm": {"family": "qwen3", **LLM, "frozen": True}, "connector": "mlp (default)", "clips": args.clips,
@@ -158,9 +159,7 @@ def main() -> None:
                   "torch": torch.__version__, "python": platform.python_version()},
         "windows": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(args.out, report)
 
 
 if __name__ == "__main__":

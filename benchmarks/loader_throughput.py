@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ from transformers import WhisperFeatureExtractor
 from macasr.data.loader import CutDataset
 from macasr.data.manifest import open_cuts
 from macasr.model.encoders import WhisperFeaturizer
+
+from common import RESULTS, write_result  # benchmarks/common.py (scripts run from this folder)
 
 GOAL = 1_000.0  # audio-seconds per second per worker, 16 kHz FLAC
 BATCH = 16
@@ -67,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=12.3, help="clip length (LibriSpeech train mean)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "loader_throughput.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "loader_throughput.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     fe = WhisperFeatureExtractor(feature_size=80)
@@ -92,11 +93,8 @@ def main() -> None:
     report = {"benchmark": "loader_throughput", "clips": args.clips, "clip_seconds": args.seconds,
               "batch_cuts": BATCH, "mel_bins": 80, "goal_audio_s_per_s": GOAL,
               "met": results["cutset_flac_16k"]["audio_s_per_s"] >= GOAL,
-              "machine": f"{platform.machine()}, {platform.python_version()}", "date": time.strftime("%Y-%m-%d"),
               "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(args.out, report)
 
 
 if __name__ == "__main__":

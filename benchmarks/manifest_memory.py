@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from common import RESULTS, write_result  # benchmarks/common.py (scripts run from this folder)
 
 GOAL_MB = 300
 
@@ -66,7 +66,7 @@ def measure(manifest: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "manifest_memory.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "manifest_memory.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         jsonl = write_corpus(Path(tmp), args.rows)
@@ -78,11 +78,8 @@ def main() -> None:
         results["lhotse_cutset"] = measure(cutset)
     report = {"benchmark": "manifest_memory", "rows": args.rows, "goal_mb_above_baseline": GOAL_MB,
               "met": all(r["above_baseline_mb"] <= GOAL_MB for r in results.values()),
-              "machine": f"{platform.machine()}, {platform.python_version()}", "date": time.strftime("%Y-%m-%d"),
               "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(args.out, report)
 
 
 if __name__ == "__main__":

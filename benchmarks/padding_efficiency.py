@@ -12,15 +12,15 @@ a shuffled list (what a plain DataLoader does). Writes benchmarks/results/paddin
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler
 from lhotse.testing.dummies import dummy_cut
+
+from common import RESULTS, write_result  # benchmarks/common.py (scripts run from this folder)
 
 GOAL = 0.9
 
@@ -50,6 +50,7 @@ def random_batches(durations: np.ndarray, max_seconds: float, seed: int = 0) -> 
 
 def bucketed_batches(durations: np.ndarray, max_seconds: float, num_buckets: int) -> list[list[float]]:
     cuts = CutSet.from_cuts(dummy_cut(i, duration=float(d)) for i, d in enumerate(durations))
+    warnings.filterwarnings("ignore", "You are using DynamicBucketingSampler with an eagerly read CutSet")  # in memory on purpose
     sampler = DynamicBucketingSampler(cuts, max_duration=max_seconds, num_buckets=num_buckets, shuffle=True, seed=0)
     return [[c.duration for c in batch] for batch in sampler]
 
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--cuts", type=int, default=20_000)
     parser.add_argument("--max-batch-seconds", type=float, default=200.0)
     parser.add_argument("--num-buckets", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "padding_efficiency.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "padding_efficiency.json")
     args = parser.parse_args()
     durations = librispeech_like(args.cuts)
     bucketed = bucketed_batches(durations, args.max_batch_seconds, args.num_buckets)
@@ -69,12 +70,9 @@ def main() -> None:
         "max_batch_seconds": args.max_batch_seconds, "num_buckets": args.num_buckets, "goal": GOAL,
         "lhotse_dynamic_bucketing": round(efficiency(bucketed), 4), "random_batching": round(efficiency(shuffled), 4),
         "batches": {"lhotse_dynamic_bucketing": len(bucketed), "random_batching": len(shuffled)},
-        "machine": f"{platform.machine()}, {platform.python_version()}", "date": time.strftime("%Y-%m-%d"),
     }
     report["met"] = report["lhotse_dynamic_bucketing"] >= GOAL
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(args.out, report)
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def test_same_cut_ids_in_two_manifests_keep_their_own_frames(tmp_path, model, ti
 
 
 def test_stale_key_is_refused_naming_the_field(tmp_path, model, tiny_config, tiny_models, manifest) -> None:
-    from macasr.model.encoders import WhisperEncoder, WhisperEncoderConfig
+    from macasr.model.encoders import WhisperEncoder
 
     root = tmp_path / "cache"
     key, _ = build(root, model, tiny_config, manifest)
