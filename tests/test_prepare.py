@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -256,3 +257,19 @@ def test_written_manifest_is_one_gzipped_cut_per_line(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in gzip.open(s.path, "rt")]
     assert [r["type"] for r in rows] == ["MonoCut", "MonoCut"] and s.path.name == "swbd.jsonl.gz"
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["swbd.jsonl.gz"]  # no temporary file left
+
+
+def test_a_prepared_kaldi_sphere_manifest_trains_without_the_sph2pipe_program(tmp_path: Path) -> None:
+    # In a fresh process, as training, eval and transcribe read it: through the loader's dataset,
+    # with no `lhotse_reads_sphere` block around it and no sph2pipe program installed.
+    data, samples = write_kaldi(tmp_path)
+    [s] = prepare("kaldi", str(data), tmp_path / "out")
+    code = (
+        "import sys, json\n"
+        "from macasr.data.loader import CutDataset\n"
+        "from macasr.data.manifest import open_cuts\n"
+        "dataset = CutDataset(lambda wave: __import__('torch').zeros(1, len(wave) // 160))\n"
+        "print(json.dumps([getattr(dataset.example(c), 'why', None) for c in open_cuts(sys.argv[1])]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(s.path)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == [None, None]  # both segments read, none a bad clip

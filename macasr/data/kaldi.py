@@ -325,15 +325,28 @@ def _sphere_backend_class() -> type:
     return SoundfileFirstSphere
 
 
+def read_sphere_with_soundfile() -> None:
+    """From now on in this process, lhotse (`cut.load_audio()`, Shar export) decodes uncompressed
+    SPHERE with soundfile instead of requiring the sph2pipe program (which stays the fallback for
+    shorten-compressed files). Idempotent; DataLoader workers inherit it, or set it again when
+    they import macasr.data.loader."""
+    from lhotse.audio import backend as lb
+
+    current = lb.get_current_audio_backend()
+    backends = getattr(current, "backends", [current])
+    if any(isinstance(b, _sphere_backend_class()) for b in backends):
+        return
+    others = [b for b in backends if not isinstance(b, lb.Sph2pipeSubprocessBackend)]
+    lb.set_current_audio_backend(lb.CompositeAudioBackend([_sphere_backend_class()()] + others))
+
+
 @contextlib.contextmanager
 def lhotse_reads_sphere() -> Iterator[None]:
-    """Within the block, lhotse (`cut.load_audio()`, Shar export) reads uncompressed SPHERE files
-    with soundfile instead of requiring the sph2pipe program; the previous backend is restored."""
+    """`read_sphere_with_soundfile` within the block; the previous backend is restored after."""
     from lhotse.audio import backend as lb
 
     previous = lb.get_current_audio_backend()
-    others = [b for b in getattr(previous, "backends", [previous]) if not isinstance(b, lb.Sph2pipeSubprocessBackend)]
-    lb.set_current_audio_backend(lb.CompositeAudioBackend([_sphere_backend_class()()] + others))
+    read_sphere_with_soundfile()
     try:
         yield
     finally:

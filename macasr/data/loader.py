@@ -34,9 +34,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from macasr.audio import SAMPLE_RATE, _check_finite
 from macasr.data.collate import BadClip, Batch, Example, collate
+from macasr.data.kaldi import read_sphere_with_soundfile
 from macasr.data.manifest import DURATION_TOLERANCE
 from macasr.errors import DataError
 from macasr.model.decoding import DecodingOptions
+
+read_sphere_with_soundfile()  # Fisher/Switchboard .sph files without the sph2pipe program (docs/data.md)
 
 BINS_ESTIMATE_CUTS = 10_000  # cuts read to place the bucket edges (lhotse's default)
 BUFFER_CUTS = 20_000  # cuts the sampler holds in its buckets to draw from (lhotse's default): the shuffling window
