@@ -159,3 +159,9 @@ def test_every_manifest_is_read_before_decoding(ckpt: Path, tmp_path: Path, monk
     monkeypatch.setattr(run_module, "evaluate_cuts", never)
     result = _eval(ckpt, "--manifest", good, "--manifest", broken)
     assert result.exit_code == 1 and f"{broken}:1" in result.stderr
+
+
+def test_prepared_manifests_are_named_without_their_extensions(tiny_config, tmp_path: Path) -> None:
+    # `data prepare` writes NAME.jsonl.gz: the dataset is NAME, as test.jsonl is test.
+    paths = [str(tmp_path / "librispeech_dev-clean.jsonl.gz"), str(tmp_path / "cv" / "test.jsonl"), str(tmp_path / "shar")]
+    assert list(run_module.named_sets(tiny_config, paths, [])) == ["librispeech_dev-clean", "test", "shar"]

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+from lhotse.utils import fastcopy
 
 from conftest import noise
 from macasr.data.collate import BadClip
@@ -39,7 +40,7 @@ def cut(audio: Path, id: str = "c1", start: float = 0.0, duration: float | None 
     duration = recording.duration - start if duration is None else duration
     supervision = SupervisionSegment(id=id, recording_id=id, start=0.0, duration=duration, text=text)
     return MonoCut(id=id, start=start, duration=duration, channel=recording.channel_ids, recording=recording,
-                   supervisions=[supervision], custom={"origin": f"m.jsonl:{id}", **custom})
+                   supervisions=[supervision], custom={"origin": "m.jsonl:7", **custom})
 
 
 def fake_cuts(durations: list[float], folder: Path) -> CutSet:
@@ -107,8 +108,8 @@ def test_a_bad_clip_is_left_out_and_named_with_its_file_and_manifest_line(kind: 
     batch = CutDataset(featurize)[CutSet.from_cuts([good, broken])]
     audio = broken.recording.sources[0].source
     assert batch.ids == ["good"]
-    assert batch.bad_clips == [BadClip(origin="m.jsonl:c1", id="c1", audio=audio, why=why)]
-    assert batch.skipped == [f"{audio}: {why} (manifest m.jsonl:c1)"]
+    assert batch.bad_clips == [BadClip(origin="m.jsonl:7", id="c1", audio=audio, why=why)]
+    assert batch.skipped == [f"{audio}: {why} (manifest m.jsonl:7)"]
     check_bad_clips(batch, "skip")
     with pytest.raises(DataError, match=f"^{re.escape(batch.skipped[0])}$"):
         check_bad_clips(batch, "error")
@@ -315,3 +316,15 @@ def test_persistent_workers_augment_each_epoch_anew(tmp_path: Path) -> None:
         sampler.set_epoch(epoch)
         features += [b.features for b in loader]
     assert torch.allclose(features[1], features[0] + 2 * np.log10(2) / 4, atol=1e-3)  # x2 amplitude in epoch 1
+
+
+def test_bad_segments_of_one_recording_are_told_apart(tmp_path: Path) -> None:
+    # A lhotse manifest has no line per cut: segments of one missing recording must still be
+    # reported (and deduplicated) one by one, by cut id.
+    audio = str(tmp_path / "call.sph")
+    cuts = [fastcopy(cut(wav(tmp_path, "x.wav", noise(1.0)), id=f"seg{i}"), custom={"origin": "calls.jsonl.gz"})
+            for i in range(2)]
+    for c in cuts:
+        c.recording.sources[0].source = audio
+    batch = CutDataset(featurize)[CutSet.from_cuts(cuts)]
+    assert batch.skipped == [f"{audio}: no such audio file (manifest calls.jsonl.gz, cut seg{i})" for i in range(2)]

@@ -6,9 +6,13 @@ Symbols: B batch, C feature bins (or encoder width D), L feature frames, M targe
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import torch
 from torch import nn
+
+
+_LINE_NUMBER = re.compile(r":\d+$")  # FILE:LINE origins (macasr JSONL)
 
 
 @dataclasses.dataclass
@@ -35,7 +39,12 @@ class BadClip:
 
     @property
     def line(self) -> str:
-        return f"{self.audio}: {self.why}" + (f" (manifest {self.origin})" if self.origin else "")
+        """`AUDIO: why (manifest FILE:LINE)`; a lhotse manifest has no line per cut, so its cut id
+        is named instead (segments of one recording share the file and often the reason)."""
+        if self.origin and _LINE_NUMBER.search(self.origin):
+            return f"{self.audio}: {self.why} (manifest {self.origin})"
+        where = f"manifest {self.origin}, cut {self.id}" if self.origin else f"cut {self.id}"
+        return f"{self.audio}: {self.why} ({where})"
 
     def record(self) -> dict[str, str | None]:
         return dataclasses.asdict(self)

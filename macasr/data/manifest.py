@@ -399,6 +399,12 @@ def manifest_summary(path: str | Path, kind: Kind | None = None) -> ManifestSumm
 # ----------------------------------------------------------------------------- named datasets
 
 
+def manifest_stem(path: str | Path) -> str:
+    """A manifest's name without its extensions (test.jsonl, test.jsonl.gz → test; a Shar folder keeps its name)."""
+    name = Path(path).name.removesuffix(".gz")
+    return Path(name).stem if "." in name else name
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSource:
     """One entry of `[data] train`/`valid`: a [datasets.*] dataset, or a bare manifest path (named
@@ -422,8 +428,7 @@ def source_for(cfg: Config, entry: str) -> DataSource:
         d = cfg.datasets[entry]
         return DataSource(entry, list(d.manifest), d.weight, d.text, d.drop_annotations, d.min_duration, d.max_duration)
     if looks_like_path(entry):
-        name = Path(entry).name.removesuffix(".gz").removesuffix(".jsonl")
-        return DataSource(name, [entry])
+        return DataSource(manifest_stem(entry), [entry])
     known = ", ".join(cfg.datasets) or "none defined"
     raise ConfigError(f"no dataset named `{entry}` in [datasets.*] (known: {known})")
 

@@ -15,7 +15,7 @@ from lhotse.cut import Cut
 from macasr.config import Config
 from macasr.data.collate import Batch
 from macasr.data.loader import CutDataset, build_loader, eval_sampler, indexed, transcript
-from macasr.data.manifest import open_cuts
+from macasr.data.manifest import manifest_stem, open_cuts
 from macasr.errors import ConfigError
 from macasr.evaluate.wer import DatasetScore, score
 from macasr.infer.decode import decode_loader
@@ -54,7 +54,7 @@ def evaluate_cuts(
 def _name_candidates(path: Path) -> list[str]:
     """Ever longer names for a manifest: its stem, then with its folders ("b/test", "a/b/test"),
     then the full path with extension (which only the same file shares)."""
-    parts = path.resolve().with_suffix("").parts
+    parts = (*path.resolve().parent.parts, manifest_stem(path))
     return ["/".join(parts[-k:]) for k in range(1, len(parts))] + [str(path.resolve())]
 
 
