@@ -547,6 +547,11 @@ def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
         problem = _manifest_problem(p)
         if problem:
             errors.add(key, f"{label}: {problem}")
+    for key in ("noise_manifest", "rir_manifest"):
+        p = getattr(cfg.augment, key)
+        if p and not Path(p).is_file():
+            what = "is a folder; expected a manifest file" if Path(p).is_dir() else f"no such manifest{_relative_to_cwd(p)}"
+            errors.add(f"augment.{key}", f"[augment] {key}: {p!r} {what}")
     for table, part in (("model.encoder", cfg.model.encoder), ("model.llm", cfg.model.llm)):
         p = getattr(part, "path", "")
         if not p or Path(p).is_dir():

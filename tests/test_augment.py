@@ -325,3 +325,32 @@ def test_narrowband_copy_writes_an_8_khz_test_set(tmp_path: Path, coded: bool) -
         assert (info.samplerate, info.channels, info.subtype) == (TELEPHONE_RATE, 1, "ULAW" if coded else "PCM_16")
         audio, _ = sf.read(u.audio, dtype="float32")
         assert _power_share(audio, LOW - 20, LOW + 20, TELEPHONE_RATE) > 0.95  # the 6 kHz tone is gone
+
+
+def test_every_problem_of_both_clip_manifests_is_reported_at_once(tmp_path: Path) -> None:
+    noise = tmp_path / "noise.jsonl"
+    noise.write_text('{"audio": "gone.wav"}\nnot json\n')
+    cfg = AugmentConfig(noise_prob=0.5, noise_manifest=str(noise), rir_prob=0.5, rir_manifest=str(tmp_path))
+    with pytest.raises(DataError) as e:
+        build_augmenter(cfg, 0)
+    assert str(e.value).splitlines() == [
+        f"{noise}:1: {tmp_path / 'gone.wav'}: no such audio file",
+        f"{noise}:2: not valid JSON (Expecting value)",
+        f"[augment] rir_manifest: {tmp_path}: is a folder; expected a manifest file",
+    ]
+
+
+def test_config_check_names_missing_clip_manifests(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from macasr.cli import app
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'[augment]\nnoise_prob = 0.5\nnoise_manifest = "{tmp_path / "n.jsonl"}"\n'
+                    f'rir_prob = 0.5\nrir_manifest = "{tmp_path}"\n')
+    result = CliRunner().invoke(app, ["config", "check", str(path)])
+    assert result.exit_code == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {path}:3: [augment] noise_manifest: {str(tmp_path / 'n.jsonl')!r} no such manifest",
+        f"error: {path}:5: [augment] rir_manifest: {str(tmp_path)!r} is a folder; expected a manifest file",
+    ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,30 +156,44 @@ def build_augmenter(cfg: AugmentConfig, seed: int) -> CutAugmenter | None:
         raise ConfigError(problems)
     if not uses_waveform(cfg):
         return None
-    noise = load_clips(cfg.noise_manifest, "noise_manifest") if cfg.noise_prob > 0 else []
-    rirs = load_clips(cfg.rir_manifest, "rir_manifest") if cfg.rir_prob > 0 else []
-    return CutAugmenter(cfg, seed, noise, rirs)
+    loaded: dict[str, list[Cut]] = {}
+    problems = []
+    for key, prob in (("noise_manifest", cfg.noise_prob), ("rir_manifest", cfg.rir_prob)):
+        try:
+            loaded[key] = load_clips(getattr(cfg, key), key) if prob > 0 else []
+        except DataError as e:  # report both manifests' problems at once
+            problems.append(str(e))
+    if problems:
+        raise DataError("\n".join(problems))
+    return CutAugmenter(cfg, seed, loaded["noise_manifest"], loaded["rir_manifest"])
 
 
 def _first_row(path: Path, key: str) -> Any:
-    from lhotse.serialization import load_jsonl
+    from macasr.data.manifest import numbered_lines
 
     try:
-        return next(iter(load_jsonl(path)), None)
-    except (OSError, ValueError, EOFError) as e:
+        return next((json.loads(line) for _, line in numbered_lines(path) if line.strip()), None)
+    except json.JSONDecodeError as e:
         raise DataError(f"[augment] {key}: {path}: cannot read as JSON Lines ({e})") from None
 
 
 def _clips_from_rows(path: Path) -> list[Cut]:
     """JSON Lines of {"audio"[, "offset", "duration"]} (relative paths from the file's folder)."""
     from lhotse import Recording
-    from lhotse.serialization import load_jsonl
 
     from macasr.audio import audio_duration, seconds_problem
+    from macasr.data.manifest import numbered_lines
 
     clips, problems = [], []
-    for number, row in enumerate(load_jsonl(path), start=1):
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
         where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{where}: not valid JSON ({e.msg})")
+            continue
         audio = row.get("audio") if isinstance(row, dict) else None
         if not isinstance(audio, str) or not audio.strip():
             problems.append(f"{where}: expected an object with \"audio\" naming an audio file")
@@ -229,6 +244,8 @@ def load_clips(path: str | Path, key: str = "manifest") -> list[Cut]:
     with an "audio" field per line. DataError naming `[augment] key` and the file when it is
     missing, of another kind, or empty."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"[augment] {key}: {path}: is a folder; expected a manifest file")
     if not path.is_file():
         raise DataError(f"[augment] {key}: {path}: no such file")
     if ".jsonl" in path.suffixes and isinstance(row := _first_row(path, key), dict) and "audio" in row:

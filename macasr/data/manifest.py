@@ -113,7 +113,7 @@ def problems_error(problems: list[str], source: str) -> DataError:
     return DataError("\n".join(shown))
 
 
-def _rows(path: Path) -> Iterator[tuple[int, str]]:
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line) of a text file (gzipped when it ends in .gz), streamed; DataError when it cannot be read."""
     try:
         opened = gzip.open(path, "rt", encoding="utf-8-sig") if path.suffix == ".gz" else path.open(encoding="utf-8-sig")
@@ -140,7 +140,7 @@ def _entries(path: Path) -> Iterator[tuple[int, Utterance]]:
     problems: list[str] = []
     seen: set[int] = set()
     repeats: list[tuple[int, str, str]] = []  # (index in problems, id, where)
-    for number, line in _rows(path):
+    for number, line in numbered_lines(path):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -175,7 +175,7 @@ def _entries(path: Path) -> Iterator[tuple[int, Utterance]]:
 def _first_lines(path: Path, ids: set[str]) -> dict[str, int]:
     """The first line each of `ids` is used on (a second pass over a manifest whose lines parsed)."""
     folder, first = path.resolve().parent, {}
-    for number, line in _rows(path):
+    for number, line in numbered_lines(path):
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
@@ -228,7 +228,7 @@ def _shar_shards(folder: Path) -> list[Path]:
 
 
 def _first_row(path: Path) -> Mapping[str, object] | None:
-    for number, line in _rows(path):
+    for number, line in numbered_lines(path):
         if line.strip():
             try:
                 row = json.loads(line)
