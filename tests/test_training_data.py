@@ -14,7 +14,7 @@ from rich.console import Console
 from conftest import noise
 from macasr import config as config_module
 from macasr.data import loader
-from macasr.errors import CheckpointError
+from macasr.errors import CheckpointError, MacasrError
 from macasr.model.build import build_model
 from macasr.train.engine import Trainer
 from macasr.train.run import train, training_sets
@@ -87,6 +87,27 @@ def test_resuming_with_other_batch_limits_is_refused(three_steps) -> None:
     assert str(error.value) == (f"{three_steps.run_dir / 'last.pt'}: the data position was saved with [data] batch_size 3, "
                                 "not 4; resume with the [train] seed, [data] batch limits and number of processes it "
                                 "was saved with, or start over with --overwrite")
+
+
+def test_resuming_on_other_training_data_is_refused(three_steps, tmp_path: Path) -> None:
+    # The same sampler position in other data is another batch: refused before any step, in one line.
+    extra = manifest(tmp_path / "extra.jsonl", clips(tmp_path / "extra", "x", 2))
+    other = config_module.replace(three_steps, **{"data.train": [*three_steps.data.train, str(extra)], "train.max_steps": 9})
+    with pytest.raises(CheckpointError) as error:
+        make_trainer(other).resume(three_steps.run_dir / "last.pt")
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and "its data position was saved for other training data" in message
+    assert "extra.jsonl" in message and "resume with the [data] train datasets" in message
+
+
+def test_a_data_position_past_the_end_of_the_data_is_refused(three_steps, tmp_path: Path) -> None:
+    # Same sources, but the manifest lost clips since: the saved position runs off its end.
+    from macasr.data.loader import restore_sampler, sampler_state
+
+    trainer = make_trainer(config_module.replace(three_steps, **{"train.max_steps": 9}))
+    state = sampler_state(trainer.sampler, 0, 10_000)
+    with pytest.raises(ValueError, match="the training data ends before the saved data position"):
+        restore_sampler(trainer.sampler, state)
 
 
 def test_several_datasets_mix_by_weight_without_end(tiny_config, tmp_path: Path) -> None:
@@ -196,3 +217,13 @@ def test_augment_settings_reach_the_training_clips(tiny_config, tmp_path: Path, 
     monkeypatch.setattr(run_module, "Trainer", Recording)
     train(cfg, Console(file=io.StringIO()))
     assert durations == [pytest.approx(1.0, abs=1e-3)] * 2  # 1.1 s played 1.1 times faster
+
+
+def test_train_under_torchrun_with_several_processes_stops_in_one_line(tiny_config, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Until DDP lands, N processes would train N separate models into one run folder.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(MacasrError, match="runs in one process; it was started as rank 1 of 2"):
+        train(run_config(tiny_config, tmp_path), Console(file=io.StringIO()))
+    assert not (tmp_path / "run").exists()  # nothing was written

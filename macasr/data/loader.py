@@ -390,6 +390,8 @@ def restore_sampler(sampler: DynamicBucketingSampler, state: dict[str, Any]) -> 
                              f"not {getattr(sampler, key) or 0:g}")
     try:
         sampler.load_state_dict(_plain(state))  # a copy: lhotse empties the dict it loads
+    except StopIteration:  # lhotse replays the batches drawn so far; the data ran out before them
+        raise ValueError("the training data ends before the saved data position; it has changed since") from None
     except (AssertionError, KeyError) as e:
         raise ValueError(f"the data position does not fit this run's sampler ({type(e).__name__}: {e})") from None
 

@@ -99,6 +99,14 @@ def config_changes(stored: dict[str, Any], given: dict[str, Any], tables: tuple[
             for k in sorted(old.keys() | new.keys()) if k not in old or k not in new or old[k] != new[k]]
 
 
+def _sources(described: list[dict[str, Any]]) -> str:
+    """'librispeech (a.jsonl.gz, weight 1), own (b.jsonl, weight 2)' from Trainer.data_sources."""
+    parts = [f"{d['name']} ({', '.join(map(str, d['manifests']))}, weight {d['weight']:g})" for d in described if "name" in d]
+    limits = described[-1] if described and "name" not in described[-1] else {}
+    extra = ", ".join(f"[data] {k} {v:g}" for k, v in limits.items() if v)
+    return "; ".join(parts) + (f"; {extra}" if extra else "")
+
+
 class Trainer:
     """Train `model` on `train` (pairs of a `DataSource` and its lazy CutSet), validating on `valid`
     (cuts, at most [eval] valid_max_utterances of them are decoded). `augment(cut, epoch)` and
@@ -116,6 +124,9 @@ class Trainer:
         t, d = cfg.train, cfg.data
         tokenize = TargetTokenizer(model.tokenizer, model.prompt.end_id)
         self.endless = len(train) > 1  # a mixture repeats each source without end
+        # What the data position in last.pt means: the same position in other data is another batch.
+        self.data_sources = [dataclasses.asdict(source) for source, _ in train] + [{"min_duration": d.min_duration,
+                                                                                     "max_duration": d.max_duration}]
         self.dropped: set[str] = set()  # cuts left out because their target is too long (reported once)
         limit = TokenLimit(lambda text: len(tokenize(text)), decoding_options(cfg), self._too_long)
         streams = [source_stream(cuts, source, d.min_duration, d.max_duration).filter(limit) for source, cuts in train]
@@ -375,7 +386,8 @@ class Trainer:
             payload.update(
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                 rng=checkpoint.rng_state(), epoch=epoch, batches_in_epoch=consumed,
-                sampler=sampler_state(self.sampler, epoch, consumed), bad_validations=self.bad_validations,
+                sampler=sampler_state(self.sampler, epoch, consumed), data_sources=self.data_sources,
+                bad_validations=self.bad_validations,
             )
         checkpoint.save_checkpoint(self.run_dir / name, payload)
         if with_state:
@@ -422,6 +434,10 @@ class Trainer:
             self.batches_in_epoch = 0
             self.step_position = (self.epoch, 0)
             return
+        if "data_sources" in data and data["data_sources"] != self.data_sources:
+            raise CheckpointError(f"{path}: its data position was saved for other training data ({_sources(data['data_sources'])}; "
+                                  f"this config gives {_sources(self.data_sources)}); resume with the [data] train datasets "
+                                  "and duration limits it was saved with, or start over with --overwrite")
         try:
             restore_sampler(self.sampler, data["sampler"])
         except (ValueError, TypeError) as e:

@@ -105,6 +105,10 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     once the new run's data and model have loaded, and start over).
     """
     console = console or Console()
+    if (world := current_world()).size > 1:
+        raise MacasrError(f"macasr train runs in one process; it was started as rank {world.rank} of {world.size} "
+                          "(torchrun --nproc-per-node > 1), which would train separate models into one run folder; "
+                          "start it with one process")
     cfg = config_module.resolve_paths(cfg)
     stale = check_run_dir(cfg.run_dir, resume, overwrite)
     train_set, valid_set = training_sets(cfg)
