@@ -14,7 +14,7 @@ from rich.console import Console
 from conftest import noise
 from macasr import config as config_module
 from macasr.data import loader
-from macasr.errors import CheckpointError, MacasrError
+from macasr.errors import CheckpointError, DataError, MacasrError
 from macasr.model.build import build_model
 from macasr.train.engine import Trainer
 from macasr.train.run import train, training_sets
@@ -227,3 +227,16 @@ def test_train_under_torchrun_with_several_processes_stops_in_one_line(tiny_conf
     with pytest.raises(MacasrError, match="runs in one process; it was started as rank 1 of 2"):
         train(run_config(tiny_config, tmp_path), Console(file=io.StringIO()))
     assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_a_mixed_dataset_that_its_duration_limits_empty_is_refused(tiny_config, tmp_path: Path) -> None:
+    # Asked for a 1:1 mix, the run must not silently train on one dataset alone.
+    a = manifest(tmp_path / "a.jsonl", clips(tmp_path / "a", "a", 2, seconds=0.5))
+    b = manifest(tmp_path / "b.jsonl", clips(tmp_path / "b", "b", 2, seconds=1.0))
+    cfg = run_config(tiny_config, tmp_path, **{
+        "datasets": {"short": config_module.DatasetConfig(manifest=[str(a)], max_duration=0.2),
+                     "long": config_module.DatasetConfig(manifest=[str(b)])},
+        "data.train": ["short", "long"],
+    })
+    with pytest.raises(DataError, match=r"none of the 2 clips of `short` is within its duration limits \(at most 0.2 s;"):
+        train(cfg, Console(file=io.StringIO()))

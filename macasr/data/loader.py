@@ -240,8 +240,12 @@ class DurationRange:
     def __init__(self, low: float, high: float) -> None:
         self.low, self.high = low, high
 
-    def __call__(self, cut: Cut) -> bool:
-        return cut.duration >= self.low and (not self.high or cut.duration <= self.high)
+    def __call__(self, cut: Cut | float) -> bool:
+        seconds = cut if isinstance(cut, float) else cut.duration
+        return seconds >= self.low and (not self.high or seconds <= self.high)
+
+    def __str__(self) -> str:
+        return " and ".join([f"at least {self.low:g} s"] * (self.low > 0) + [f"at most {self.high:g} s"] * (self.high > 0))
 
 
 class TokenLimit:
@@ -282,11 +286,15 @@ def source_stream(cuts: CutSet, source: Any, min_duration: float = 0.0, max_dura
 
     `source` is a `macasr.data.manifest.DataSource` (text, drop_annotations, min/max_duration)."""
     cuts = target_text(cuts, source)
+    limits = duration_range(source, min_duration, max_duration)
+    return cuts.filter(limits) if limits else cuts
+
+
+def duration_range(source: Any, min_duration: float = 0.0, max_duration: float = 0.0) -> DurationRange | None:
+    """The narrower of a source's and the global duration limits; None when both are off."""
     low = max(source.min_duration, min_duration)
     highs = [h for h in (source.max_duration, max_duration) if h > 0]
-    if low > 0 or highs:
-        cuts = cuts.filter(DurationRange(low, min(highs) if highs else 0.0))
-    return cuts
+    return DurationRange(low, min(highs) if highs else 0.0) if low > 0 or highs else None
 
 
 class Endless:

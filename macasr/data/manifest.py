@@ -23,7 +23,7 @@ import functools
 import gzip
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -221,6 +221,7 @@ class ManifestSummary:
     cuts: int
     seconds: float
     speakers: int | None  # None when no cut names its speaker
+    kept: int | None = None  # cuts whose duration `keep` accepts (None: no `keep` given)
 
 
 def _shar_shards(folder: Path) -> list[Path]:
@@ -373,27 +374,30 @@ def open_cuts(path: str | Path, *, shuffle_shards: bool = False, seed: int = 0) 
     return cuts if kind == "macasr" else cuts.map(functools.partial(with_one_supervision, origin=str(path)))
 
 
-def manifest_summary(path: str | Path, kind: Kind | None = None) -> ManifestSummary:
-    """Cuts, seconds and distinct speakers of a manifest, in one streaming pass (Shar audio is not read)."""
+def manifest_summary(path: str | Path, kind: Kind | None = None, keep: Callable[[float], bool] | None = None) -> ManifestSummary:
+    """Cuts, seconds and distinct speakers of a manifest, in one streaming pass (Shar audio is not
+    read); with `keep` (seconds → bool, e.g. duration limits), also how many cuts it keeps."""
     path = Path(path)
     kind = kind or manifest_kind(path)
-    count, seconds, speakers = 0, 0.0, set()
+    count, seconds, speakers, kept = 0, 0.0, set(), 0
     try:
         if kind == "macasr":
             for _, u in _entries(path):
                 count, seconds = count + 1, seconds + u.duration
+                kept += bool(keep and keep(u.duration))
                 if u.speaker is not None:
                     speakers.add(_id_key(u.speaker))
         else:
             for cut in _raw_cuts(path, kind, audio=False):
                 count, seconds = count + 1, seconds + cut.duration
+                kept += bool(keep and keep(cut.duration))
                 speakers.update(_id_key(s.speaker) for s in cut.supervisions if s.speaker)
     except DataError:
         raise
     except Exception as e:  # lhotse's parsers raise many types; any of them means a bad manifest
         raise DataError(f"{path}: cannot read it as a lhotse {'Shar folder' if kind == 'shar' else 'cut manifest'} "
                         f"(after {count:,} cuts: {type(e).__name__}: {e})") from None
-    return ManifestSummary(count, seconds, len(speakers) or None)
+    return ManifestSummary(count, seconds, len(speakers) or None, kept if keep else None)
 
 
 # ----------------------------------------------------------------------------- named datasets

@@ -15,9 +15,9 @@ from macasr import config as config_module
 from macasr.config import Config
 from macasr.data.augment import build_augmenter
 from macasr.data.cache import frames_from_config
-from macasr.data.loader import chain, target_text
+from macasr.data.loader import chain, duration_range, target_text
 from macasr.data.manifest import dataset_sources, manifest_summary, open_cuts
-from macasr.errors import CheckpointError, ConfigError, MacasrError
+from macasr.errors import CheckpointError, ConfigError, DataError, MacasrError
 from macasr.model.build import build_model, parameter_counts, resolve_device, resolve_precision
 from macasr.model.speech_llm import SpeechLLM
 from macasr.train.distributed import current_world
@@ -54,14 +54,23 @@ def training_sets(cfg: Config) -> tuple[list[tuple[Any, CutSet]], list[Cut]]:
     return train, list(islice((cut for cuts in valid for cut in cuts), cap))
 
 
-def data_banner(train: list[tuple[Any, CutSet]]) -> str:
-    """'librispeech: 28,539 clips (100.59 h, weight 1)' per training source (one streaming pass each)."""
+def data_banner(train: list[tuple[Any, CutSet]], cfg: Config) -> str:
+    """'librispeech: 28,539 clips (100.59 h, weight 1)' per training source (one streaming pass
+    each); DataError for a source that its duration limits leave empty (in a mixture it would
+    silently give its share to the others)."""
     parts = []
     for source, _ in train:
-        summaries = [manifest_summary(p) for p in source.manifests]
+        limits = duration_range(source, cfg.data.min_duration, cfg.data.max_duration)
+        summaries = [manifest_summary(p, keep=limits) for p in source.manifests]
         clips, hours = sum(s.cuts for s in summaries), sum(s.seconds for s in summaries) / 3600
+        kept = sum(s.kept or 0 for s in summaries) if limits else clips
+        if kept == 0:
+            raise DataError(f"[data] train: none of the {clips:,} clips of `{source.name}` is within its duration limits "
+                            f"({limits}; [datasets.{source.name}] and [data] min_duration/max_duration); "
+                            "loosen them or leave it out of [data] train")
+        within = f", {kept:,} within the duration limits" if kept < clips else ""
         weight = f", weight {source.weight:g}" if len(train) > 1 else ""
-        parts.append(f"{source.name}: {clips:,} clips ({hours:.2f} h{weight})")
+        parts.append(f"{source.name}: {clips:,} clips ({hours:.2f} h{weight}{within})")
     return "; ".join(parts)
 
 
@@ -117,7 +126,7 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     precision = resolve_precision(cfg.train.precision, device)
     model = build_model(cfg, device, precision)
     console.print(parameter_table(model))
-    console.print(f"train: {data_banner(train_set)}; valid: {len(valid_set):,} clips; "
+    console.print(f"train: {data_banner(train_set, cfg)}; valid: {len(valid_set):,} clips; "
                   f"device {device}, precision {precision}; run folder {cfg.run_dir}")
     augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
     frames_from = frames_from_config(cfg, model.encoder, mask=cfg.data.frame_mask)  # None without [data] cache
