@@ -116,12 +116,15 @@ def test_lhotse_cuts_get_one_supervision_or_a_problem(corpus: Path, tmp_path: Pa
     cut = next(iter(open_cuts(corpus)))
     sup = cut.supervisions[0]
     halves = [fastcopy(sup, id="h1", duration=0.5, text="hello"), fastcopy(sup, id="h2", start=0.5, duration=0.5, text="there")]
-    rows = [fastcopy(cut, id="two", supervisions=halves[::-1]), fastcopy(cut, id="none", supervisions=[])]
+    rows = [fastcopy(cut, id="two", supervisions=halves[::-1]), fastcopy(cut, id="none", supervisions=[]),
+            fastcopy(cut, id="empty", supervisions=[fastcopy(sup, text="")]),
+            fastcopy(cut, id="no_text", supervisions=[fastcopy(sup, text=None)])]
     path = tmp_path / "c.jsonl.gz"
     CutSet.from_cuts(rows).to_file(path)
-    two, none = open_cuts(path)
+    two, none, empty, no_text = open_cuts(path)
     assert [s.text for s in two.supervisions] == ["hello there"] and "problem" not in two.custom
-    assert none.custom["problem"].startswith("no transcript")
+    assert none.custom["problem"].startswith("no transcript") and no_text.custom["problem"].startswith("no transcript")
+    assert "problem" not in empty.custom  # an empty reference, as "text": "" is in macasr JSONL
 
 
 @pytest.mark.parametrize(("make", "message"), [

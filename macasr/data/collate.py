@@ -41,10 +41,11 @@ class BadClip:
     def line(self) -> str:
         """`AUDIO: why (manifest FILE:LINE)`; a lhotse manifest has no line per cut, so its cut id
         is named instead (segments of one recording share the file and often the reason)."""
-        if self.origin and _LINE_NUMBER.search(self.origin):
+        if not self.origin:  # a file given directly (transcribe): the path says it all
+            return f"{self.audio}: {self.why}"
+        if _LINE_NUMBER.search(self.origin):
             return f"{self.audio}: {self.why} (manifest {self.origin})"
-        where = f"manifest {self.origin}, cut {self.id}" if self.origin else f"cut {self.id}"
-        return f"{self.audio}: {self.why} ({where})"
+        return f"{self.audio}: {self.why} (manifest {self.origin}, cut {self.id})"
 
     def record(self) -> dict[str, str | None]:
         return dataclasses.asdict(self)

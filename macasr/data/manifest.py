@@ -331,9 +331,9 @@ def with_one_supervision(cut: Cut, origin: str) -> Cut:
         return cut  # a MixedCut (already augmented) passes through as it is
     custom = dict(cut.custom or {}) | {"origin": origin}
     supervisions = sorted(cut.supervisions, key=lambda s: s.start)
-    texts = [s.text for s in supervisions if s.text and s.text.strip()]
-    if not texts:
+    if all(s.text is None for s in supervisions):  # an empty text is an empty reference, as in macasr JSONL
         custom["problem"] = "no transcript (the cut has no supervision with text)"
+    texts = [s.text.strip() for s in supervisions if s.text and s.text.strip()]
     if len(supervisions) > 1:
         first, last = supervisions[0], supervisions[-1]
         joined = fastcopy(first, text=" ".join(texts), duration=last.end - first.start)

@@ -168,7 +168,8 @@ class Trainer:
             start, usable, skipped, empty_run = self.batches_in_epoch, 0, 0, 0
             for batch in self.loader:
                 self.batches_in_epoch += 1
-                self._bad_clips("skipped clip", batch.bad_clips)
+                skip = self.cfg.data.on_bad_clip == "skip"
+                self._bad_clips("skipped clip" if skip else "bad clip", batch.bad_clips)
                 check_bad_clips(batch, self.cfg.data.on_bad_clip)
                 self._report_once("warning", batch.warnings)
                 usable, skipped = usable + len(batch), skipped + len(batch.bad_clips)
