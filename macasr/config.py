@@ -109,6 +109,7 @@ class DataConfig:
     num_workers: int = option(2, "DataLoader worker processes that read and featurize audio.")
     on_bad_clip: Literal["skip", "error"] = option("skip", "A missing or unreadable clip: skip and report it (runs/NAME/bad_clips.jsonl), or stop with its path.")
     spec_augment: bool = option(False, "Mask random frequency bands and time spans of training features (SpecAugment).")
+    allow_commands: bool = option(False, "Let manifests run shell commands to produce audio (lhotse command sources, Kaldi pipes kept by `data prepare kaldi --allow-pipes`). Only for manifests you trust.")
     cache: str = option("", "Folder of cached encoder frames (`macasr cache build`) to train from instead of running the encoder (\"\" = none).")
     frame_mask: bool = option(False, "With a cache: mask random bands and spans of the cached encoder frames of training batches (SpecAugment on frames).")
 

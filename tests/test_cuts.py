@@ -177,3 +177,21 @@ def test_datasets_round_trip_through_dump_and_relative_paths_resolve(tmp_path: P
     assert config_module.loads(config_module.dumps(cfg)) == cfg
     resolved = config_module.resolve_paths(cfg, tmp_path)
     assert resolved.datasets["a"].manifest == [str(tmp_path / "d" / "a.jsonl")] and resolved.data.train == ["a"]
+
+
+def test_a_shared_manifest_runs_no_shell_command_unasked(corpus: Path, tmp_path: Path) -> None:
+    from lhotse.audio import AudioSource
+    from lhotse.utils import fastcopy
+
+    cut = next(iter(open_cuts(corpus)))
+    marker = tmp_path / "ran"
+    command = f"touch {marker}; cat {corpus.parent / 'a.wav'}"
+    recording = fastcopy(cut.recording, sources=[AudioSource(type="command", channels=[0], source=command)])
+    path = tmp_path / "cmd.jsonl.gz"
+    CutSet.from_cuts([fastcopy(cut, recording=recording, custom={})]).to_file(path)
+    [refused] = open_cuts(path)
+    assert refused.custom["problem"].startswith("its audio comes from a shell command (touch ")
+    assert "[data] allow_commands = true" in refused.custom["problem"] and not marker.exists()
+    [allowed] = open_cuts(path, allow_commands=True)
+    assert "problem" not in allowed.custom
+    assert allowed.load_audio().shape == (1, 16_000) and marker.exists()  # the user asked for it

@@ -324,12 +324,19 @@ class JsonlCuts:
             yield utterance_cut(u, f"{self.path}:{number}")
 
 
-def with_one_supervision(cut: Cut, origin: str) -> Cut:
+def with_one_supervision(cut: Cut, origin: str, allow_commands: bool = False) -> Cut:
     """A lhotse cut as macasr uses it: one supervision holding the whole transcript (several are
-    joined in time order), `custom["origin"]`, and `custom["problem"]` when it has no transcript."""
+    joined in time order), `custom["origin"]`, and `custom["problem"]` when it has no transcript,
+    or when its audio comes from a shell command and `allow_commands` is off."""
     if not isinstance(cut, DataCut):
         return cut  # a MixedCut (already augmented) passes through as it is
     custom = dict(cut.custom or {}) | {"origin": origin}
+    recording = getattr(cut, "recording", None)
+    commands = [s.source for s in (recording.sources if recording else []) if s.type == "command"]
+    if commands and not allow_commands:
+        shown = str(commands[0]) if len(str(commands[0])) <= 60 else str(commands[0])[:57] + "..."
+        custom["problem"] = (f"its audio comes from a shell command ({shown}); macasr runs the commands of a manifest "
+                             "only with [data] allow_commands = true, for manifests you trust")
     supervisions = sorted(cut.supervisions, key=lambda s: s.start)
     if all(s.text is None for s in supervisions):  # an empty text is an empty reference, as in macasr JSONL
         custom["problem"] = "no transcript (the cut has no supervision with text)"
@@ -361,17 +368,21 @@ def _raw_cuts(path: Path, kind: Kind, shuffle_shards: bool = False, seed: int = 
     return CutSet.from_shar(in_dir=path, shuffle_shards=shuffle_shards, seed=seed)
 
 
-def open_cuts(path: str | Path, *, shuffle_shards: bool = False, seed: int = 0) -> CutSet:
+def open_cuts(path: str | Path, *, shuffle_shards: bool = False, seed: int = 0, allow_commands: bool = False) -> CutSet:
     """A manifest (macasr JSONL, lhotse CutSet or Shar folder) as a lazy CutSet of cuts with one
     supervision each, after one streaming check of every row (`check_manifest`).
 
     `shuffle_shards` (Shar only) reads the shards in an order drawn from `seed` (and the epoch).
+    Cuts whose audio a shell command produces (lhotse "command" sources, Kaldi pipes) are bad clips
+    unless `allow_commands`: a shared manifest must not run code on the reader's machine unasked.
     Raises DataError naming the file (and lines) when it is missing, of no known kind, or bad.
     """
     path = Path(path)
     kind = check_manifest(path)
     cuts = _raw_cuts(path, kind, shuffle_shards, seed)
-    return cuts if kind == "macasr" else cuts.map(functools.partial(with_one_supervision, origin=str(path)))
+    if kind == "macasr":
+        return cuts
+    return cuts.map(functools.partial(with_one_supervision, origin=str(path), allow_commands=allow_commands))
 
 
 def manifest_summary(path: str | Path, kind: Kind | None = None, keep: Callable[[float], bool] | None = None) -> ManifestSummary:

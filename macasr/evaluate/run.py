@@ -110,7 +110,8 @@ def evaluate_sets(
     Every manifest is opened (and checked) before any decoding, so a bad line in the last one
     costs nothing. `progress(name, n_utterances)` may return a per-batch callback (for a progress bar).
     """
-    opened = {name: [open_cuts(path) for path in paths] for name, paths in sets.items()}
+    allow = cfg.data.allow_commands
+    opened = {name: [open_cuts(path, allow_commands=allow) for path in paths] for name, paths in sets.items()}
     scores = []
     for name, parts in opened.items():
         cuts = [cut for part in parts for cut in part]

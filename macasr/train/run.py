@@ -46,9 +46,10 @@ def training_sets(cfg: Config) -> tuple[list[tuple[Any, CutSet]], list[Cut]]:
     if not cfg.data.train:
         raise ConfigError("[data] train: no training data given")
     seed = cfg.train.seed  # Shar shards are read in a seeded random order
-    train = [(source, chain([open_cuts(p, shuffle_shards=True, seed=seed) for p in source.manifests]))
+    allow = cfg.data.allow_commands
+    train = [(source, chain([open_cuts(p, shuffle_shards=True, seed=seed, allow_commands=allow) for p in source.manifests]))
              for source in dataset_sources(cfg, "train")]
-    valid = [target_text(chain([open_cuts(p) for p in source.manifests]), source)
+    valid = [target_text(chain([open_cuts(p, allow_commands=allow) for p in source.manifests]), source)
              for source in (dataset_sources(cfg, "valid") if cfg.data.valid else [])]
     cap = cfg.eval.valid_max_utterances or None
     return train, list(islice((cut for cuts in valid for cut in cuts), cap))
