@@ -127,4 +127,4 @@ def stats(
     for note in notes:
         err_console.print(f"[yellow]warning:[/] {escape(note)}", soft_wrap=True)
     if not notes:
-        console.print(f"[eval] max_tokens_per_second = {cap:g} covers the p99 of every manifest", markup=False)
+        console.print(f"[eval] max_tokens_per_second = {cap:g} covers every clip's target (with max_tokens_base)", markup=False)

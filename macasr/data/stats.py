@@ -33,6 +33,7 @@ class ManifestStats:
     duration: dict[str, float]  # p5, p50, p95, max (seconds)
     chars: dict[str, float]  # p50, p95, max (characters per transcript)
     tokens_per_second: dict[str, float] | None  # p50, p95, p99, max; None without a tokenizer
+    over_cap: int | None = None  # clips whose target (plus the end token) exceeds the decoder's cap; None: not counted
 
 
 def percentiles(values: array, points: Iterable[int | str]) -> dict[str, float]:
@@ -45,11 +46,13 @@ def _count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
 
 
 def manifest_stats(path: str | Path, tokenizer: Any | None = None, target: Callable[[str], str] | None = None,
-                   label: str | None = None) -> ManifestStats:
+                   label: str | None = None, cap: Callable[[float], int] | None = None) -> ManifestStats:
     """One pass over a manifest (macasr JSONL, CutSet, Shar); DataError when it has no utterance.
     `target` turns a transcript into the training target whose tokens are counted (a dataset's
-    `text` / `drop_annotations`); characters are counted on the transcript as written."""
+    `text` / `drop_annotations`); characters are counted on the transcript as written. With a
+    tokenizer and `cap` (seconds → the decoder's token cap), clips over the cap are counted."""
     durations, chars, rates = array("d"), array("d"), array("d")
+    over = [0]
     speakers: set[str] = set()
     pending: list[tuple[str, float]] = []
 
@@ -57,6 +60,8 @@ def manifest_stats(path: str | Path, tokenizer: Any | None = None, target: Calla
         if tokenizer is not None and pending:
             counts = _count_tokens(tokenizer, [t for t, _ in pending])
             rates.extend(n / d for n, (_, d) in zip(counts, pending))
+            if cap is not None:  # + 1: the end token is a target token too, as training counts it
+                over[0] += sum(n + 1 > cap(d) for n, (_, d) in zip(counts, pending))
         pending.clear()
 
     for cut in open_cuts(path):
@@ -76,6 +81,7 @@ def manifest_stats(path: str | Path, tokenizer: Any | None = None, target: Calla
         duration=percentiles(durations, (5, 50, 95, "max")),
         chars=percentiles(chars, (50, 95, "max")),
         tokens_per_second=percentiles(rates, (50, 95, 99, "max")) if tokenizer is not None else None,
+        over_cap=over[0] if tokenizer is not None and cap is not None else None,
     )
 
 
@@ -99,20 +105,27 @@ def config_stats(cfg: Any, source: str, entries: Iterable[str]) -> list[Manifest
     from macasr.data.manifest import source_for
     from macasr.data.text import normalize_target
 
+    from macasr.evaluate.run import decoding_options
+
     tokenizer = load_tokenizer(cfg, source)
+    options = decoding_options(cfg)
+    cap = lambda seconds: options.max_new_tokens([seconds])[0]  # noqa: E731 - the decoder's own formula
     results = []
     for entry in entries:
         data = source_for(cfg, entry)
         target = functools.partial(normalize_target, mode=data.text, drop_annotations_=data.drop_annotations)
         for manifest in data.manifests:
             label = data.name if len(data.manifests) == 1 else f"{data.name}: {Path(manifest).name}"
-            results.append(manifest_stats(manifest, tokenizer, target, label=label))
+            results.append(manifest_stats(manifest, tokenizer, target, label=label, cap=cap))
     return results
 
 
 def coverage_note(stats: ManifestStats, cap: float) -> str | None:
-    """A warning when `[eval] max_tokens_per_second` is below the transcripts' p99 (None: it covers them)."""
-    if stats.tokens_per_second is None or stats.tokens_per_second["p99"] <= cap:
+    """A warning when some clips' targets have more tokens than the decoder may emit
+    (⌈[eval] max_tokens_per_second × seconds⌉ + max_tokens_base); None when the cap covers them all."""
+    if not stats.over_cap:
         return None
-    return (f"{stats.label}: p99 of tokens per second is {stats.tokens_per_second['p99']:.1f} > [eval] "
-            f"max_tokens_per_second = {cap:g}; decoding would cut off those transcripts (raise it)")
+    share = 100 * stats.over_cap / stats.cuts
+    return (f"{stats.label}: {stats.over_cap:,} of {stats.cuts:,} clips ({share:.2g} %) have more target tokens than the "
+            f"decoder may emit (⌈[eval] max_tokens_per_second = {cap:g} × seconds⌉ + max_tokens_base); training "
+            "drops them and decoding would cut them off (raise max_tokens_per_second)")
