@@ -243,9 +243,10 @@ class Config:
             for entry in entries:
                 if entry in self.datasets or (key != "test_sets" and looks_like_path(entry)):
                     continue
-                known = ", ".join(self.datasets) or "none defined"
+                close = difflib.get_close_matches(entry, list(self.datasets), n=1)
+                known = f"did you mean `{close[0]}`?" if close else f"known: {', '.join(self.datasets) or 'none defined'}"
                 path = "" if key == "test_sets" else "; a manifest path needs a folder or a file extension"
-                problems.append(f"[{table}] {key}: no dataset named `{entry}` in [datasets.*] (known: {known}){path}")
+                problems.append(f"[{table}] {key}: no dataset named `{entry}` in [datasets.*] ({known}){path}")
         return problems + self._cache_problems()
 
     def _cache_problems(self) -> list[str]:
@@ -541,7 +542,7 @@ def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
     from macasr.model._hf import is_local_path
 
     manifests = [(f"data.{split}", f"[data] {split}", p) for split in ("train", "valid")
-                 for p in getattr(cfg.data, split) if p not in cfg.datasets]
+                 for p in getattr(cfg.data, split) if p not in cfg.datasets and looks_like_path(p)]
     manifests += [(f"datasets.{name}.manifest", f"[datasets.{name}] manifest", p)
                   for name, ds in cfg.datasets.items() for p in ds.manifest]
     for key, label, p in manifests:

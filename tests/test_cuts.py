@@ -195,3 +195,13 @@ def test_a_shared_manifest_runs_no_shell_command_unasked(corpus: Path, tmp_path:
     [allowed] = open_cuts(path, allow_commands=True)
     assert "problem" not in allowed.custom
     assert allowed.load_audio().shape == (1, 16_000) and marker.exists()  # the user asked for it
+
+
+def test_a_mistyped_dataset_name_is_one_problem_with_a_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[data]\ntrain = ["librispeech_dev_clen"]\n\n[datasets.librispeech_dev_clean]\n'
+                    f'manifest = ["{tmp_path / "dev.jsonl.gz"}"]\n')
+    (tmp_path / "dev.jsonl.gz").write_bytes(b"")
+    report = config_module.check(path)
+    assert report.problems == [f"{path}:2: [data] train: no dataset named `librispeech_dev_clen` in [datasets.*] "
+                               "(did you mean `librispeech_dev_clean`?); a manifest path needs a folder or a file extension"]
