@@ -354,3 +354,21 @@ def test_config_check_names_missing_clip_manifests(tmp_path: Path) -> None:
         f"error: {path}:3: [augment] noise_manifest: {str(tmp_path / 'n.jsonl')!r} no such manifest",
         f"error: {path}:5: [augment] rir_manifest: {str(tmp_path)!r} is a folder; expected a manifest file",
     ]
+
+
+def test_narrowband_copy_reads_prepared_lhotse_manifests_and_names_bad_clips(tmp_path: Path) -> None:
+    # `data prepare` writes lhotse CutSets: the natural input of a telephone-band test set.
+    from lhotse import CutSet
+
+    from macasr.data.manifest import open_cuts
+
+    sf.write(tmp_path / "a.wav", _tones(1.0), RATE)
+    write_manifest(tmp_path / "m.jsonl", [{"id": "a", "audio": "a.wav", "text": "first", "duration": 1.0, "speaker": "s1"}])
+    CutSet.from_cuts(list(open_cuts(tmp_path / "m.jsonl"))).to_file(tmp_path / "test-clean.jsonl.gz")
+    out = narrowband_copy(tmp_path / "test-clean.jsonl.gz", tmp_path / "nb")
+    assert out == tmp_path / "nb" / "test-clean.jsonl"
+    [u] = load_manifest(out)
+    assert (u.id, u.text, u.speaker, sf.info(u.audio).samplerate) == ("a", "first", "s1", TELEPHONE_RATE)
+    (tmp_path / "a.wav").unlink()
+    with pytest.raises(DataError, match=r"a.wav: no such audio file \(manifest .*m.jsonl:1\)"):
+        narrowband_copy(tmp_path / "m.jsonl", tmp_path / "nb2")

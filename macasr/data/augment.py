@@ -279,30 +279,38 @@ def _clips_from_lhotse(path: Path, key: str) -> list[Cut]:
 
 
 def narrowband_copy(manifest: str | Path, out_dir: str | Path, mu_law: bool = False) -> Path:
-    """A telephone-band copy of a macasr JSONL manifest, for a narrowband test set.
+    """A telephone-band copy of a manifest (any kind `open_cuts` reads), for a narrowband test set.
 
-    Each clip is read as macasr reads audio (mono, 16 kHz), passed through the 8 kHz band and
+    Each clip is read as training reads audio (mono, 16 kHz), passed through the 8 kHz band and
     written as an 8 kHz WAV file, `OUT_DIR/audio/NNNNNN.wav`: 16-bit PCM, or with `mu_law` G.711
     μ-law (8 bits per sample, the format of telephone recordings). `OUT_DIR/<manifest stem>.jsonl`
-    keeps each line's id and text. Returns that manifest's path; DataError as load_manifest and
-    load_audio raise them."""
+    (macasr JSON Lines) keeps each clip's id, text and speaker. Returns that manifest's path;
+    DataError naming the first clip that cannot be read, as a test set must be whole."""
     import numpy as np
     import soundfile as sf
 
-    from macasr.audio import SAMPLE_RATE, load_audio
-    from macasr.data.manifest import load_manifest, write_manifest
+    from macasr.audio import SAMPLE_RATE
+    from macasr.data.loader import ClipProblem, audio_name, read_wave, transcript
+    from macasr.data.manifest import manifest_stem, open_cuts, write_manifest
     from macasr.data.transforms import TELEPHONE_RATE, narrowband
 
     manifest, out_dir = Path(manifest), Path(out_dir)
     (out_dir / "audio").mkdir(parents=True, exist_ok=True)
     rows = []
-    for number, u in enumerate(load_manifest(manifest), start=1):
-        wave = load_audio(u.audio, u.offset or 0.0, None if u.offset is None else u.duration)
+    for number, cut in enumerate(open_cuts(manifest), start=1):
+        try:
+            if problem := (cut.custom or {}).get("problem"):
+                raise ClipProblem(problem)
+            wave = read_wave(cut)
+        except ClipProblem as e:
+            raise DataError(f"{audio_name(cut)}: {e} (manifest {(cut.custom or {}).get('origin', manifest)})") from None
         band = np.clip(narrowband(wave[None, :], SAMPLE_RATE)[0], -1.0, 1.0)  # a file holds [-1, 1]
         name = f"audio/{number:06d}.wav"
         sf.write(out_dir / name, band, TELEPHONE_RATE, subtype="ULAW" if mu_law else "PCM_16")
-        rows.append({"id": u.id, "audio": name, "text": u.text, "duration": round(len(band) / TELEPHONE_RATE, 4)})
-    return write_manifest(out_dir / f"{manifest.stem}.jsonl", rows)
+        speaker = next((s.speaker for s in cut.supervisions if s.speaker), None)
+        rows.append({"id": cut.id, "audio": name, "text": transcript(cut), "duration": round(len(band) / TELEPHONE_RATE, 4)}
+                    | ({"speaker": speaker} if speaker else {}))
+    return write_manifest(out_dir / f"{manifest_stem(manifest)}.jsonl", rows)
 
 
 FREQ_MASKS = 2  # bands per clip
