@@ -273,3 +273,16 @@ def test_a_prepared_kaldi_sphere_manifest_trains_without_the_sph2pipe_program(tm
     )
     out = subprocess.run([sys.executable, "-c", code, str(s.path)], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.splitlines()[-1]) == [None, None]  # both segments read, none a bad clip
+
+
+def test_a_split_with_no_usable_utterance_does_not_cost_the_others(tmp_path: Path) -> None:
+    corpus = write_commonvoice(tmp_path)
+    dev = corpus / "en" / "dev.tsv"
+    header, row = dev.read_text().splitlines()
+    fields = row.split("\t")
+    fields[3] = ""  # the sentence column: the only dev row has no transcript
+    dev.write_text(header + "\n" + "\t".join(fields) + "\n")
+    summaries = prepare("commonvoice", str(corpus), tmp_path / "out", options=['splits=["dev", "test"]', "languages=en"])
+    assert [s.name for s in summaries] == ["commonvoice_en_test"] and summaries[0].cuts == 2
+    assert "commonvoice_en_dev.jsonl.gz: no usable utterances (1 empty transcript); nothing written" in summaries[-1].note
+    assert not (tmp_path / "out" / "commonvoice_en_dev.jsonl.gz").exists()

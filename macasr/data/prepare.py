@@ -94,9 +94,14 @@ def skip_reason(cut: Any) -> str | None:
     return None
 
 
+class EmptySplit(DataError):
+    """A split with no usable utterance: nothing is written for it."""
+
+
 def write_cuts(cuts: Iterable[Any], summary: SplitSummary) -> SplitSummary:
     """Stream `cuts` into `summary.path` (gzipped lhotse JSONL, replaced in one rename) and count
-    them; cuts with a `skip_reason` are left out and counted. Raises DataError when none is left."""
+    them; cuts with a `skip_reason` are left out and counted. Raises EmptySplit (a DataError) when
+    none is left, and the file is not written."""
     summary.path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(summary.path) as raw, gzip.GzipFile(fileobj=raw, mode="wb") as gz:
         for cut in cuts:
@@ -109,7 +114,7 @@ def write_cuts(cuts: Iterable[Any], summary: SplitSummary) -> SplitSummary:
             summary.speakers.update(s.speaker for s in cut.supervisions if s.speaker)
         if summary.cuts == 0:
             why = ", ".join(f"{n} {r}" for r, n in summary.skipped.items()) or "the source has none"
-            raise DataError(f"{summary.path}: no usable utterances ({why}); nothing written")
+            raise EmptySplit(f"{summary.path}: no usable utterances ({why}); nothing written")
     return summary
 
 
@@ -276,7 +281,15 @@ def prepare_recipe(corpus: str, corpus_dir: Path, out_dir: Path, options: Mappin
         splits = flatten_manifests(result)
         if not splits:
             raise DataError(f"{corpus_dir}: lhotse's {corpus} recipe found no data")
-        summaries = [_write_split(corpus, corpus_dir, out_dir, split, leaf, log) for split, leaf in sorted(splits.items())]
+        summaries, empty = [], []
+        for split, leaf in sorted(splits.items()):
+            try:
+                summaries.append(_write_split(corpus, corpus_dir, out_dir, split, leaf, log))
+            except EmptySplit as e:  # one empty split must not cost the others (hours of recipe work)
+                empty.append(str(e))
+        if not summaries:
+            raise DataError("; ".join(empty))
+        log.notes += [f"{line} (the other splits were written)" for line in empty]
     for s in summaries:
         s.options = dict(SUGGESTED_OPTIONS.get(corpus, {}))
     if log.notes and summaries:
