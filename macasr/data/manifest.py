@@ -249,14 +249,18 @@ def manifest_kind(path: str | Path) -> Kind:
         raise DataError(f"{path}: is a folder without Shar shards (cuts.000000.jsonl.gz ...); "
                         "expected a manifest file or a folder written by `macasr data shar`")
     if not path.is_file():
-        raise DataError(f"{path}: no such manifest")
+        from macasr.config import looks_like_path
+
+        name = "" if looks_like_path(str(path)) else " (a [datasets.*] name is looked up only with a config: --config FILE)"
+        raise DataError(f"{path}: no such manifest{name}")
     row = _first_row(path)
     if row is None or "audio" in row:
         return "macasr"  # an empty file or a bad first line is reported by the full check
     if any(key in row for key in _LHOTSE_KEYS):
         return "lhotse"
-    if "sources" in row:
-        raise DataError(f"{path}: is a lhotse recording manifest; expected cuts (pair it with its supervisions: "
+    if "sources" in row or "recording_id" in row:
+        what = "recording" if "sources" in row else "supervision"
+        raise DataError(f"{path}: is a lhotse {what} manifest; expected cuts (pair recordings with their supervisions: "
                         "`macasr data prepare` writes cut manifests)")
     raise DataError(f"{path}:1: expected a macasr manifest row (audio, text, duration) or a lhotse cut, "
                     f"got keys {', '.join(map(str, list(row)[:6]))}")

@@ -84,7 +84,8 @@ def named_sets(cfg: Config, manifests: Sequence[str], datasets: Sequence[str]) -
     for name in datasets:
         if name not in cfg.datasets:
             known = ", ".join(cfg.datasets) or "none"
-            raise ConfigError(f"--dataset {name}: no dataset named `{name}` in [datasets.*] (the config names: {known})")
+            raise ConfigError(f"--dataset {name}: no dataset named `{name}` in [datasets.*] (the config names: {known}; "
+                              "by default the checkpoint's config, --config FILE uses another)")
         chosen[name] = list(cfg.datasets[name].manifest)
     seen = {Path(path).resolve() for paths in chosen.values() for path in paths}  # a file named twice is scored once
     paths = []
