@@ -220,6 +220,10 @@ def test_bad_clips_are_skipped_and_reported(tmp_path, model, tiny_config, manife
     assert reports["train"].cuts == 4 and len(reports["train"].skipped) == 1
     assert len(reports["train"].skipped) == 1
     assert reports["train"].skipped[0].startswith(f"{tmp_path / 'corpus' / 'clip1.wav'}: cannot decode audio")
+    # Training from the cache names the build's reason, not a cache to rebuild (which would skip it again).
+    bad = next(c for c in open_cuts(str(manifest)) if c.recording.sources[0].source.endswith("clip1.wav"))
+    with pytest.raises(DataError, match=r"^cannot decode audio .*left it out of the feature cache\)$"):
+        FrameCache(tmp_path / "cache", key)(bad)
     with pytest.raises(DataError, match="cannot decode audio"):
         build(tmp_path / "cache2", model, tiny_config, manifest, on_bad_clip="error")
 

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from macasr.data.collate import BadClip
 from macasr.errors import ConfigError, DataError, MacasrError
 
 if TYPE_CHECKING:
@@ -174,25 +175,23 @@ class CutEncoder:
         self.batch_size = batch_size
         self.dataset = CutDataset(encoder.featurizer)
 
-    def __call__(self, cuts: list[Cut]) -> list[np.ndarray | str]:
-        out: list[np.ndarray | str] = []
+    def __call__(self, cuts: list[Cut]) -> list[np.ndarray | BadClip]:
+        out: list[np.ndarray | BadClip] = []
         for start in range(0, len(cuts), self.batch_size):
             out += self._batch(cuts[start : start + self.batch_size])
         return out
 
     @torch.no_grad()
-    def _batch(self, cuts: list[Cut]) -> list[np.ndarray | str]:
-        from macasr.data.collate import BadClip
-
+    def _batch(self, cuts: list[Cut]) -> list[np.ndarray | BadClip]:
         examples = [self.dataset.example(cut) for cut in cuts]
         features = [x.features for x in examples if not isinstance(x, BadClip)]  # (C, L) each
         if not features:
-            return [x.line for x in examples]
+            return list(examples)
         lengths = torch.tensor([f.shape[-1] for f in features])
         padded = nn.utils.rnn.pad_sequence([f.T for f in features], batch_first=True).transpose(1, 2)
         frames, frame_lengths = self.encoder(padded.to(self.device), lengths.to(self.device))
         encoded = iter(frames[i, :n].to(torch.float16).cpu().numpy() for i, n in enumerate(frame_lengths.tolist()))
-        return [x.line if isinstance(x, BadClip) else next(encoded) for x in examples]
+        return [x if isinstance(x, BadClip) else next(encoded) for x in examples]
 
 
 # ----------------------------------------------------------------------------- building
@@ -209,6 +208,11 @@ class SourceReport:
 
 def _shard_paths(src: Path, index: int) -> tuple[Path, Path]:
     return src / f"frames.{index:06d}", src / f"cuts.{index:06d}.jsonl.gz"
+
+
+def _skipped_path(src: Path, index: int) -> Path:
+    """Why the build left clips of shard `index` out: {audio key: why}, so training can say so."""
+    return src / f"skipped.{index:06d}.json"
 
 
 def _json_default(value: Any) -> str:
@@ -244,26 +248,30 @@ def _storable(cut: Cut) -> Cut:
     return fastcopy(cut, custom=custom or None)
 
 
-def _encode_shard(cuts: list[Cut], encode: Callable[[list[Cut]], list[np.ndarray | str]], report: SourceReport,
-                  on_bad_clip: str) -> list[tuple[Cut, np.ndarray]]:
-    """(cut, frames) for each readable cut, encoded longest first (less padding per batch); bad
-    clips go to report.skipped, or stop the build with on_bad_clip = "error"."""
+def _encode_shard(cuts: list[Cut], encode: Callable[[list[Cut]], list[np.ndarray | BadClip]], report: SourceReport,
+                  on_bad_clip: str) -> tuple[list[tuple[Cut, np.ndarray]], dict[str, str]]:
+    """(cut, frames) for each readable cut, encoded longest first (less padding per batch), and
+    why each bad clip was left out (by audio key); bad clips go to report.skipped, or stop the
+    build with on_bad_clip = "error"."""
     ordered = sorted(cuts, key=lambda c: -c.duration)
-    pairs = []
+    pairs, left_out = [], {}
     for cut, frames in zip(ordered, encode(ordered), strict=True):
-        if isinstance(frames, str):
+        if isinstance(frames, BadClip):
             if on_bad_clip == "error":
-                raise DataError(frames)
-            report.skipped.append(frames)
+                raise DataError(frames.line)
+            report.skipped.append(frames.line)
+            left_out[audio_key(cut)] = frames.why
         elif not np.isfinite(frames).all():
             raise DataError(f"{cut.id}: its encoder frames overflow fp16 (beyond ±65504); they cannot be cached")
         else:
             pairs.append((cut, frames))
-    return pairs
+    return pairs, left_out
 
 
-def _write_shard(src: Path, index: int, pairs: list[tuple[Cut, np.ndarray]], frame_shift: float) -> None:
-    """Frames into frames.N.partial/ (renamed when complete), then the cut manifest (atomically)."""
+def _write_shard(src: Path, index: int, pairs: list[tuple[Cut, np.ndarray]], frame_shift: float,
+                 left_out: dict[str, str]) -> None:
+    """Frames into frames.N.partial/ (renamed when complete), why clips were left out
+    (skipped.N.json), then the cut manifest (atomically), which marks the shard finished."""
     from lhotse import CutSet
     from lhotse.features.io import NumpyFilesWriter
 
@@ -279,6 +287,8 @@ def _write_shard(src: Path, index: int, pairs: list[tuple[Cut, np.ndarray]], fra
             array = dataclasses.replace(array, array=dataclasses.replace(array.array, storage_path=str(frames_dir.resolve())))
             cached.append(_storable(cut).with_custom(FIELD, array).with_custom(KEY_FIELD, key))
     os.replace(partial, frames_dir)
+    if left_out:
+        _write_json(_skipped_path(src, index), left_out)
     tmp = manifest.with_name(manifest.name.replace(".jsonl.gz", ".partial.jsonl.gz"))
     CutSet.from_cuts(cached).to_file(tmp)
     os.replace(tmp, manifest)
@@ -370,8 +380,8 @@ def build_source(
         if _shard_paths(src, index)[1].exists():
             report.shards_kept += 1
         else:
-            pairs = _encode_shard(shard, encode, report, on_bad_clip)
-            _write_shard(src, index, pairs, frame_shift)
+            pairs, left_out = _encode_shard(shard, encode, report, on_bad_clip)
+            _write_shard(src, index, pairs, frame_shift, left_out)
             report.shards_done += 1
             report.encoded += len(pairs)
         if advance:
@@ -445,6 +455,7 @@ class FrameCache:
         check_key(self.root, expected_key)
         self.frame_shift = 1.0 / expected_key["frame_rate"]
         self.index: dict[str, tuple[str, str, int]] = {}  # audio_key → (shard folder, storage key, frames)
+        self.left_out: dict[str, str] = {}  # audio_key → why cache build could not use the clip
         infos = sorted(self.root.glob(f"*/{SOURCE_FILE}")) if sources is None else [self._source_info(n, m) for n, m in sources.items()]
         for info in infos:
             self._add_source(info)
@@ -472,6 +483,8 @@ class FrameCache:
             for cut in _read_manifest(manifest):
                 array = cut.custom[FIELD].array
                 self.index[cut.custom[KEY_FIELD]] = (shard, array.storage_key, array.shape[0])
+            if (skipped := _skipped_path(info.parent, index)).is_file():
+                self.left_out.update(json.loads(skipped.read_text(encoding="utf-8")))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -485,6 +498,8 @@ class FrameCache:
         from lhotse.array import Array
 
         entry = self.index.get(audio_key(cut))
+        if entry is None and (why := self.left_out.get(audio_key(cut))):
+            raise DataError(f"{why} (so `macasr cache build` left it out of the feature cache)")
         if entry is None:
             raise DataError(f"{cut.id}: the feature cache {self.root} has no frames for its audio ({cut.duration:g} s from "
                             f"{cut.start:g} s of recording {cut.recording_id}); (re)build it with `macasr cache build CONFIG`")
