@@ -4,7 +4,7 @@
 
 The rows point at a few real WAV files (the audio is not read; headers are). Each kind of manifest
 macasr reads is measured in a fresh process: macasr JSONL (the check pass plus one iteration) and a
-lhotse CutSet (`*.jsonl.gz`) written from it. Peak RSS comes from the OS (ru_maxrss of the child).
+lhotse CutSet (`*.jsonl.gz`) written from it. Peak RSS comes from the OS (the child's VmHWM; Linux only).
 """
 
 from __future__ import annotations
@@ -23,18 +23,23 @@ import soundfile as sf
 
 GOAL_MB = 300
 
+# Peak RSS is the kernel's VmHWM of the child: unlike ru_maxrss, it starts afresh at exec, so the
+# parent's own peak (it writes the corpus) cannot leak into the measurement.
 _CHILD = """
-import resource, sys, time
+import sys, time
 from macasr.data.manifest import open_cuts
 import lhotse  # imported before the baseline, so the library itself is not counted
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def hwm_kb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+
+base = hwm_kb()
 t0 = time.perf_counter()
 n = seconds = 0
 for cut in open_cuts(sys.argv[1]):
     n += 1
     seconds += cut.duration
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(n, seconds, base, peak, time.perf_counter() - t0)
+print(n, seconds, base, hwm_kb(), time.perf_counter() - t0)
 """
 
 

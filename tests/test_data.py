@@ -1,4 +1,4 @@
-"""Manifests, bad clips and batching."""
+"""Manifests and SpecAugment (reading clips and batching: test_loader.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 
-from conftest import noise
-from macasr.data.loader import DurationBatchSampler, SpeechDataset, build_loader
 from macasr.data.manifest import load_manifest
 from macasr.errors import DataError
 
@@ -134,46 +131,6 @@ def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path) -> None
     m = tmp_path / "m.jsonl"
     m.write_text('\ufeff{"audio": "a.wav", "text": "x", "duration": 1}\n', encoding="utf-8")
     assert load_manifest(m)[0].text == "x"
-
-
-def test_bad_clips_are_skipped_and_reported_or_stop_the_run(tmp_path: Path) -> None:
-    sf.write(tmp_path / "good.wav", noise(0.5), 16_000)
-    m = write_lines(tmp_path / "m.jsonl", [
-        {"audio": "good.wav", "text": "a", "duration": 0.5}, {"audio": "gone.wav", "text": "b", "duration": 0.5},
-    ])
-    utterances = load_manifest(m)
-    featurize = lambda wave: __import__("torch").zeros(80, len(wave) // 160)  # noqa: E731
-    batch = next(iter(build_loader(utterances, featurize, batch_size=4, shuffle=False)))
-    assert batch.ids == ["m-000001"] and len(batch.skipped) == 1 and str(tmp_path / "gone.wav") in batch.skipped[0]
-    with pytest.raises(DataError, match="gone.wav: no such audio file"):
-        SpeechDataset(utterances, featurize, on_bad_clip="error")[1]
-
-
-def test_batches_respect_count_and_seconds_and_cover_every_clip_once() -> None:
-    durations = [1.0 + (i % 7) for i in range(103)]
-    sampler = DurationBatchSampler(durations, batch_size=8, max_batch_seconds=30.0, shuffle=True, seed=3)
-    batches = list(sampler)
-    assert sorted(i for b in batches for i in b) == list(range(103))
-    assert all(len(b) <= 8 and (len(b) == 1 or sum(durations[i] for i in b) <= 30.0) for b in batches)
-    assert batches == list(DurationBatchSampler(durations, 8, 30.0, True, seed=3))  # seeded
-    sampler.set_epoch(1)
-    assert list(sampler) != batches  # a new order each epoch
-
-
-def test_ranks_share_the_epoch_without_overlap() -> None:
-    durations = [float(i % 5 + 1) for i in range(50)]
-    shards = [list(DurationBatchSampler(durations, 4, shuffle=True, seed=0, rank=r, world_size=2)) for r in range(2)]
-    assert len(shards[0]) == len(shards[1])
-    seen = [i for shard in shards for b in shard for i in b]
-    assert len(seen) == len(set(seen))
-
-
-def test_resume_position_skips_consumed_batches() -> None:
-    durations = [float(i % 5 + 1) for i in range(40)]
-    full = list(DurationBatchSampler(durations, 4, seed=0))
-    sampler = DurationBatchSampler(durations, 4, seed=0)
-    sampler.set_epoch(0, start=3)
-    assert list(sampler) == full[3:]
 
 
 def test_spec_augment_masks_bands_and_spans_without_touching_the_input() -> None:

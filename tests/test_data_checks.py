@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-import types
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from conftest import noise
 from test_cli import ckpt  # noqa: F401  (the untrained tiny checkpoint fixture)
-from macasr.data.loader import SpeechDataset, build_loader
-from macasr.data.manifest import Utterance, load_manifest
+from macasr.data.collate import Batch
+from macasr.data.loader import CutDataset, check_bad_clips
+from macasr.data.manifest import open_cuts
 from macasr.errors import DataError
 from macasr.model.encoders import WhisperFeaturizer
 
@@ -25,76 +26,107 @@ runner = CliRunner()
 featurize = WhisperFeaturizer(np.full((201, 80), 0.01, dtype=np.float32), n_fft=400, hop_length=160, sampling_rate=16_000)
 
 
-def clip(folder: Path, name: str, seconds: float, peak: float = 0.1, nan_at: float | None = None) -> str:
-    samples = noise(seconds) * (peak / 0.1)
+def clip(folder: Path, name: str, seconds: float, peak: float = 0.1, nan_at: float | None = None, seed: int = 0) -> str:
+    samples = noise(seconds, seed) * (peak / 0.1)
     if nan_at is not None:
         samples[int(nan_at * 16_000)] = np.nan
     sf.write(folder / name, samples, 16_000, subtype="FLOAT")
     return str(folder / name)
 
 
-def utterance(audio: str, duration: float, offset: float | None = None, id: str = "u1") -> Utterance:
-    return Utterance(id=id, audio=audio, text="x", duration=duration, offset=offset)
+def manifest(folder: Path, rows: list[dict]) -> Path:
+    path = folder / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
-@pytest.mark.parametrize(("declared", "offset", "warned"), [
-    (1.0, None, "decoded 2.00 s but the manifest says duration 1 s; batching and hours use the manifest's value"),
-    (4.0, None, "decoded 2.00 s but the manifest says duration 4 s; batching and hours use the manifest's value"),
-    (1.0, 1.5, "offset 1.5 s + duration 1 s runs past the end of the file (2.00 s); read 0.50 s"),
-    (2.5, 0.0, "offset 0 s + duration 2.5 s runs past the end of the file (2.00 s); read 2.00 s"),
+def read_all(path: Path, **kwargs: object) -> Batch:
+    """Every cut of a manifest through the dataset, as one batch."""
+    return CutDataset(featurize, **kwargs)[open_cuts(path)]
+
+
+@pytest.mark.parametrize(("declared", "offset", "why"), [
+    (1.0, None, "the file is 2.00 s long but the manifest says duration 1 s (more than 10% apart)"),
+    (1.0, 1.5, "offset 1.5 s + duration 1 s runs past the end of the file (2.00 s)"),
+    (1.0, 2.5, "offset 2.5 s is beyond the end of the file (2.00 s)"),
     (1.85, None, None),  # within 10 %
-    (2.15, None, None),
     (1.0, 0.5, None),  # a segment inside the file reads what it declares
     (1.0, 0.0, None),  # ... also the first segment of a recording
 ])
-def test_a_length_far_from_the_declared_duration_is_a_warning(
-    declared: float, offset: float | None, warned: str | None, tmp_path: Path,
+def test_a_length_far_from_the_declared_duration_is_a_bad_clip_named_with_its_line(
+    declared: float, offset: float | None, why: str | None, tmp_path: Path,
 ) -> None:
     audio = clip(tmp_path, "a.wav", 2.0)
-    example = SpeechDataset([utterance(audio, declared, offset)], featurize)[0]
-    assert not isinstance(example, str)  # the clip is still used
-    assert example.warnings == ([f"{audio} (id u1): {warned}"] if warned else [])
-
-
-def test_batches_carry_their_clips_warnings(tmp_path: Path) -> None:
-    utterances = [utterance(clip(tmp_path, "a.wav", 1.0), 1.0, id="ok"), utterance(clip(tmp_path, "b.wav", 1.0), 3.0, id="off")]
-    batch = next(iter(build_loader(utterances, featurize, batch_size=4, shuffle=False)))
-    assert sorted(batch.ids) == ["off", "ok"] and len(batch.warnings) == 1 and "(id off)" in batch.warnings[0]
+    row = {"audio": audio, "text": "x", "duration": declared, "id": "u1"} | ({"offset": offset} if offset is not None else {})
+    m = manifest(tmp_path, [row])
+    batch = read_all(m)
+    if why is None:
+        assert batch.ids == ["u1"] and not batch.bad_clips
+    else:
+        assert batch.ids == [] and batch.skipped == [f"{audio}: {why} (manifest {m}:1)"]
 
 
 @pytest.mark.parametrize("seconds", [None, (0.8, 0.5)], ids=["whole", "segment"])
 def test_a_clip_with_a_nan_sample_is_skipped_or_stops_the_run(seconds: tuple[float, float] | None, tmp_path: Path) -> None:
     offset, duration = seconds or (None, 2.0)
-    u = utterance(clip(tmp_path, "nan.wav", 2.0, nan_at=1.0), duration, offset)
-    line = SpeechDataset([u], featurize)[0]
-    assert isinstance(line, str) and line.startswith(f"{u.audio}: 1 of ") and "not finite (1 NaN, 0 infinite)" in line
+    audio = clip(tmp_path, "nan.wav", 2.0, nan_at=1.0)
+    m = manifest(tmp_path, [{"audio": audio, "text": "x", "duration": duration} | ({"offset": offset} if offset else {})])
+    batch = read_all(m)
+    (line,) = batch.skipped
+    assert line.startswith(f"{audio}: 1 of ") and "not finite (1 NaN, 0 infinite)" in line and line.endswith(f"(manifest {m}:1)")
     with pytest.raises(DataError, match="not finite"):
-        SpeechDataset([u], featurize, on_bad_clip="error")[0]
+        check_bad_clips(batch, "error")
 
 
-def test_features_that_overflow_make_a_bad_clip(tmp_path: Path) -> None:
-    loud = utterance(clip(tmp_path, "loud.wav", 1.0, peak=1e20), 1.0)  # finite samples, infinite power spectrum
-    line = SpeechDataset([loud], featurize)[0]
-    peak = np.abs(sf.read(loud.audio)[0]).max()
-    assert line == f"{loud.audio}: its features are not finite (samples peak at {peak:.3g}); expected samples of about -1 to 1"
-    fine = SpeechDataset([utterance(clip(tmp_path, "fine.wav", 1.0, peak=1e3), 1.0)], featurize)[0]
-    assert not isinstance(fine, str) and torch.isfinite(fine.features).all()
+def test_a_segment_at_offset_zero_reads_only_its_duration(tmp_path: Path) -> None:
+    clip(tmp_path, "long.wav", 3.0)
+    m = manifest(tmp_path, [{"audio": "long.wav", "text": "first words", "duration": 1.0, "offset": 0},
+                            {"audio": "long.wav", "text": "the whole file", "duration": 3.0}])
+    batch = read_all(m)
+    assert batch.durations == [1.0, 3.0] and batch.texts == ["first words", "the whole file"] and not batch.bad_clips
 
 
-def test_training_prints_each_warning_once(tmp_path: Path) -> None:
-    from macasr.train.engine import Trainer
+def test_training_reports_each_bad_clip_once_and_writes_it_once_to_bad_clips_jsonl(tiny_config, corpus, tmp_path: Path) -> None:
+    from macasr import config as config_module
+    from macasr.model.build import build_model
+    from macasr.train.engine import BAD_CLIPS_FILE, Trainer
+    from macasr.train.run import training_sets
 
-    utterances = [utterance(clip(tmp_path, f"{i}.wav", 1.0), 1.0 if i else 5.0, id=f"u{i}") for i in range(3)]
+    rows = [{"audio": clip(tmp_path, f"{i}.wav", 1.0), "text": "hello world", "duration": 1.0} for i in range(3)]
+    rows.append({"audio": str(tmp_path / "gone.wav"), "text": "hello world", "duration": 1.0})
+    m = manifest(tmp_path, rows)
+    cfg = config_module.replace(tiny_config, **{"data.train": [str(m)], "data.batch_size": 2,
+                                                "train.output_dir": str(tmp_path / "runs"), "train.name": "run"})
     console = Console(record=True, width=400)
-    trainer = types.SimpleNamespace(loader=build_loader(utterances, featurize, batch_size=2, shuffle=True),
-                                    epoch=0, batches_in_epoch=0, reported=set(), console=console)
-    trainer._report_once = lambda label, lines: Trainer._report_once(trainer, label, lines)  # type: ignore[arg-type]
-    batches = Trainer._batches(trainer)  # type: ignore[arg-type]
-    for _ in range(6):  # three epochs of two batches
+    trainer = Trainer(cfg, build_model(cfg), *training_sets(cfg), torch.device("cpu"), "fp32", console)
+    batches = trainer._batches()
+    for _ in range(6):  # three epochs of two batches (one holds a single clip)
         next(batches)
-    printed = [line for line in console.export_text().splitlines() if line.startswith("warning:")]
-    assert printed == [f"warning: {utterances[0].audio} (id u0): decoded 1.00 s but the manifest says duration 5 s; "
-                       "batching and hours use the manifest's value"]
+    assert trainer.epoch >= 2
+    printed = [line for line in console.export_text().splitlines() if line.startswith("skipped clip:")]
+    assert printed == [f"skipped clip: {tmp_path / 'gone.wav'}: no such audio file (manifest {m}:4)"]
+    records = [json.loads(line) for line in (cfg.run_dir / BAD_CLIPS_FILE).read_text().splitlines()]
+    assert records == [{"origin": f"{m}:4", "id": "m-000004", "audio": str(tmp_path / "gone.wav"), "why": "no such audio file"}]
+
+
+def test_on_bad_clip_error_stops_training_naming_the_file_and_keeps_what_was_trained(tiny_config, corpus, tmp_path: Path) -> None:
+    from macasr import config as config_module
+    from macasr.train.run import train
+
+    rows = [{"audio": clip(tmp_path, f"{i}.wav", 1.0, seed=i), "text": "hello world", "duration": 1.0} for i in range(8)]
+    rows[5] = {"audio": clip(tmp_path, "nan.wav", 1.0, nan_at=0.5), "text": "hello world", "duration": 1.0}
+    m = manifest(tmp_path, rows)
+    cfg = config_module.replace(tiny_config, **{
+        "data.train": [str(m)], "data.batch_size": 1, "data.on_bad_clip": "error", "train.max_steps": 20,
+        "train.valid_every": 100, "train.warmup_steps": 0, "train.output_dir": str(tmp_path / "runs"), "train.name": "run",
+    })
+    with pytest.raises(DataError) as error:
+        train(cfg, Console(file=io.StringIO()))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'nan.wav'}: 1 of 16,000 samples are not finite")
+    assert f"(manifest {m}:6)" in message
+    saved = torch.load(cfg.run_dir / "last.pt", weights_only=True)
+    assert saved["step"] >= 1 and message.endswith(f"resumable from {cfg.run_dir / 'last.pt'} (step {saved['step']})")
 
 
 # ---------------------------------------------------------------- the CLI
@@ -129,10 +161,3 @@ def test_eval_lists_every_bad_manifest_line_before_decoding(ckpt: Path, tmp_path
     ]
 
 
-def test_a_segment_at_offset_zero_reads_only_its_duration(tmp_path: Path) -> None:
-    m = tmp_path / "m.jsonl"
-    clip(tmp_path, "long.wav", 3.0)
-    m.write_text('{"audio": "long.wav", "text": "first words", "duration": 1.0, "offset": 0}\n'
-                 '{"audio": "long.wav", "text": "the whole file", "duration": 3.0}\n')
-    first, whole = SpeechDataset(load_manifest(m), featurize)
-    assert (first.duration, first.warnings) == (1.0, []) and (whole.duration, whole.warnings) == (3.0, [])

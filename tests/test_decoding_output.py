@@ -17,11 +17,10 @@ from conftest import noise
 from macasr import config as config_module
 from macasr.cli import app
 from macasr.config import Config
-from macasr.data.loader import build_loader
-from macasr.data.manifest import Utterance
+from macasr.data.loader import CutDataset, build_loader, eval_sampler
 from macasr.evaluate.run import decoding_options
 from macasr.infer.decode import Decoded, decode_loader
-from macasr.infer.transcribe import Transcriber
+from macasr.infer.transcribe import Transcriber, file_cut
 from macasr.model.build import build_model
 from macasr.model.decoding import DecodingOptions
 from macasr.train import checkpoint
@@ -55,8 +54,8 @@ def test_the_guards_are_on_by_default() -> None:
 @pytest.mark.parametrize("n", sorted(GUARDS))
 def test_decode_loader_reports_a_stop_reason_per_clip(tiny_config: Config, clips: list[Path], n: int) -> None:
     model = build_model(tiny_config)
-    utterances = [Utterance(id=str(p), audio=str(p), text="", duration=sf.info(p).duration) for p in clips]
-    loader = build_loader(utterances, model.encoder.featurizer, batch_size=2, shuffle=False, on_bad_clip="skip")
+    cuts = [file_cut(str(p), i) for i, p in enumerate(clips)]
+    loader = build_loader(CutDataset(model.encoder.featurizer), eval_sampler(cuts, batch_size=2))
     cfg = config_module.replace(tiny_config, **{"eval.repeat_ngram_stop": n})
     decoded = decode_loader(model, loader, decoding_options(cfg), model.llm.device, "fp32")
     assert isinstance(decoded, Decoded)

@@ -156,6 +156,6 @@ def test_every_manifest_is_read_before_decoding(ckpt: Path, tmp_path: Path, monk
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded a dataset before every manifest was read")
 
-    monkeypatch.setattr(run_module, "evaluate_utterances", never)
+    monkeypatch.setattr(run_module, "evaluate_cuts", never)
     result = _eval(ckpt, "--manifest", good, "--manifest", broken)
     assert result.exit_code == 1 and f"{broken}:1" in result.stderr

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from macasr import __version__
-from macasr.cli import config_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
+from macasr.cli import config_cmd, data_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
 from macasr.cli import plan_cmd
 from macasr.cli._common import err_console, typer_app
 from macasr.errors import DeprecatedSetting
@@ -23,6 +23,7 @@ app.command("transcribe")(transcribe_cmd.transcribe)
 app.command("demo")(demo_cmd.demo)
 app.command("plan")(plan_cmd.plan)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
 
 
 def _version(value: bool) -> None:

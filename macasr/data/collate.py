@@ -1,6 +1,6 @@
 """One example per clip and the padded `Batch` that `SpeechLLM.forward`/`generate` take.
 
-Symbols: B batch, C feature bins, L feature frames, M target tokens.
+Symbols: B batch, C feature bins (or encoder width D), L feature frames, M target tokens.
 """
 
 from __future__ import annotations
@@ -13,13 +13,32 @@ from torch import nn
 
 @dataclasses.dataclass
 class Example:
-    index: int  # position in the dataset, so decoded results can be put back in order
+    index: int  # position in the set being decoded, so results can be put back in order
     id: str
     text: str
     duration: float  # seconds actually read
-    features: torch.Tensor  # (C, L)
+    features: torch.Tensor  # (C, L); encoder frames (D, T) when `encoded`
     targets: list[int]  # transcript ids ending in the end token (empty at inference)
     warnings: list[str] = dataclasses.field(default_factory=list)  # one line per doubt about a clip that is used
+    encoded: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BadClip:
+    """A clip that could not be used: where it came from and why (one line, and one
+    bad_clips.jsonl record)."""
+
+    origin: str | None  # manifest "FILE:LINE" (macasr JSONL) or FILE (lhotse manifests); None when unknown
+    id: str
+    audio: str
+    why: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.audio}: {self.why}" + (f" (manifest {self.origin})" if self.origin else "")
+
+    def record(self) -> dict[str, str | None]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -28,12 +47,18 @@ class Batch:
     ids: list[str]
     texts: list[str]
     durations: list[float]
-    features: torch.Tensor  # (B, C, L)
-    feature_lengths: torch.Tensor  # (B,)
+    features: torch.Tensor  # (B, C, L); encoder frames (B, D, T) when `encoded`
+    feature_lengths: torch.Tensor  # (B,) feature frames, or encoder frames when `encoded`
     targets: torch.Tensor  # (B, M), right-padded with 0
     target_lengths: torch.Tensor  # (B,)
-    skipped: list[str] = dataclasses.field(default_factory=list)  # one line per unusable clip
+    bad_clips: list[BadClip] = dataclasses.field(default_factory=list)  # clips left out of the batch
     warnings: list[str] = dataclasses.field(default_factory=list)  # one line per used clip that looks wrong
+    encoded: bool = False  # features are cached encoder frames: the model skips its encoder
+
+    @property
+    def skipped(self) -> list[str]:
+        """One line per clip that could not be used."""
+        return [b.line for b in self.bad_clips]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -47,11 +72,10 @@ class Batch:
         return dataclasses.replace(self, **pinned)
 
 
-def collate(items: list[Example | str]) -> Batch:
-    """Pad examples into a Batch; strings are reports of clips that could not be read; the
-    examples' warnings are gathered on Batch.warnings."""
+def collate(items: list[Example | BadClip]) -> Batch:
+    """Pad examples into a Batch; BadClips are clips that could not be used; the examples'
+    warnings are gathered on Batch.warnings."""
     examples = [x for x in items if isinstance(x, Example)]
-    skipped = [x for x in items if isinstance(x, str)]
     features = [x.features.T for x in examples]  # (L, C) each, for pad_sequence
     targets = [torch.tensor(x.targets, dtype=torch.long) for x in examples]
     empty = torch.zeros(0, 0)
@@ -64,6 +88,7 @@ def collate(items: list[Example | str]) -> Batch:
         feature_lengths=torch.tensor([x.features.shape[-1] for x in examples], dtype=torch.long),
         targets=nn.utils.rnn.pad_sequence(targets, batch_first=True) if examples else empty.long(),
         target_lengths=torch.tensor([len(x.targets) for x in examples], dtype=torch.long),
-        skipped=skipped,
+        bad_clips=[x for x in items if isinstance(x, BadClip)],
         warnings=[w for x in examples for w in x.warnings],
+        encoded=any(x.encoded for x in examples),
     )

@@ -130,11 +130,16 @@ def _id_key(utterance_id: str) -> int:
 
 
 def _entries(path: Path) -> Iterator[tuple[int, Utterance]]:
-    """(line number, Utterance) of each usable line; problems are counted in `problems` as we go
-    and raised together (DataError) at the end, after the last line."""
+    """(line number, Utterance) of each usable line; problems are gathered as we go and raised
+    together (DataError) after the last line.
+
+    Ids are checked for repeats by an 8-byte digest (a set of a million fits in ~70 MB, the ids
+    themselves would not); the line an id was first used on is found by a second pass, only when
+    some id repeats."""
     folder = path.resolve().parent
     problems: list[str] = []
-    first_line: dict[int, int] = {}  # id digest → line it was first seen on
+    seen: set[int] = set()
+    repeats: list[tuple[int, str, str]] = []  # (index in problems, id, where)
     for number, line in _rows(path):
         if not line.strip():
             continue
@@ -152,15 +157,34 @@ def _entries(path: Path) -> Iterator[tuple[int, Utterance]]:
             continue
         u = _utterance(entry, folder, f"{path.stem}-{number:06d}")
         key = _id_key(u.id)
-        if key in first_line:
+        if key in seen:
             given = "" if "id" in entry else " (this line's default id)"
-            problems.append(f"{where}: `id` = {show_value(u.id)}{given}: expected an id used once "
-                            f"in the manifest (line {first_line[key]} has it too)")
+            repeats.append((len(problems), u.id, f"{where}: `id` = {show_value(u.id)}{given}"))
+            problems.append("")
             continue
-        first_line[key] = number
+        seen.add(key)
         yield number, u
+    if repeats:
+        first = _first_lines(path, {utterance_id for _, utterance_id, _ in repeats})
+        for index, utterance_id, head in repeats:
+            problems[index] = f"{head}: expected an id used once in the manifest (line {first[utterance_id]} has it too)"
     if problems:
         raise problems_error(problems, str(path))
+
+
+def _first_lines(path: Path, ids: set[str]) -> dict[str, int]:
+    """The first line each of `ids` is used on (a second pass over a manifest whose lines parsed)."""
+    folder, first = path.resolve().parent, {}
+    for number, line in _rows(path):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and not entry_problems(entry):
+            u = _utterance(entry, folder, f"{path.stem}-{number:06d}")
+            if u.id in ids:
+                first.setdefault(u.id, number)
+    return first
 
 
 def load_manifest(path: str | Path) -> list[Utterance]:

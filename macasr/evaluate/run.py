@@ -1,4 +1,8 @@
-"""Score a model on a list of utterances: decode, normalize, count errors."""
+"""Score a model on sets of cuts: decode, normalize, count errors.
+
+Cuts are decoded longest first in batches of [eval] batch_size; each result is put back at its
+cut's position in the set, so scores and per-utterance lines are the same for any batch size.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import torch
+from lhotse.cut import Cut
 
 from macasr.config import Config
 from macasr.data.collate import Batch
-from macasr.data.loader import build_loader
-from macasr.data.manifest import Utterance, load_manifests
+from macasr.data.loader import CutDataset, build_loader, eval_sampler, indexed, transcript
+from macasr.data.manifest import open_cuts
 from macasr.errors import ConfigError
 from macasr.evaluate.wer import DatasetScore, score
 from macasr.infer.decode import decode_loader
@@ -26,26 +31,24 @@ def decoding_options(cfg: Config) -> DecodingOptions:
     )
 
 
-def evaluate_utterances(
-    model: SpeechLLM, utterances: Sequence[Utterance], name: str, cfg: Config, device: torch.device, precision: str,
+def evaluate_cuts(
+    model: SpeechLLM, cuts: Sequence[Cut], name: str, cfg: Config, device: torch.device, precision: str,
     num_workers: int = 0, on_batch: Callable[[Batch], None] | None = None,
 ) -> DatasetScore:
     """Decode and score one dataset. The score carries the lines of clips that could not be read
     and were left out (`skipped`) and of clips that were read but look wrong (`warnings`);
-    `[data] on_bad_clip = "error"` stops at the first unreadable clip instead.
+    `[data] on_bad_clip = "error"` stops at the first unreadable clip instead (DataError).
+    Results are in the order of `cuts`, whatever the batching.
     """
-    loader = build_loader(
-        utterances, model.encoder.featurizer, batch_size=cfg.eval.batch_size, shuffle=False,
-        num_workers=num_workers, on_bad_clip=cfg.data.on_bad_clip,
-    )
-    decoded = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch)
-    kept = [i for i in range(len(utterances)) if i in decoded.hypotheses]
-    result = score(
-        name, [utterances[i].id for i in kept], [utterances[i].text for i in kept],
-        [decoded.hypotheses[i] for i in kept], [utterances[i].duration for i in kept], cfg.eval.normalizer,
+    cuts = list(indexed(cuts))
+    loader = build_loader(CutDataset(model.encoder.featurizer), eval_sampler(cuts, cfg.eval.batch_size), num_workers)
+    decoded = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch, cfg.data.on_bad_clip)
+    kept = [i for i in range(len(cuts)) if i in decoded.hypotheses]
+    return score(
+        name, [cuts[i].id for i in kept], [transcript(cuts[i]) for i in kept],
+        [decoded.hypotheses[i] for i in kept], [cuts[i].duration for i in kept], cfg.eval.normalizer,
         skipped=decoded.skipped, warnings=decoded.warnings, stops=[decoded.stop_reasons[i] for i in kept],
     )
-    return result
 
 
 def _name_candidates(path: Path) -> list[str]:
@@ -102,14 +105,15 @@ def evaluate_sets(
     model: SpeechLLM, cfg: Config, sets: dict[str, list[str]], device: torch.device, precision: str,
     progress: Callable[[str, int], Callable[[Batch], None]] | None = None,
 ) -> list[DatasetScore]:
-    """Score each named manifest → scores in order (each with its skipped clips).
+    """Score each named set of manifests → scores in order (each with its skipped clips).
 
-    Every manifest is read before any decoding, so a bad line in the last one costs nothing.
-    `progress(name, n_utterances)` may return a per-batch callback (for a progress bar).
+    Every manifest is opened (and checked) before any decoding, so a bad line in the last one
+    costs nothing. `progress(name, n_utterances)` may return a per-batch callback (for a progress bar).
     """
-    loaded = {name: load_manifests(paths) for name, paths in sets.items()}
+    opened = {name: [open_cuts(path) for path in paths] for name, paths in sets.items()}
     scores = []
-    for name, utterances in loaded.items():
-        on_batch = progress(name, len(utterances)) if progress else None
-        scores.append(evaluate_utterances(model, utterances, name, cfg, device, precision, on_batch=on_batch))
+    for name, parts in opened.items():
+        cuts = [cut for part in parts for cut in part]
+        on_batch = progress(name, len(cuts)) if progress else None
+        scores.append(evaluate_cuts(model, cuts, name, cfg, device, precision, on_batch=on_batch))
     return scores

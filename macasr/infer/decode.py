@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from macasr.data.collate import Batch
+from macasr.data.loader import check_bad_clips
 from macasr.model.build import autocast
 from macasr.model.decoding import STOP_END, DecodingOptions, Stop
 from macasr.model.speech_llm import SpeechLLM
@@ -31,15 +32,17 @@ class Decoded:
 @torch.no_grad()
 def decode_loader(
     model: SpeechLLM, loader: DataLoader[Batch], options: DecodingOptions, device: torch.device, precision: str,
-    on_batch: Callable[[Batch], None] | None = None,
+    on_batch: Callable[[Batch], None] | None = None, on_bad_clip: str = "skip",
 ) -> Decoded:
-    """Decode every batch → `Decoded` (transcripts and stop reasons by dataset index, and the
-    lines for clips skipped or warned about)."""
+    """Decode every batch → `Decoded` (transcripts and stop reasons by the cuts' index, and the
+    lines for clips skipped or warned about); with on_bad_clip = "error", DataError at the first
+    clip that cannot be read."""
     was_training = model.training
     model.eval()
     decoded = Decoded()
     try:
         for batch in loader:
+            check_bad_clips(batch, on_bad_clip)
             decoded.skipped += batch.skipped
             decoded.warnings += batch.warnings
             if len(batch):

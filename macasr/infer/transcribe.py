@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from lhotse import MonoCut, Recording, SupervisionSegment
 
 from macasr.audio import audio_duration
 from macasr.config import Config
-from macasr.data.loader import build_loader
-from macasr.data.manifest import Utterance
+from macasr.data.loader import CutDataset, build_loader, eval_sampler
 from macasr.errors import DataError
 from macasr.evaluate.run import decoding_options
 from macasr.infer.decode import Decoded, decode_loader
@@ -57,35 +57,44 @@ class Transcriber:
     def transcribe(self, paths: Sequence[str | Path], batch_size: int | None = None) -> list[Transcript]:
         """One Transcript per path, in order; errors are reported per file, never raised."""
         errors: dict[int, str] = {}
-        utterances: list[Utterance] = []
-        owners: list[int] = []
+        cuts: list[MonoCut] = []
         for i, path in enumerate(map(str, paths)):
             try:
-                duration = audio_duration(path) if Path(path).is_file() else None
-                if duration is None:
-                    raise DataError(f"{path}: no such audio file")
-                if duration <= 0:
-                    raise DataError(f"{path}: audio is empty")
+                cuts.append(file_cut(path, i))
             except DataError as e:
                 errors[i] = str(e)
-                continue
-            utterances.append(Utterance(id=path, audio=str(Path(path).resolve()), text="", duration=duration))
-            owners.append(i)
         decoded = Decoded()
-        if utterances:
-            loader = build_loader(utterances, self.model.encoder.featurizer, shuffle=False, on_bad_clip="skip",
-                                  batch_size=batch_size or self.cfg.eval.batch_size)
+        if cuts:
+            loader = build_loader(CutDataset(self.model.encoder.featurizer),
+                                  eval_sampler(cuts, batch_size or self.cfg.eval.batch_size))
             decoded = decode_loader(self.model, loader, decoding_options(self.cfg), self.device, self.precision)
-        for j, i in enumerate(owners):
-            if j not in decoded.hypotheses:
-                path = utterances[j].audio
-                errors[i] = next((s for s in decoded.skipped if s.startswith(path)), f"{paths[i]}: could not be decoded")
-        by_index = dict(zip(owners, range(len(owners))))
+        for cut in cuts:
+            i = cut.custom["index"]
+            if i not in decoded.hypotheses:
+                audio = cut.recording.sources[0].source
+                errors[i] = next((s for s in decoded.skipped if s.startswith(f"{audio}: ")), f"{paths[i]}: could not be decoded")
+        durations = {cut.custom["index"]: cut.duration for cut in cuts}
         results = []
         for i, p in enumerate(map(str, paths)):
             if i in errors:
                 results.append(Transcript(p, None, errors[i]))
                 continue
-            j = by_index[i]
-            results.append(Transcript(p, decoded.hypotheses[j], None, round(utterances[j].duration, 3), decoded.stop_reasons[j]))
+            results.append(Transcript(p, decoded.hypotheses[i], None, round(durations[i], 3), decoded.stop_reasons[i]))
         return results
+
+
+def file_cut(path: str, index: int) -> MonoCut:
+    """A cut over a whole audio file (all channels, mixed to mono when read), numbered `index`;
+    DataError naming the file when it is missing, has no readable header, or is empty."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such audio file")
+    duration = audio_duration(path)  # DataError naming the file when the header cannot be read
+    if duration <= 0:
+        raise DataError(f"{path}: audio is empty")
+    try:
+        recording = Recording.from_file(Path(path).resolve(), recording_id=str(index))
+    except Exception as e:  # noqa: BLE001 - lhotse's audio backends raise many types
+        raise DataError(f"{path}: cannot read audio header ({' '.join(str(e).split())[:200]})") from None
+    supervision = SupervisionSegment(id=str(index), recording_id=str(index), start=0.0, duration=recording.duration, text="")
+    return MonoCut(id=path, start=0.0, duration=recording.duration, channel=recording.channel_ids,
+                   recording=recording, supervisions=[supervision], custom={"index": index})

@@ -4,15 +4,23 @@ Counting is in optimizer steps; `grad_accum` micro-batches make one step. A step
 gradient norm is not finite is not taken (weights, optimizer and scheduler untouched) and is
 reported with its clips; MAX_BAD_STEPS such steps in a row stop the run. Validation decodes the
 valid set greedily and scores WER; the best WER so far is kept as best.pt, and training stops
-after `patience` validations without improvement. last.pt holds everything needed to resume.
+after `patience` validations without improvement. last.pt holds everything needed to resume,
+including the sampler's position, so a resumed run draws the batch it would have drawn next.
+
+Data: each training source's cuts (target text normalized, duration limits applied) are mixed by
+weight into one stream (endless with several sources), clips whose target has more tokens than
+the decoder may emit are dropped and reported, and lhotse's DynamicBucketingSampler batches them.
+Bad clips are printed once and written once to bad_clips.jsonl in the run folder
+(`[data] on_bad_clip = "skip"`), or stop the run naming the file (`"error"`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +31,33 @@ from rich.markup import escape
 from macasr import config as config_module
 from macasr.config import Config
 from macasr.data.augment import spec_augment
-from macasr.data.collate import Batch
-from macasr.data.loader import build_loader
-from macasr.data.manifest import Utterance
+from lhotse import CutSet
+from lhotse.cut import Cut
+
+from macasr.data.collate import BadClip, Batch
+from macasr.data.loader import (
+    CutDataset, NothingToSample, TokenLimit, WithEpoch, build_loader, check_bad_clips, mix_streams, restore_sampler, sampler_state, source_stream,
+    train_sampler,
+)
+from macasr.data.manifest import manifest_kind
 from macasr.errors import CheckpointError, DataError, MacasrError
-from macasr.evaluate.run import evaluate_utterances
+from macasr.evaluate.run import decoding_options, evaluate_cuts
 from macasr.model.build import autocast
 from macasr.model.llm import TargetTokenizer
 from macasr.model.speech_llm import SpeechLLM
 from macasr.train import checkpoint
+from macasr.train.distributed import World
 from macasr.train.schedule import build_scheduler
 from macasr.train.tracking import MetricsLog, start_wandb, training_progress
 
 # Optimizer steps in a row with a non-finite loss or gradient before the run stops. One such step
 # is usually one bad batch; several in a row mean the run has diverged (or the data is broken).
 MAX_BAD_STEPS = 5
-# Parts of last.pt that --resume reads, besides the weights.
+# Parts of last.pt that --resume reads, besides the weights ("sampler" too when present: the data position).
 RESUME_PARTS = ("optimizer", "scheduler", "rng", "epoch", "batches_in_epoch", "bad_validations", "metrics")
+# Micro-batches in a row without one usable clip before an endless (mixed) stream is declared unreadable.
+MAX_EMPTY_BATCHES = 100
+BAD_CLIPS_FILE = "bad_clips.jsonl"
 
 
 @dataclasses.dataclass
@@ -82,21 +100,37 @@ def config_changes(stored: dict[str, Any], given: dict[str, Any], tables: tuple[
 
 
 class Trainer:
+    """Train `model` on `train` (pairs of a `DataSource` and its lazy CutSet), validating on `valid`
+    (cuts, at most [eval] valid_max_utterances of them are decoded). `augment(cut, epoch)` and
+    `frames_from(cut)` are the dataset's hooks (waveform augmentation; cached encoder frames)."""
+
     def __init__(
-        self, cfg: Config, model: SpeechLLM, train_set: list[Utterance], valid_set: list[Utterance],
-        device: torch.device, precision: str, console: Console | None = None,
+        self, cfg: Config, model: SpeechLLM, train: Sequence[tuple[Any, CutSet]], valid: Sequence[Cut],
+        device: torch.device, precision: str, console: Console | None = None, *, world: World = World(),
+        augment: Callable[[Cut, int], Cut] | None = None, frames_from: Callable[[Cut], torch.Tensor] | None = None,
     ) -> None:
         self.cfg, self.model, self.device, self.precision = cfg, model, device, precision
         self.console = console or Console()
         self.run_dir = cfg.run_dir
-        self.valid_set = valid_set[: cfg.eval.valid_max_utterances or None]
-        t = cfg.train
-        self.loader = build_loader(
-            train_set, model.encoder.featurizer, tokenize=TargetTokenizer(model.tokenizer, model.prompt.end_id),
-            batch_size=cfg.data.batch_size, max_batch_seconds=cfg.data.max_batch_seconds, shuffle=True,
-            seed=t.seed, num_workers=cfg.data.num_workers, on_bad_clip=cfg.data.on_bad_clip,
-            augment=spec_augment if cfg.data.spec_augment else None,
-        )
+        self.valid = list(valid[: cfg.eval.valid_max_utterances or None])
+        t, d = cfg.train, cfg.data
+        tokenize = TargetTokenizer(model.tokenizer, model.prompt.end_id)
+        self.endless = len(train) > 1  # a mixture repeats each source without end
+        self.dropped: set[str] = set()  # cuts left out because their target is too long (reported once)
+        limit = TokenLimit(lambda text: len(tokenize(text)), decoding_options(cfg), self._too_long)
+        streams = [source_stream(cuts, source, d.min_duration, d.max_duration).filter(limit) for source, cuts in train]
+        stream = mix_streams(streams, [source.weight for source, _ in train], t.seed)
+        try:
+            self.sampler = train_sampler(
+                stream, max_batch_seconds=d.max_batch_seconds, batch_size=d.batch_size, num_buckets=d.num_buckets,
+                quadratic_duration=d.quadratic_duration, seed=t.seed, rank=world.rank, world_size=world.size,
+                audio_inside=any(manifest_kind(p) == "shar" for source, _ in train for p in source.manifests),
+            )
+        except NothingToSample:
+            raise DataError(self._nothing_left()) from None
+        self.dataset = CutDataset(model.encoder.featurizer, tokenize, augment=augment, frames_from=frames_from,
+                                  feature_augment=spec_augment if d.spec_augment else None)
+        self.loader = build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers)
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         self.step = 0
@@ -107,29 +141,46 @@ class Trainer:
         self.bad_validations = 0
         self.bad_steps = 0  # optimizer steps refused in a row (non-finite loss or gradient)
         self.saved_step: int | None = None  # step of the newest last.pt, the checkpoint a stop keeps
+        self.step_position = (0, 0)  # (epoch, batches_in_epoch) after the last optimizer step
         self.metrics: MetricsLog | None = None
         self.reported: set[str] = set()  # clip problems already printed (skipped clips, warnings)
 
     # ------------------------------------------------------------------ data
 
     def _batches(self) -> Iterator[Batch]:
-        """Endless micro-batches, epoch after epoch; reports unreadable clips and clip warnings once each."""
-        sampler = self.loader.batch_sampler
+        """Endless micro-batches, epoch after epoch; reports unreadable clips and clip warnings once each.
+
+        DataError when `on_bad_clip = "error"` meets a bad clip, when a whole epoch has no usable
+        clip, or (endless mixture) MAX_EMPTY_BATCHES batches in a row have none."""
         while True:
-            sampler.set_epoch(self.epoch, self.batches_in_epoch)
-            usable = skipped = 0
+            self.sampler.set_epoch(self.epoch)
+            start, usable, skipped, empty_run = self.batches_in_epoch, 0, 0, 0
             for batch in self.loader:
                 self.batches_in_epoch += 1
-                self._report_once("skipped clip", batch.skipped)
+                self._bad_clips("skipped clip", batch.bad_clips)
+                check_bad_clips(batch, self.cfg.data.on_bad_clip)
                 self._report_once("warning", batch.warnings)
-                usable, skipped = usable + len(batch), skipped + len(batch.skipped)
+                usable, skipped = usable + len(batch), skipped + len(batch.bad_clips)
+                empty_run = 0 if len(batch) else empty_run + 1
+                if self.endless and empty_run >= MAX_EMPTY_BATCHES:
+                    raise DataError(f"[data] train: {empty_run} batches in a row held no readable clip (each bad clip "
+                                    f"is named above and in {self.run_dir / BAD_CLIPS_FILE}); fix or remove them")
                 if len(batch):
                     yield batch
+            if self.batches_in_epoch == start == 0:
+                raise DataError(self._nothing_left())
             if not usable and skipped:  # another epoch would find nothing either: never loop forever
                 raise DataError(f"[data] train: none of the {skipped:,} training clips could be read "
                                 f"(each is named above); fix or remove them")
             self.epoch += 1
             self.batches_in_epoch = 0
+
+    def _nothing_left(self) -> str:
+        d, e = self.cfg.data, self.cfg.eval
+        return (f"[data] train: no training clip is left after the duration limits ([data] min_duration "
+                f"{d.min_duration:g} s, max_duration {d.max_duration:g} s, and those of [datasets.*]) and the token "
+                f"limit ([eval] max_tokens_per_second {e.max_tokens_per_second:g}, max_tokens_base {e.max_tokens_base}); "
+                "0 means off")
 
     def _report_once(self, label: str, lines: Iterable[str]) -> None:
         """Print each clip problem once per run, however many epochs or validations meet it."""
@@ -137,6 +188,28 @@ class Trainer:
             if line not in self.reported:
                 self.reported.add(line)
                 self.console.print(f"{label}: {line}", style="yellow", markup=False)
+
+    def _bad_clips(self, label: str, clips: Iterable[BadClip]) -> None:
+        """Print each bad clip once and append it once to bad_clips.jsonl in the run folder."""
+        for clip in clips:
+            if clip.line in self.reported:
+                continue
+            self._report_once(label, [clip.line])
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / BAD_CLIPS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(clip.record(), ensure_ascii=False) + "\n")
+
+    def _too_long(self, cut: Cut, tokens: int, cap: int) -> None:
+        """Report a training cut dropped for a target longer than the decoder may emit (once each)."""
+        origin = (cut.custom or {}).get("origin")
+        key = f"{origin or ''} {cut.id}"
+        if key in self.dropped:
+            return
+        self.dropped.add(key)
+        where = f" ({origin})" if origin else ""
+        self.console.print(f"dropped clip: {cut.id}{where}: its target has {tokens} tokens, more than the {cap} that "
+                           f"{cut.duration:.2f} s allow ([eval] max_tokens_per_second, max_tokens_base); "
+                           f"{len(self.dropped):,} dropped so far", style="yellow", markup=False)
 
     # ------------------------------------------------------------------ loop
 
@@ -151,7 +224,16 @@ class Trainer:
         return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir)
 
     def _loop(self, metrics: MetricsLog) -> bool:
-        """Optimizer steps until max_steps or early stopping; returns whether it stopped early."""
+        """Optimizer steps until max_steps or early stopping; returns whether it stopped early.
+
+        A DataError (bad clip with on_bad_clip = "error", unreadable data) first saves last.pt
+        when steps were taken since the last one, and says so."""
+        try:
+            return self._steps(metrics)
+        except DataError as e:
+            raise DataError(f"{e}; {self._keep_progress()}") from None
+
+    def _steps(self, metrics: MetricsLog) -> bool:
         t, log_every = self.cfg.train, self.cfg.logging.log_every
         batches = self._batches()
         self.model.train()
@@ -160,6 +242,7 @@ class Trainer:
             task = progress.add_task("train", total=t.max_steps, completed=self.step, stats="")
             while self.step < t.max_steps:
                 loss, audio_s = self._optimizer_step(batches)
+                self.step_position = (self.epoch, self.batches_in_epoch)
                 if loss is None:  # refused: no step was taken
                     continue
                 self.step += 1
@@ -177,6 +260,14 @@ class Trainer:
                         return True
                     window["t0"] = time.perf_counter()  # audio s/s measures training, not validation
         return False
+
+    def _keep_progress(self) -> str:
+        """Save last.pt when steps were taken since the last one → what a stop keeps, for its message."""
+        if self.step and self.saved_step != self.step:
+            self._save("last.pt", with_state=True)
+        if self.saved_step is None:
+            return "no step was taken yet"
+        return f"training stopped at step {self.step}, resumable from {self.run_dir / 'last.pt'} (step {self.saved_step})"
 
     def _optimizer_step(self, batches: Iterator[Batch]) -> tuple[torch.Tensor | None, float]:
         """One optimizer step over grad_accum micro-batches → (mean loss, audio seconds seen).
@@ -252,16 +343,14 @@ class Trainer:
 
     def _validate(self, metrics: MetricsLog) -> bool:
         """Decode the valid set, keep best.pt, and say whether patience has run out."""
-        if not self.valid_set:
+        if not self.valid:
             self._save("best.pt")
             return False
-        result = evaluate_utterances(self.model, self.valid_set, "valid", self.cfg, self.device, self.precision)
-        self._report_once("skipped valid clip", result.skipped)
+        result = evaluate_cuts(self.model, self.valid, "valid", self.cfg, self.device, self.precision,
+                               on_batch=lambda batch: self._bad_clips("skipped valid clip", batch.bad_clips))
         self._report_once("warning", result.warnings)
         if result.problem:  # a WER of nothing is no WER: never keep a "best" model by it
-            self._save("last.pt", with_state=True)
-            raise DataError(f"[data] valid: {result.problem}; training stopped at step {self.step}, "
-                            f"resumable from {self.run_dir / 'last.pt'}")
+            raise DataError(f"[data] valid: {result.problem}")
         wer = result.wer
         improved = self.best_wer is None or wer < self.best_wer
         if improved:
@@ -282,10 +371,11 @@ class Trainer:
         metrics = {"best_wer": self.best_wer, "best_step": self.best_step}
         payload = checkpoint.model_payload(self.model, self.cfg, self.step, metrics)
         if with_state:
+            epoch, consumed = self.step_position  # micro-batches of an unfinished step are drawn again
             payload.update(
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                rng=checkpoint.rng_state(), epoch=self.epoch, batches_in_epoch=self.batches_in_epoch,
-                bad_validations=self.bad_validations,
+                rng=checkpoint.rng_state(), epoch=epoch, batches_in_epoch=consumed,
+                sampler=sampler_state(self.sampler, epoch, consumed), bad_validations=self.bad_validations,
             )
         checkpoint.save_checkpoint(self.run_dir / name, payload)
         if with_state:
@@ -318,9 +408,39 @@ class Trainer:
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{path}: its training state does not fit this run ({type(e).__name__}: {e})") from None
         self.step, self.epoch, self.batches_in_epoch = data["step"], data["epoch"], data["batches_in_epoch"]
+        self.step_position = (self.epoch, self.batches_in_epoch)
+        self._restore_data_position(data, path)
         self.best_wer, self.best_step = data["metrics"].get("best_wer"), data["metrics"].get("best_step")
         self.bad_validations = data["bad_validations"]
         self.saved_step = self.step
+
+    def _restore_data_position(self, data: dict[str, Any], path: Path) -> None:
+        """Put the sampler where last.pt left it (an older last.pt without one restarts its epoch)."""
+        if "sampler" not in data:
+            self.console.print(f"[yellow]{escape(str(path))} holds no sampler state (written by an older macasr): "
+                               f"epoch {self.epoch} of the training data starts over")
+            self.batches_in_epoch = 0
+            self.step_position = (self.epoch, 0)
+            return
+        try:
+            restore_sampler(self.sampler, data["sampler"])
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: {e}; resume with the [train] seed, [data] batch limits and number of "
+                                  "processes it was saved with, or start over with --overwrite") from None
+        self.reported |= self._bad_clips_seen()
+
+    def _bad_clips_seen(self) -> set[str]:
+        """Lines of the bad clips an earlier part of this run already wrote to bad_clips.jsonl."""
+        path = self.run_dir / BAD_CLIPS_FILE
+        if not path.is_file():
+            return set()
+        seen = set()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                seen.add(BadClip(**json.loads(line)).line)
+            except (ValueError, TypeError):  # a line cut by a crash: that clip is simply reported again
+                continue
+        return seen
 
     def _wandb(self) -> Any:
         if not self.cfg.logging.wandb:

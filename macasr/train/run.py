@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
+from lhotse import CutSet
+from lhotse.cut import Cut
 from rich.console import Console
 from rich.table import Table
 
 from macasr import config as config_module
 from macasr.config import Config
-from macasr.data.manifest import Utterance, dataset_sources, load_manifests
+from macasr.data.augment import build_augmenter
+from macasr.data.loader import chain, target_text
+from macasr.data.manifest import dataset_sources, manifest_summary, open_cuts
 from macasr.errors import CheckpointError, ConfigError, MacasrError
 from macasr.model.build import build_model, parameter_counts, resolve_device, resolve_precision
 from macasr.model.speech_llm import SpeechLLM
-from macasr.train.engine import Trainer, TrainResult, seed_everything
+from macasr.train.distributed import current_world
+from macasr.train.engine import BAD_CLIPS_FILE, Trainer, TrainResult, seed_everything
 
 
 def parameter_table(model: SpeechLLM) -> Table:
@@ -31,26 +38,38 @@ def parameter_table(model: SpeechLLM) -> Table:
     return table
 
 
-def training_sets(cfg: Config) -> tuple[list[Utterance], list[Utterance]]:
+def training_sets(cfg: Config) -> tuple[list[tuple[Any, CutSet]], list[Cut]]:
+    """→ (each [data] train source with its lazy cuts, the validation cuts with their sources'
+    target text, at most [eval] valid_max_utterances of them). Every manifest is opened (and
+    checked) here, before any model is built."""
     if not cfg.data.train:
         raise ConfigError("[data] train: no training data given")
-    manifests = {split: [m for s in dataset_sources(cfg, split) for m in s.manifests] for split in ("train", "valid")}
-    train_set = load_manifests(manifests["train"])
-    if cfg.data.max_duration > 0:
-        kept = [u for u in train_set if u.duration <= cfg.data.max_duration]
-        if not kept:
-            raise ConfigError(f"[data] max_duration: all {len(train_set):,} training clips are longer than "
-                              f"{cfg.data.max_duration:g} s; raise it or set 0 to keep every clip")
-        train_set = kept
-    return train_set, load_manifests(manifests["valid"]) if cfg.data.valid else []
+    seed = cfg.train.seed  # Shar shards are read in a seeded random order
+    train = [(source, chain([open_cuts(p, shuffle_shards=True, seed=seed) for p in source.manifests]))
+             for source in dataset_sources(cfg, "train")]
+    valid = [target_text(chain([open_cuts(p) for p in source.manifests]), source)
+             for source in (dataset_sources(cfg, "valid") if cfg.data.valid else [])]
+    cap = cfg.eval.valid_max_utterances or None
+    return train, list(islice((cut for cuts in valid for cut in cuts), cap))
+
+
+def data_banner(train: list[tuple[Any, CutSet]]) -> str:
+    """'librispeech: 28,539 clips (100.59 h, weight 1)' per training source (one streaming pass each)."""
+    parts = []
+    for source, _ in train:
+        summaries = [manifest_summary(p) for p in source.manifests]
+        clips, hours = sum(s.cuts for s in summaries), sum(s.seconds for s in summaries) / 3600
+        weight = f", weight {source.weight:g}" if len(train) > 1 else ""
+        parts.append(f"{source.name}: {clips:,} clips ({hours:.2f} h{weight})")
+    return "; ".join(parts)
 
 
 def run_files(run_dir: Path) -> list[Path]:
-    """What a run leaves in its folder (config.toml, metrics.jsonl, checkpoints); other files,
+    """What a run leaves in its folder (config.toml, metrics.jsonl, bad_clips.jsonl, checkpoints); other files,
     such as the demo's data/ and models/, are not part of it."""
     if not run_dir.is_dir():
         return []
-    named = [run_dir / n for n in ("config.toml", "metrics.jsonl") if (run_dir / n).is_file()]
+    named = [run_dir / n for n in ("config.toml", "metrics.jsonl", BAD_CLIPS_FILE) if (run_dir / n).is_file()]
     return named + sorted(p for p in run_dir.glob("*.pt") if p.is_file())
 
 
@@ -93,10 +112,11 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     precision = resolve_precision(cfg.train.precision, device)
     model = build_model(cfg, device, precision)
     console.print(parameter_table(model))
-    hours = sum(u.duration for u in train_set) / 3600
-    console.print(f"train: {len(train_set):,} clips ({hours:.2f} h), valid: {len(valid_set):,} clips; "
+    console.print(f"train: {data_banner(train_set)}; valid: {len(valid_set):,} clips; "
                   f"device {device}, precision {precision}; run folder {cfg.run_dir}")
-    trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console)
+    augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
+    trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=current_world(),
+                      augment=augment)
     if resume:
         last = cfg.run_dir / "last.pt"
         trainer.resume(last)
