@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 DEMO_DIR = Path("runs/demo")
 N_TRAIN = 6000  # clips; valid and test sets keep the defaults
-N_UNSEEN = 300  # clips, 50 for each of synth.UNSEEN_VOICES
+N_UNSEEN = 200  # clips, 33 or 34 for each of synth.UNSEEN_VOICES
 UNSEEN_SET = "test_unseen_voice"
 NARROWBAND_SET = "test_narrowband"
 VOCAB_SIZE = 300
