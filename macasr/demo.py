@@ -31,7 +31,7 @@ from macasr.config import Config
 from macasr.data.manifest import load_manifest
 
 if TYPE_CHECKING:
-    from macasr.evaluate.wer import DatasetScore
+    from macasr.evaluate.wer import DatasetScore, UtteranceResult
 
 DEMO_DIR = Path("runs/demo")
 N_TRAIN = 6000  # clips; valid and test sets keep the defaults
@@ -63,7 +63,7 @@ def per_speaker(result: DatasetScore, manifest: Path, normalizer: str) -> list[D
     from macasr.evaluate.wer import score
 
     rows = {u.id: u for u in load_manifest(manifest)}
-    groups: dict[str, list] = {str(u.speaker): [] for u in rows.values()}
+    groups: dict[str, list[UtteranceResult]] = {str(u.speaker): [] for u in rows.values()}
     for r in result.per_utterance:
         groups[str(rows[r.id].speaker)].append(r)
     return [score(speaker, [r.id for r in rs], [r.reference for r in rs], [r.hypothesis for r in rs],
