@@ -1,9 +1,11 @@
 """`macasr demo`: the whole loop on a laptop CPU with nothing downloaded.
 
-1. Synthesize a spoken corpus with espeak-ng (many voices; one voice held out entirely).
+1. Synthesize a spoken corpus with espeak-ng (many voices; several held out entirely), plus a
+   telephone-band (8 kHz μ-law) copy of the test set.
 2. Build a tiny Whisper encoder and a tiny Qwen3 with a BPE tokenizer trained on the training
    text, `save_pretrained` them, and load them back by path through `from_pretrained`.
-3. Train with the `demo` preset, evaluate both test sets, write best.pt and report.json.
+3. Train with the `demo` preset, evaluate the test sets (the unseen voices also one by one),
+   write best.pt and report.json.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -27,20 +30,45 @@ from macasr import config as config_module
 from macasr.config import Config
 from macasr.data.manifest import load_manifest
 
+if TYPE_CHECKING:
+    from macasr.evaluate.wer import DatasetScore, UtteranceResult
+
 DEMO_DIR = Path("runs/demo")
-N_TRAIN = 6000  # clips; valid, test and unseen-voice sets keep the defaults
+N_TRAIN = 6000  # clips; valid and test sets keep the defaults
+N_UNSEEN = 200  # clips, 33 or 34 for each of synth.UNSEEN_VOICES
+UNSEEN_SET = "test_unseen_voice"
+NARROWBAND_SET = "test_narrowband"
 VOCAB_SIZE = 300
 ENCODER_WIDTH = 64
 LLM_WIDTH = 64
 
 
 def synthesize_corpus(out: Path, console: Console, seed: int) -> dict[str, Path]:
+    """The espeak corpus (see synth.build_corpus) plus NARROWBAND_SET: the test set through the
+    telephone band, stored as 8 kHz μ-law WAVs → {dataset name: manifest}."""
     from macasr.data import synth
+    from macasr.data.augment import narrowband_copy
 
     with Progress(TextColumn("[bold]synthesizing speech"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("synth", total=None)
-        return synth.build_corpus(out, n_train=N_TRAIN, seed=seed, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        manifests = synth.build_corpus(out, n_train=N_TRAIN, n_unseen=N_UNSEEN, seed=seed,
+                                       progress=lambda done, total: progress.update(task, completed=done, total=total))
+    return {**manifests, NARROWBAND_SET: narrowband_copy(manifests["test"], out / NARROWBAND_SET, mu_law=True)}
+
+
+def per_speaker(result: DatasetScore, manifest: Path, normalizer: str) -> list[DatasetScore]:
+    """Split one dataset's scored utterances by the manifest's `speaker` field → one score per
+    speaker, in order of first appearance. Clips that were not scored (skipped) are in none."""
+    from macasr.evaluate.wer import score
+
+    rows = {u.id: u for u in load_manifest(manifest)}
+    groups: dict[str, list[UtteranceResult]] = {str(u.speaker): [] for u in rows.values()}
+    for r in result.per_utterance:
+        groups[str(rows[r.id].speaker)].append(r)
+    return [score(speaker, [r.id for r in rs], [r.reference for r in rs], [r.hypothesis for r in rs],
+                  [rows[r.id].duration for r in rs], normalizer, stops=[r.stop for r in rs])
+            for speaker, rs in groups.items() if rs]
 
 
 @contextlib.contextmanager
@@ -56,6 +84,24 @@ def no_progress_bars() -> Iterator[None]:
     finally:
         if shown:
             logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def threads_beside_workers(num_workers: int) -> Iterator[None]:
+    """Let torch use only the cores the DataLoader workers leave free, then restore its setting.
+
+    On the 2-core machine the demo targets, torch's default of one thread per core plus a worker
+    featurizing on one of those cores oversubscribes them; measured under load, a training step
+    then cost 4.5x the CPU time of a one-thread step (threads spin waiting for each other)."""
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(before, max(1, cpus - num_workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def build_models(out: Path, train_manifest: Path, seed: int) -> tuple[Path, Path]:
@@ -141,14 +187,19 @@ def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: in
     console.print(f"[bold]2/3[/] tiny Whisper and Qwen3 saved to {out / 'models'}; training:")
     cfg = demo_config(out, manifests, whisper, qwen, max_steps)
     t1 = time.perf_counter()
-    result = train(cfg, console, overwrite=True)
+    with threads_beside_workers(cfg.data.num_workers):
+        result = train(cfg, console, overwrite=True)
     train_seconds = time.perf_counter() - t1
     restored = restore_model(result.run_dir / "best.pt", cfg.train.device)
     test_sets = named_sets(restored.config, [], [])
     scores = evaluate_sets(restored.model, restored.config, test_sets, restored.device, restored.precision)
     console.print(wer_table(scores, cfg.eval.normalizer, title="[bold]3/3[/] demo test sets"))
+    unseen = next(s for s in scores if s.name == UNSEEN_SET)
+    voices = per_speaker(unseen, manifests[UNSEEN_SET], cfg.eval.normalizer)
+    console.print(wer_table(voices, cfg.eval.normalizer, title=f"{UNSEEN_SET}, by voice (never heard in training)"))
     console.print(examples_table(scores[0], n=5))
-    extra = {"train_seconds": round(train_seconds, 1), "steps": result.steps, "checkpoint": str(result.run_dir / "best.pt")}
+    extra = {"train_seconds": round(train_seconds, 1), "steps": result.steps, "checkpoint": str(result.run_dir / "best.pt"),
+             "unseen_voices": {v.name: None if v.problem else v.wer for v in voices}}
     report_path, _ = write_report(out / "report.json", scores, cfg.eval.normalizer, extra=extra)
     clip = load_manifest(manifests["test"])[0].audio
     console.print(

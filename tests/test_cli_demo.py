@@ -72,3 +72,58 @@ def test_saving_the_demo_models_draws_no_progress_bars(tmp_path: Path, capfd: py
     from transformers.utils import logging
 
     assert logging.is_progress_bar_enabled()  # switched back on for everything else
+
+
+def test_unseen_voices_are_scored_one_by_one(tmp_path: Path) -> None:
+    from macasr.data.manifest import write_manifest
+    from macasr.evaluate.wer import score
+
+    rows = [{"id": f"{i}", "audio": f"{i}.wav", "text": "the red fox jumps", "duration": 1.0 + i,
+             "speaker": ["en+whisper", "en+croak"][i % 2]} for i in range(4)]
+    manifest = write_manifest(tmp_path / "unseen.jsonl", rows)
+    hyps = {"0": "the red fox jumps", "1": "the red", "2": "the red fox", "3": "the red fox jumps"}
+    scored = [r for r in rows if r["id"] != "2"] + [rows[2]]  # decoded in another order
+    result = score("unseen", [r["id"] for r in scored], [r["text"] for r in scored], [hyps[r["id"]] for r in scored],
+                   [r["duration"] for r in scored], "whisper")
+    voices = demo.per_speaker(result, manifest, "whisper")
+    assert [v.name for v in voices] == ["en+whisper", "en+croak"]  # in the manifest's order
+    assert [v.counts.word_errors for v in voices] == [1, 2] and [v.counts.ref_words for v in voices] == [8, 8]
+    assert [v.utterances for v in voices] == [2, 2]
+    assert voices[0].hours == pytest.approx((1.0 + 3.0) / 3600)
+
+
+def test_a_voice_whose_clips_were_all_skipped_gets_no_row(tmp_path: Path) -> None:
+    from macasr.data.manifest import write_manifest
+    from macasr.evaluate.wer import score
+
+    rows = [{"id": "a", "audio": "a.wav", "text": "hello", "duration": 1.0, "speaker": "en+m7"},
+            {"id": "b", "audio": "b.wav", "text": "hello", "duration": 1.0, "speaker": "en+f5"}]
+    manifest = write_manifest(tmp_path / "unseen.jsonl", rows)
+    result = score("unseen", ["b"], ["hello"], ["hello"], [1.0], "whisper", skipped=["a.wav: unreadable"])
+    assert [v.name for v in demo.per_speaker(result, manifest, "whisper")] == ["en+f5"]
+
+
+def test_the_demo_preset_scores_the_unseen_voices_and_the_telephone_band(tmp_path: Path) -> None:
+    from macasr import config as config_module
+
+    preset = config_module.load_preset("demo")
+    assert {demo.UNSEEN_SET, demo.NARROWBAND_SET} <= set(preset.eval.test_sets)
+    manifests = {name: tmp_path / f"{name}.jsonl" for name in preset.datasets}
+    cfg = demo.demo_config(tmp_path / "run", manifests, tmp_path / "w", tmp_path / "q", None)
+    assert {name: ds.manifest for name, ds in cfg.datasets.items()} == {n: [str(p)] for n, p in manifests.items()}
+
+
+@pytest.mark.parametrize(("cpus", "workers", "expected"), [(2, 1, 1), (4, 1, 3), (8, 2, 4), (1, 1, 1)])
+def test_training_threads_leave_the_workers_their_cores(monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int,
+                                                        expected: int) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cpus)), raising=False)
+    try:
+        torch.set_num_threads(4)
+        with demo.threads_beside_workers(workers):
+            assert torch.get_num_threads() == expected  # never more than torch had (4)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)

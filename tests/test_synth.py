@@ -15,7 +15,7 @@ import soundfile as sf
 from macasr.data import synth
 from macasr.errors import DataError
 
-SMALL = {"n_train": 20, "n_valid": 5, "n_test": 5, "n_unseen": 5, "seed": 3}
+SMALL = {"n_train": 20, "n_valid": 5, "n_test": 5, "n_unseen": 7, "seed": 3}
 SPLITS = ("train", "valid", "test", "test_unseen_voice")
 
 
@@ -58,7 +58,7 @@ def test_unknown_voice_raises(voice: str) -> None:
 
 
 def test_every_listed_voice_loads() -> None:
-    for voice in (*synth.TRAIN_VOICES, synth.UNSEEN_VOICE):
+    for voice in (*synth.TRAIN_VOICES, *synth.UNSEEN_VOICES):
         assert synth.synthesize("hello", voice).size > 0
 
 
@@ -73,8 +73,16 @@ def test_missing_espeak_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> 
 def test_constants() -> None:
     assert len(synth.VOCABULARY) >= 60
     assert len(set(synth.TRAIN_VOICES)) == len(synth.TRAIN_VOICES) >= 8
-    assert synth.UNSEEN_VOICE not in synth.TRAIN_VOICES
+    assert len(set(synth.UNSEEN_VOICES)) == len(synth.UNSEEN_VOICES) >= 4
     assert synth.SAMPLE_RATE == 16_000
+
+
+def test_unseen_voices_use_variants_training_never_hears() -> None:
+    trained = {voice.partition("+")[2] for voice in synth.TRAIN_VOICES}
+    held_out = [voice.partition("+") for voice in synth.UNSEEN_VOICES]
+    assert not {variant for _, _, variant in held_out} & trained
+    assert {"whisper", "whisperf", "croak"} <= {variant for _, _, variant in held_out}  # whispered and creaky
+    assert {accent for accent, _, _ in held_out} - set(synth.TRAIN_ACCENTS)  # and new accents
 
 
 def test_make_sentences_distinct_in_vocabulary_and_deterministic() -> None:
@@ -96,12 +104,13 @@ def test_grammar_has_several_thousand_sentences() -> None:
 def test_corpus_manifests_and_audio(corpus: tuple[dict[str, Path], list[tuple[int, int]]]) -> None:
     manifests, _ = corpus
     assert set(manifests) == set(SPLITS)
-    counts = {"train": 20, "valid": 5, "test": 5, "test_unseen_voice": 5}
+    counts = {"train": 20, "valid": 5, "test": 5, "test_unseen_voice": 7}
     for split, path in manifests.items():
         rows = read_manifest(path)
         assert len(rows) == counts[split]
         for row in rows:
-            assert set(row) == {"audio", "text", "duration", "voice"}
+            assert set(row) == {"id", "audio", "text", "duration", "speaker"}
+            assert row["audio"] == f"audio/{split}/{row['id']}.wav"
             assert row["audio"].startswith(f"audio/{split}/") and not Path(row["audio"]).is_absolute()
             info = sf.info(path.parent / row["audio"])
             assert info.samplerate == 16_000 and info.channels == 1 and info.subtype == "PCM_16"
@@ -118,14 +127,15 @@ def test_corpus_splits_disjoint_and_voices(corpus: tuple[dict[str, Path], list[t
     for held_out in ("valid", "test", "test_unseen_voice"):
         assert not texts[held_out] & texts["train"]
     assert not texts["valid"] & texts["test"]
-    assert {r["voice"] for r in rows["test_unseen_voice"]} == {synth.UNSEEN_VOICE}
+    unseen = [r["speaker"] for r in rows["test_unseen_voice"]]  # the held-out voices take turns
+    assert unseen == [*synth.UNSEEN_VOICES, *synth.UNSEEN_VOICES][:7]
     for split in ("train", "valid", "test"):
-        assert {r["voice"] for r in rows[split]} <= set(synth.TRAIN_VOICES)
+        assert {r["speaker"] for r in rows[split]} <= set(synth.TRAIN_VOICES)
 
 
 def test_corpus_progress(corpus: tuple[dict[str, Path], list[tuple[int, int]]]) -> None:
     _, calls = corpus
-    assert calls[-1] == (35, 35)
+    assert calls[-1] == (37, 37)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
@@ -151,3 +161,11 @@ def test_corpus_is_idempotent_and_rebuilds_on_new_parameters(tmp_path: Path) -> 
     synth.build_corpus(tmp_path, **{**small, "n_train": 3})
     assert len(read_manifest(first["train"])) == 3
     assert len(list((tmp_path / "audio" / "train").iterdir())) == 3
+
+
+def test_corpus_rebuilds_when_the_voices_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small = {**SMALL, "n_train": 2, "n_valid": 1, "n_test": 1, "n_unseen": 2}
+    first = synth.build_corpus(tmp_path, **small)
+    monkeypatch.setattr(synth, "UNSEEN_VOICES", ("en-us+m7", "en+f5"))
+    synth.build_corpus(tmp_path, **small)
+    assert [r["speaker"] for r in read_manifest(first["test_unseen_voice"])] == ["en-us+m7", "en+f5"]
