@@ -182,18 +182,10 @@ def _clips_from_rows(path: Path) -> list[Cut]:
     from lhotse import Recording
 
     from macasr.audio import audio_duration, seconds_problem
-    from macasr.data.manifest import numbered_lines
+    from macasr.data.manifest import json_rows
 
     clips, problems = [], []
-    for number, line in numbered_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: not valid JSON ({e.msg})")
-            continue
+    for number, where, row in json_rows(path, problems):
         audio = row.get("audio") if isinstance(row, dict) else None
         if not isinstance(audio, str) or not audio.strip():
             problems.append(f"{where}: expected an object with \"audio\" naming an audio file")

@@ -124,6 +124,21 @@ def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: cannot read manifest ({reason})") from None
 
 
+def json_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, str, object]]:
+    """(line number, "FILE:LINE", parsed value) of each non-empty line of a JSON Lines file; a
+    line that is not JSON is added to `problems` ("FILE:LINE: not valid JSON (...)") and skipped."""
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{where}: not valid JSON ({e.msg})")
+            continue
+        yield number, where, value
+
+
 def _id_key(utterance_id: str) -> int:
     """8-byte digest of an id: a million of them fit in a set of tens of MB, unlike the strings."""
     return int.from_bytes(hashlib.blake2b(utterance_id.encode(), digest_size=8).digest(), "little")
@@ -140,15 +155,7 @@ def _entries(path: Path) -> Iterator[tuple[int, Utterance]]:
     problems: list[str] = []
     seen: set[int] = set()
     repeats: list[tuple[int, str, str]] = []  # (index in problems, id, where)
-    for number, line in numbered_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: not valid JSON ({e.msg})")
-            continue
+    for number, where, entry in json_rows(path, problems):
         if not isinstance(entry, dict):
             problems.append(f"{where}: expected a JSON object, got {type(entry).__name__}")
             continue
