@@ -127,7 +127,7 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     precision = resolve_precision(cfg.train.precision, device)
     model = build_model(cfg, device, precision)
     console.print(parameter_table(model))
-    console.print(f"train: {data_banner(train_set, cfg)}; valid: {len(valid_set):,} clips; "
+    console.print(f"training data: {data_banner(train_set, cfg)}; valid: {len(valid_set):,} clips; "
                   f"device {device}, precision {precision}; run folder {cfg.run_dir}")
     augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
     frames_from = frames_from_config(cfg, model.encoder, mask=cfg.data.frame_mask)  # None without [data] cache
