@@ -165,3 +165,16 @@ def test_prepared_manifests_are_named_without_their_extensions(tiny_config, tmp_
     # `data prepare` writes NAME.jsonl.gz: the dataset is NAME, as test.jsonl is test.
     paths = [str(tmp_path / "librispeech_dev-clean.jsonl.gz"), str(tmp_path / "cv" / "test.jsonl"), str(tmp_path / "shar")]
     assert list(run_module.named_sets(tiny_config, paths, [])) == ["librispeech_dev-clean", "test", "shar"]
+
+
+def test_ids_shared_by_two_manifests_of_one_dataset_are_told_apart() -> None:
+    # Default ids are STEM-LINE, so a/test.jsonl and b/test.jsonl of one dataset share them; the
+    # per-utterance report is keyed by id, so each manifest's ids get its distinct name as a prefix.
+    from lhotse.testing.dummies import dummy_cut
+    from lhotse.utils import fastcopy
+
+    a = [fastcopy(dummy_cut(i), id=f"test-00000{i + 1}") for i in range(2)]
+    b = [fastcopy(dummy_cut(0), id="test-000001")]
+    merged = run_module._unique_ids([a, b], [Path("/d/a/test.jsonl"), Path("/d/b/test.jsonl")])
+    assert [c.id for c in merged] == ["a/test/test-000001", "a/test/test-000002", "b/test/test-000001"]
+    assert [c.id for c in run_module._unique_ids([a], [Path("/d/a/test.jsonl")])] == ["test-000001", "test-000002"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from lhotse.cut import Cut
+from lhotse.utils import fastcopy
 
 from macasr.config import Config
 from macasr.data.collate import Batch
@@ -102,6 +103,17 @@ def named_sets(cfg: Config, manifests: Sequence[str], datasets: Sequence[str]) -
     return chosen
 
 
+def _unique_ids(parts: list[list[Cut]], paths: list[Path]) -> list[Cut]:
+    """The cuts of a dataset's manifests, in order. Ids need only be unique per manifest, and
+    reports are keyed by them: when two manifests of one dataset share an id, each manifest's ids
+    get its distinct name as a prefix ("a/test/test-000001", "b/test/test-000001")."""
+    ids = [cut.id for part in parts for cut in part]
+    if len(set(ids)) == len(ids):
+        return [cut for part in parts for cut in part]
+    prefixes = _distinct_names(paths, set())
+    return [fastcopy(cut, id=f"{prefix}/{cut.id}") for prefix, part in zip(prefixes, parts, strict=True) for cut in part]
+
+
 def evaluate_sets(
     model: SpeechLLM, cfg: Config, sets: dict[str, list[str]], device: torch.device, precision: str,
     progress: Callable[[str, int], Callable[[Batch], None]] | None = None,
@@ -115,7 +127,7 @@ def evaluate_sets(
     opened = {name: [open_cuts(path, allow_commands=allow) for path in paths] for name, paths in sets.items()}
     scores = []
     for name, parts in opened.items():
-        cuts = [cut for part in parts for cut in part]
+        cuts = _unique_ids([list(part) for part in parts], [Path(p) for p in sets[name]])
         on_batch = progress(name, len(cuts)) if progress else None
         scores.append(evaluate_cuts(model, cuts, name, cfg, device, precision, on_batch=on_batch))
     return scores
