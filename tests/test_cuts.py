@@ -205,3 +205,11 @@ def test_a_mistyped_dataset_name_is_one_problem_with_a_suggestion(tmp_path: Path
     report = config_module.check(path)
     assert report.problems == [f"{path}:2: [data] train: no dataset named `librispeech_dev_clen` in [datasets.*] "
                                "(did you mean `librispeech_dev_clean`?); a manifest path needs a folder or a file extension"]
+
+
+def test_a_summary_is_read_once_per_version_of_the_file(corpus: Path) -> None:
+    first = manifest_summary(corpus)
+    assert (first.cuts, first.kept(0.0, 0.0), first.kept(0.5, 0.9), first.kept(1.0, 1.0)) == (2, 2, 0, 2)
+    assert manifest_summary(corpus) is first  # opening and describing a manifest read it once
+    corpus.write_text(corpus.read_text().splitlines()[0] + "\n")  # edited: read afresh
+    assert manifest_summary(corpus).cuts == 1

@@ -240,9 +240,8 @@ class DurationRange:
     def __init__(self, low: float, high: float) -> None:
         self.low, self.high = low, high
 
-    def __call__(self, cut: Cut | float) -> bool:
-        seconds = cut if isinstance(cut, float) else cut.duration
-        return seconds >= self.low and (not self.high or seconds <= self.high)
+    def __call__(self, cut: Cut) -> bool:
+        return cut.duration >= self.low and (not self.high or cut.duration <= self.high)
 
     def __str__(self) -> str:
         return " and ".join([f"at least {self.low:g} s"] * (self.low > 0) + [f"at most {self.high:g} s"] * (self.high > 0))

@@ -23,10 +23,12 @@ import functools
 import gzip
 import hashlib
 import json
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import soundfile as sf
 from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from lhotse.audio import AudioSource
@@ -228,7 +230,14 @@ class ManifestSummary:
     cuts: int
     seconds: float
     speakers: int | None  # None when no cut names its speaker
-    kept: int | None = None  # cuts whose duration `keep` accepts (None: no `keep` given)
+    durations: np.ndarray = dataclasses.field(compare=False, repr=False)  # (cuts,) float64 seconds, in order
+
+    def kept(self, low: float = 0.0, high: float = 0.0) -> int:
+        """How many cuts last at least `low` and at most `high` seconds (0 = that end open)."""
+        inside = self.durations >= low
+        if high > 0:
+            inside &= self.durations <= high
+        return int(np.count_nonzero(inside))
 
 
 def _shar_shards(folder: Path) -> list[Path]:
@@ -396,30 +405,37 @@ def open_cuts(path: str | Path, *, shuffle_shards: bool = False, seed: int = 0, 
     return cuts.map(functools.partial(with_one_supervision, origin=str(path), allow_commands=allow_commands))
 
 
-def manifest_summary(path: str | Path, kind: Kind | None = None, keep: Callable[[float], bool] | None = None) -> ManifestSummary:
-    """Cuts, seconds and distinct speakers of a manifest, in one streaming pass (Shar audio is not
-    read); with `keep` (seconds → bool, e.g. duration limits), also how many cuts it keeps."""
+def manifest_summary(path: str | Path, kind: Kind | None = None) -> ManifestSummary:
+    """Cuts, seconds, distinct speakers and every cut's duration of a manifest, in one streaming
+    pass (Shar audio is not read). Remembered per file version (path, size, modification time),
+    so opening a manifest and describing it at start-up read it once."""
     path = Path(path)
     kind = kind or manifest_kind(path)
-    count, seconds, speakers, kept = 0, 0.0, set(), 0
+    stat = path.stat()
+    return _summary(str(path.resolve()), stat.st_size, stat.st_mtime_ns, kind)
+
+
+@functools.lru_cache(maxsize=64)
+def _summary(path_name: str, _size: int, _mtime_ns: int, kind: Kind) -> ManifestSummary:
+    path = Path(path_name)
+    durations, speakers = array("d"), set()
     try:
         if kind == "macasr":
             for _, u in _entries(path):
-                count, seconds = count + 1, seconds + u.duration
-                kept += bool(keep and keep(u.duration))
+                durations.append(u.duration)
                 if u.speaker is not None:
                     speakers.add(_id_key(u.speaker))
         else:
             for cut in _raw_cuts(path, kind, audio=False):
-                count, seconds = count + 1, seconds + cut.duration
-                kept += bool(keep and keep(cut.duration))
+                durations.append(cut.duration)
                 speakers.update(_id_key(s.speaker) for s in cut.supervisions if s.speaker)
     except DataError:
         raise
     except Exception as e:  # lhotse's parsers raise many types; any of them means a bad manifest
         raise DataError(f"{path}: cannot read it as a lhotse {'Shar folder' if kind == 'shar' else 'cut manifest'} "
-                        f"(after {count:,} cuts: {type(e).__name__}: {e})") from None
-    return ManifestSummary(count, seconds, len(speakers) or None, kept if keep else None)
+                        f"(after {len(durations):,} cuts: {type(e).__name__}: {e})") from None
+    seconds = np.frombuffer(durations, dtype=np.float64)
+    return ManifestSummary(len(seconds), float(seconds.sum()), len(speakers) or None, seconds)
 
 
 # ----------------------------------------------------------------------------- named datasets

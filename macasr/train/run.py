@@ -62,9 +62,9 @@ def data_banner(train: list[tuple[Any, CutSet]], cfg: Config) -> str:
     parts = []
     for source, _ in train:
         limits = duration_range(source, cfg.data.min_duration, cfg.data.max_duration)
-        summaries = [manifest_summary(p, keep=limits) for p in source.manifests]
+        summaries = [manifest_summary(p) for p in source.manifests]  # read when opened: no second pass
         clips, hours = sum(s.cuts for s in summaries), sum(s.seconds for s in summaries) / 3600
-        kept = sum(s.kept or 0 for s in summaries) if limits else clips
+        kept = sum(s.kept(limits.low, limits.high) for s in summaries) if limits else clips
         if kept == 0:
             raise DataError(f"[data] train: none of the {clips:,} clips of `{source.name}` is within its duration limits "
                             f"({limits}; [datasets.{source.name}] and [data] min_duration/max_duration); "
