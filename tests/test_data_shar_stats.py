@@ -130,6 +130,9 @@ def test_stats_of_a_named_dataset_count_tokens_of_its_training_targets(tmp_path:
     assert stats.label == "swbd" and stats.tokens_per_second["max"] == pytest.approx(max(rates))  # type: ignore[index]
     raw = max(len(tokenizer(c.supervisions[0].text, add_special_tokens=False)["input_ids"]) / c.duration for c in cuts)
     assert raw > max(rates)  # the tags and partial words are not counted
+    # A path whose stem is a dataset's name is a column of its own, named as given.
+    both = config_stats(config_module.load(config), str(config), ["swbd", str(s.path)])
+    assert [r.label for r in both] == ["swbd", str(s.path)]
     result = CliRunner().invoke(app, ["data", "stats", "swbd", "--config", str(config)])
     assert result.exit_code == 0 and "swbd" in result.output, result.output
     result = CliRunner().invoke(app, ["data", "stats", "nosuch", "--config", str(config)])

@@ -115,7 +115,10 @@ def config_stats(cfg: Any, source: str, entries: Iterable[str]) -> list[Manifest
         data = source_for(cfg, entry)
         target = functools.partial(normalize_target, mode=data.text, drop_annotations_=data.drop_annotations)
         for manifest in data.manifests:
-            label = data.name if len(data.manifests) == 1 else f"{data.name}: {Path(manifest).name}"
+            if entry not in cfg.datasets:  # a path: named as given, so it never looks like a dataset of that name
+                label = entry
+            else:
+                label = data.name if len(data.manifests) == 1 else f"{data.name}: {Path(manifest).name}"
             results.append(manifest_stats(manifest, tokenizer, target, label=label, cap=cap))
     return results
 
