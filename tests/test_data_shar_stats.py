@@ -148,3 +148,11 @@ def test_shar_of_a_macasr_manifest_skips_its_bad_clips(tmp_path: Path) -> None:
     assert summary.examples == ["m-000002: no such audio file"]
     [cut] = open_cuts(tmp_path / "shar")
     assert cut.supervisions[0].text == "fine" and cut.duration == pytest.approx(0.5)
+
+
+def test_shar_that_writes_nothing_leaves_no_folder(libri_manifest: Path, tmp_path: Path) -> None:
+    for cut in open_cuts(libri_manifest):
+        Path(cut.recording.sources[0].source).unlink(missing_ok=True)
+    result = CliRunner().invoke(app, ["data", "shar", str(libri_manifest), str(tmp_path / "shar")])
+    assert result.exit_code == 1 and "no cut could be written" in result.output
+    assert not (tmp_path / "shar").exists()

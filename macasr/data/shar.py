@@ -79,6 +79,7 @@ def write_shar(in_manifest: Path, out_dir: Path, *, shard_size: int = 1000, audi
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise DataError(f"{out_dir}: not empty; Shar shards go into a new or empty folder")
     cuts = open_cuts(in_manifest)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = SharSummary(out_dir)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
@@ -99,6 +100,8 @@ def write_shar(in_manifest: Path, out_dir: Path, *, shard_size: int = 1000, audi
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if summary.cuts == 0:
+        if created:
+            out_dir.rmdir()  # nothing was written: leave no empty folder behind
         raise DataError(f"{in_manifest}: no cut could be written ({', '.join(summary.skipped) or 'the manifest is empty'})")
     return summary
 
