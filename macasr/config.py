@@ -151,7 +151,11 @@ class TrainConfig:
     output_dir: str = option("runs", "Folder that holds run folders.")
     seed: int = option(0, "Seed for weights, data order and dropout.")
     max_steps: int = option(20_000, "Optimizer steps to train for.")
-    lr: float = option(1e-4, "Peak learning rate (AdamW).")
+    optimizer: Literal["adamw", "muon"] = option(
+        "adamw", "adamw, or muon: Muon for hidden-layer weight matrices at muon_lr, AdamW at lr for the rest "
+        "(embeddings, output head, biases, norms, convolutions); docs/training.md compares them.")
+    lr: float = option(1e-4, "Peak learning rate (AdamW; with optimizer = \"muon\", of the parameters Muon does not update).")
+    muon_lr: float = option(0.02, "Peak learning rate of Muon's matrices (optimizer = \"muon\" only).")
     weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and norms).")
     warmup_steps: int = option(1_000, "Linear warmup, in optimizer steps.")
     min_lr_ratio: float = option(0.0, "Cosine decays to lr * min_lr_ratio at max_steps.")
@@ -166,6 +170,7 @@ class TrainConfig:
         checks = {
             "max_steps": self.max_steps >= 1,
             "lr": 0 < self.lr <= 1,
+            "muon_lr": 0 < self.muon_lr <= 1,
             "warmup_steps": 0 <= self.warmup_steps <= self.max_steps,
             "grad_accum": self.grad_accum >= 1,
             "grad_clip": self.grad_clip >= 0,
@@ -176,6 +181,7 @@ class TrainConfig:
         rules = {
             "max_steps": "must be at least 1",
             "lr": "must be positive and at most 1 (a larger AdamW step overflows float32 at once)",
+            "muon_lr": "must be positive and at most 1",
             "warmup_steps": f"must be between 0 and max_steps ({self.max_steps})",
             "grad_accum": "must be at least 1",
             "grad_clip": "must be 0 (off) or positive",

@@ -24,7 +24,7 @@ def test_init_load_dump_load_is_identical(tmp_path: Path) -> None:
 
 def test_init_writes_every_field_with_its_help(tmp_path: Path) -> None:
     text = config_module.dumps(Config())
-    assert "# Peak learning rate (AdamW)." in text
+    assert "# Peak learning rate (AdamW; with optimizer = \"muon\", of the parameters Muon does not update)." in text
     for section in ("[model.encoder]", "[model.connector]", "[model.llm]", "[prompt]", "[data]", "[train]", "[eval]", "[logging]"):
         assert section in text
 

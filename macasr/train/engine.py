@@ -47,6 +47,7 @@ from macasr.model.llm import TargetTokenizer
 from macasr.model.speech_llm import SpeechLLM
 from macasr.train import checkpoint
 from macasr.train.distributed import World
+from macasr.train.optim import build_optimizer
 from macasr.train.schedule import build_scheduler
 from macasr.train.tracking import MetricsLog, start_wandb, training_progress
 
@@ -72,15 +73,6 @@ class TrainResult:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over trainable parameters only; no decay on biases and norm weights (1-d tensors)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=torch.cuda.is_available() or None)
 
 
 def config_changes(stored: dict[str, Any], given: dict[str, Any], tables: tuple[str, ...] = ("model", "prompt")) -> list[str]:
@@ -142,7 +134,7 @@ class Trainer:
         self.dataset = CutDataset(model.encoder.featurizer, tokenize, augment=augment, frames_from=frames_from,
                                   feature_augment=spec_augment if d.spec_augment else None)
         self.loader = build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers)
-        self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
+        self.optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, t.muon_lr)
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         self.step = 0
         self.epoch = 0
