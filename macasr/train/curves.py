@@ -7,11 +7,13 @@ needed, whatever MPLBACKEND says.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CURVES_FILE = "curves.png"
 NO_MATPLOTLIB = "curves.png not drawn: it needs matplotlib (pip install 'macasr[plots]')"
@@ -44,9 +46,9 @@ def series(records: list[dict[str, Any]], key: str, inner: str | None = None) ->
     return steps, [by_step[s] for s in steps]
 
 
-def plot_curves(metrics_path: Path, out: Path) -> None:
+def plot_curves(metrics_path: Path, out: Path) -> Figure:
     """Draw loss (left) and validation WER in % (right; one line per dataset when several) over
-    steps into `out` (PNG, written to a temporary file and renamed). Needs matplotlib."""
+    steps into `out` (PNG, written to a temporary file and renamed) → the figure. Needs matplotlib."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -74,12 +76,15 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
     partial = out.with_name(f".{out.name}.tmp")
     figure.savefig(partial, format="png", dpi=100)
     os.replace(partial, out)
+    return figure
 
 
 def draw_curves(run_dir: Path) -> str:
     """curves.png in `run_dir` from its metrics.jsonl → one line saying what happened (drawn,
     or why not: no matplotlib)."""
-    if importlib.util.find_spec("matplotlib") is None:
+    try:
+        import matplotlib  # noqa: F401  (the optional extra macasr[plots])
+    except ImportError:
         return NO_MATPLOTLIB
     out = run_dir / CURVES_FILE
     plot_curves(run_dir / "metrics.jsonl", out)
