@@ -242,7 +242,7 @@ class Trainer:
             stopped_early = self._loop(self.metrics)
             summary = RunSummary.of(self.window, self.step, first_step, self.best_wer, self.best_step, self.run_dir)
         finally:
-            self.metrics.close(summary.wandb() if summary else None)
+            self.metrics.close(summary.wandb() if summary else None, failed=summary is None)
         self.console.print(summary_table(summary))
         if self.cfg.logging.curves:
             self.console.print(draw_curves(self.run_dir), markup=False)

@@ -53,15 +53,16 @@ class MetricsLog:
         if self.wandb_run is not None:
             self.wandb_run.log(numbers, step=step)
 
-    def close(self, summary: dict[str, Any] | None = None) -> None:
-        """Flush and close the mirrors; `summary` (plain numbers) goes to the wandb run's summary."""
+    def close(self, summary: dict[str, Any] | None = None, failed: bool = False) -> None:
+        """Flush and close the mirrors; `summary` (plain numbers) goes to the wandb run's summary,
+        and a `failed` training marks the wandb run failed (exit code 1)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
         if self.wandb_run is not None:
             for key, value in (summary or {}).items():
                 if value is not None:
                     self.wandb_run.summary[key] = value
-            self.wandb_run.finish()
+            self.wandb_run.finish(exit_code=1 if failed else 0)
 
 
 def scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
