@@ -21,7 +21,9 @@ from macasr.evaluate.wer import score
 from macasr.train import tracking
 from macasr.train.curves import NO_MATPLOTLIB, draw_curves, plot_curves, series
 from macasr.train.run import check_run_dir, train, training_sets
-from macasr.train.tracking import LogWindow, MetricsLog, peak_memory, scalars, score_valid_sets, start_tensorboard, start_wandb
+from macasr.train.tracking import (
+    LogWindow, MetricsLog, peak_memory, scalars, score_valid_sets, start_tensorboard, start_wandb, wer_by_dataset,
+)
 from test_engine import make_trainer, run_config
 
 HAS = {name: importlib.util.find_spec(name) is not None for name in ("tensorboard", "wandb", "matplotlib")}
@@ -100,6 +102,12 @@ def test_pooled_wer_is_total_errors_over_total_words_not_a_mean_of_rates(tiny_co
     assert by_set["test"].wer == 0 and by_set["valid"].wer > 0
     assert pooled.wer == pytest.approx(by_set["valid"].counts.word_errors / (words["valid"] + words["test"]))
     assert pooled.utterances == len(valid)
+
+
+def test_a_dataset_without_a_wer_is_null_not_zero() -> None:
+    scored = score("a", ["u1"], ["the cat"], ["the hat"], [1.0], "basic")
+    unreadable = score("b", [], [], [], [], "basic", skipped=["b.wav: no such audio file"])
+    assert wer_by_dataset({"a": scored, "b": unreadable}) == {"a": 0.5, "b": None}
 
 
 def test_a_refused_step_is_counted_in_the_next_metrics_line(tiny_config, corpus, tmp_path) -> None:
