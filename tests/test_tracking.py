@@ -51,7 +51,8 @@ def logged_run(tiny_config, corpus, tmp_path_factory):
     console = Console(file=io.StringIO(), width=200)
     with pytest.MonkeyPatch.context() as mp:
         for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(out / "wandb-default"),
-                           "WANDB_CONFIG_DIR": str(out / "wandb-config"), "WANDB_CACHE_DIR": str(out / "wandb-cache")}.items():
+                           "WANDB_CONFIG_DIR": str(out / "wandb-config"), "WANDB_CACHE_DIR": str(out / "wandb-cache"),
+                           "WANDB_DATA_DIR": str(out / "wandb-data")}.items():
             mp.setenv(key, value)
         train(cfg, console)
     return cfg.run_dir, console.file.getvalue()
