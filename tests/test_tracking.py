@@ -22,7 +22,8 @@ from macasr.train import tracking
 from macasr.train.curves import NO_MATPLOTLIB, draw_curves, plot_curves, series
 from macasr.train.run import check_run_dir, train, training_sets
 from macasr.train.tracking import (
-    LogWindow, MetricsLog, peak_memory, scalars, score_valid_sets, start_tensorboard, start_wandb, wer_by_dataset,
+    LogWindow, MetricsLog, RunSummary, peak_memory, scalars, score_valid_sets, start_tensorboard, start_wandb, summary_table,
+    wer_by_dataset,
 )
 from test_engine import make_trainer, run_config
 
@@ -271,6 +272,17 @@ def test_summary_table_names_steps_best_wer_loss_throughput_refused_steps_and_ch
     assert lines["final loss"] == f"{[r for r in records(run_dir) if 'loss' in r][-1]['loss']:.4f}"
     assert lines["throughput"].endswith("audio s/s") and lines["refused steps"].startswith("0 ")
     assert lines["checkpoints"] == "best.pt, last.pt"
+
+
+def test_summary_of_a_resumed_run_says_where_it_resumed() -> None:
+    summary = RunSummary(step=1200, first_step=400, wall_seconds=3725.0, train_seconds=3000.0, audio_seconds=90_000.0,
+                         best_wer=None, best_step=None, final_loss=None, refused_steps=2, checkpoints=())
+    console = Console(file=io.StringIO(), width=200)
+    console.print(summary_table(summary))
+    rows = table_rows(console.file.getvalue())
+    assert rows["steps"] == "1,200 (resumed at step 400)" and rows["time"].startswith("1h 02m 05s (50m 00s training")
+    assert (rows["best valid WER"], rows["final loss"], rows["throughput"]) == ("n/a", "n/a", "30.0 audio s/s")
+    assert rows["refused steps"].startswith("2 ") and rows["checkpoints"] == "none"
 
 
 @pytest.mark.skipif(not HAS["matplotlib"], reason="matplotlib is not installed (pip install 'macasr[plots]')")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
 CURVES_FILE = "curves.png"
 NO_MATPLOTLIB = "curves.png not drawn: it needs matplotlib (pip install 'macasr[plots]')"
@@ -51,6 +52,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Figure:
     steps into `out` (PNG, written to a temporary file and renamed) → the figure. Needs matplotlib."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     records = read_metrics(metrics_path)
     figure = Figure(figsize=(11, 4), layout="constrained")
@@ -59,7 +61,8 @@ def plot_curves(metrics_path: Path, out: Path) -> Figure:
     steps, loss = series(records, "loss")
     loss_ax.plot(steps, loss, color="tab:blue")
     loss_ax.set(title="training loss", xlabel="optimizer step", ylabel="cross-entropy per target token")
-    datasets = sorted({name for r in records if isinstance(r.get("valid_wer_by_dataset"), dict) for name in r["valid_wer_by_dataset"]})
+    datasets = list(dict.fromkeys(name for r in records if isinstance(r.get("valid_wer_by_dataset"), dict)
+                                  for name in r["valid_wer_by_dataset"]))  # in [data] valid order
     if len(datasets) > 1:
         for name in datasets:
             steps, wer = series(records, "valid_wer_by_dataset", name)
@@ -73,6 +76,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Figure:
     wer_ax.set(title="validation WER", xlabel="optimizer step", ylabel="WER (%)")
     for ax in (loss_ax, wer_ax):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     partial = out.with_name(f".{out.name}.tmp")
     figure.savefig(partial, format="png", dpi=100)
     os.replace(partial, out)

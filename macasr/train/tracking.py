@@ -253,6 +253,9 @@ class RunSummary:
 
 
 def _duration(seconds: float) -> str:
+    """'4.2 s', '3m 07s', '2h 05m 00s'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
     minutes, s = divmod(round(seconds), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours}h {m:02d}m {s:02d}s" if hours else f"{m}m {s:02d}s"
