@@ -224,6 +224,8 @@ class LoggingConfig:
     log_every: int = option(10, "Write a metrics line every this many optimizer steps.")
     wandb: bool = option(False, "Also log to Weights & Biases (pip install 'macasr[wandb]').")
     wandb_project: str = option("macasr", "wandb project name.")
+    tensorboard: bool = option(False, "Also write TensorBoard event files to runs/<name>/tensorboard (pip install 'macasr[tensorboard]').")
+    curves: bool = option(True, "At the end of training, draw loss and validation WER over steps to runs/<name>/curves.png (needs 'macasr[plots]').")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +235,7 @@ class Config:
     data: DataConfig = option(DataConfig(), "Manifests and batching.")
     train: TrainConfig = option(TrainConfig(), "Optimisation and the run folder.")
     eval: EvalConfig = option(EvalConfig(), "Decoding and scoring.")
-    logging: LoggingConfig = option(LoggingConfig(), "Metrics and wandb.")
+    logging: LoggingConfig = option(LoggingConfig(), "Metrics, TensorBoard, wandb and curves.")
     augment: AugmentConfig = option(AugmentConfig(), "Waveform augmentation of training cuts, all off by default (docs/augmentation.md).")
     datasets: dict[str, DatasetConfig] = option({}, "Named datasets, one [datasets.NAME] table each.")
 

@@ -118,7 +118,7 @@ def test_a_run_that_keeps_diverging_stops_and_keeps_the_last_good_checkpoint(tin
 
 @pytest.fixture(scope="module")
 def one_step_run(tiny_config, corpus, tmp_path_factory) -> Path:
-    """A finished one-step run (config.toml, metrics.jsonl, best.pt, last.pt); tests copy it."""
+    """A finished one-step run (config.toml, metrics.jsonl, curves.png, best.pt, last.pt); tests copy it."""
     out = tmp_path_factory.mktemp("one_step")
     train(run_config(tiny_config, corpus, out), Console(file=io.StringIO()))
     return out / "run"
@@ -138,22 +138,22 @@ def test_a_second_run_in_the_same_folder_needs_resume_or_overwrite(tiny_config, 
     result = runner.invoke(app, ["train", str(config)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        f"error: {run_copy} already holds a run (config.toml, metrics.jsonl, best.pt, last.pt, old.pt); continue it "
-        "with --resume, or start over with --overwrite (removes config.toml, metrics.jsonl, best.pt, last.pt, old.pt)"
+        f"error: {run_copy} already holds a run (config.toml, metrics.jsonl, curves.png, best.pt, last.pt, old.pt); continue it "
+        "with --resume, or start over with --overwrite (removes config.toml, metrics.jsonl, curves.png, best.pt, last.pt, old.pt)"
     ]
     assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
     result = runner.invoke(app, ["train", str(config), "--resume", "--overwrite"])
     assert result.exit_code == 1 and "give only one" in result.output
     result = runner.invoke(app, ["train", str(config), "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert "--overwrite: removed config.toml, metrics.jsonl, best.pt, last.pt, old.pt of the earlier run" in " ".join(result.output.split())
+    assert "--overwrite: removed config.toml, metrics.jsonl, curves.png, best.pt, last.pt, old.pt of the earlier run" in " ".join(result.output.split())
     assert not (run_copy / "old.pt").exists() and (run_copy / "notes.txt").read_text() == "mine"
     assert torch.load(run_copy / "last.pt", weights_only=True)["step"] == 1
 
 
 def test_resume_without_last_pt_suggests_overwrite(tiny_config, corpus, run_copy) -> None:
     (run_copy / "last.pt").unlink()
-    with pytest.raises(CheckpointError, match=r"last.pt: nothing to resume from \(the folder holds config.toml, metrics.jsonl, best.pt\); start over with --overwrite"):
+    with pytest.raises(CheckpointError, match=r"last.pt: nothing to resume from \(the folder holds config.toml, metrics.jsonl, curves.png, best.pt\); start over with --overwrite"):
         train(run_config(tiny_config, corpus, run_copy.parent), resume=True)
     shutil.rmtree(run_copy)
     with pytest.raises(CheckpointError, match=r"last.pt: nothing to resume from; start the run without --resume"):

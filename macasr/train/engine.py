@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,11 @@ from macasr.train import checkpoint
 from macasr.train.distributed import World
 from macasr.train.optim import build_optimizer
 from macasr.train.schedule import build_scheduler
-from macasr.train.tracking import MetricsLog, start_wandb, training_progress
+from macasr.train.curves import draw_curves
+from macasr.train.tracking import (
+    LogWindow, MetricsLog, RunSummary, score_valid_sets, start_tensorboard, start_wandb, summary_table, training_progress,
+    wer_by_dataset,
+)
 
 # Optimizer steps in a row with a non-finite loss or gradient before the run stops. One such step
 # is usually one bad batch; several in a row mean the run has diverged (or the data is broken).
@@ -110,6 +113,7 @@ class Trainer:
         augment: Callable[[Cut, int], Cut] | None = None, frames_from: Callable[[Cut], torch.Tensor] | None = None,
     ) -> None:
         self.cfg, self.model, self.device, self.precision = cfg, model, device, precision
+        self.world = world
         self.console = console or Console()
         self.run_dir = cfg.run_dir
         self.valid = list(valid[: cfg.eval.valid_max_utterances or None])
@@ -146,6 +150,8 @@ class Trainer:
         self.saved_step: int | None = None  # step of the newest last.pt, the checkpoint a stop keeps
         self.step_position = (0, 0)  # (epoch, batches_in_epoch) after the last optimizer step
         self.metrics: MetricsLog | None = None
+        self.grad_norm: torch.Tensor | None = None  # of the last step, before clipping (a device tensor)
+        self.window = LogWindow()
         self.reported: set[str] = set()  # clip problems already printed (skipped clips, warnings)
 
     # ------------------------------------------------------------------ data
@@ -220,11 +226,18 @@ class Trainer:
     def fit(self) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_module.dump(self.cfg, self.run_dir / "config.toml")
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._wandb(), fresh=self.step == 0)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._wandb(), fresh=self.step == 0,
+                                  tensorboard=start_tensorboard(self.run_dir, self.step) if self.cfg.logging.tensorboard else None)
+        first_step, self.window = self.step, LogWindow()
+        summary = None
         try:
             stopped_early = self._loop(self.metrics)
+            summary = RunSummary.of(self.window, self.step, first_step, self.best_wer, self.best_step, self.run_dir)
         finally:
-            self.metrics.close()
+            self.metrics.close(summary.wandb() if summary else None, failed=summary is None)
+        self.console.print(summary_table(summary))
+        if self.cfg.logging.curves:
+            self.console.print(draw_curves(self.run_dir), markup=False)
         return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir)
 
     def _loop(self, metrics: MetricsLog) -> bool:
@@ -241,28 +254,27 @@ class Trainer:
         t, log_every = self.cfg.train, self.cfg.logging.log_every
         batches = self._batches()
         self.model.train()
-        window: dict[str, Any] = {"loss": 0.0, "steps": 0, "audio_s": 0.0, "t0": time.perf_counter()}
+        window = self.window
         with training_progress(self.console) as progress:
             task = progress.add_task("train", total=t.max_steps, completed=self.step, stats="")
             while self.step < t.max_steps:
                 loss, audio_s = self._optimizer_step(batches)
                 self.step_position = (self.epoch, self.batches_in_epoch)
                 if loss is None:  # refused: no step was taken
+                    window.refuse(audio_s)
                     continue
                 self.step += 1
-                window["loss"] += loss
-                window["steps"] += 1
-                window["audio_s"] += audio_s
+                window.add(loss, audio_s, self.grad_norm)
                 if self.step % log_every == 0 or self.step == t.max_steps:
                     stats = self._log_window(window, metrics)
                     progress.update(task, stats=stats)
                 progress.update(task, completed=self.step)
                 if self.step % t.valid_every == 0 or self.step == t.max_steps:
-                    stopped_early = self._validate(metrics)
-                    self._save("last.pt", with_state=True)
+                    with window.paused():  # audio s/s measures training, not validation
+                        stopped_early = self._validate(metrics)
+                        self._save("last.pt", with_state=True)
                     if stopped_early:
                         return True
-                    window["t0"] = time.perf_counter()  # audio s/s measures training, not validation
         return False
 
     def _keep_progress(self) -> str:
@@ -298,6 +310,7 @@ class Trainer:
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         mean_loss = torch.stack(losses).mean()
+        self.grad_norm = norm
         # The one host sync per optimizer step: a step on a NaN/inf loss or gradient would turn
         # every trained weight (and the AdamW moments) into NaN for good.
         finite = bool(torch.isfinite(torch.stack([mean_loss, norm.float().to(mean_loss.device)])).all())
@@ -334,14 +347,11 @@ class Trainer:
             )
         self.console.print(f"[yellow]{escape(line)}")
 
-    def _log_window(self, window: dict[str, Any], metrics: MetricsLog) -> str:
-        elapsed = max(time.perf_counter() - window["t0"], 1e-9)
-        loss = float(window["loss"]) / max(window["steps"], 1)
+    def _log_window(self, window: LogWindow, metrics: MetricsLog) -> str:
         lr = self.scheduler.get_last_lr()[0]
-        speed = window["audio_s"] / elapsed
-        metrics.log(self.step, loss=round(loss, 5), lr=lr, audio_seconds_per_second=round(speed, 1), epoch=self.epoch)
-        window.update(loss=0.0, steps=0, audio_s=0.0, t0=time.perf_counter())
-        return f"loss {loss:.3f}  lr {lr:.2e}  {speed:,.0f} audio s/s"
+        line = window.flush(lr, self.device, self.world.size)
+        metrics.log(self.step, **line, epoch=self.epoch)
+        return f"loss {line['loss']:.3f}  lr {lr:.2e}  {line['audio_seconds_per_second']:,.0f} audio s/s"
 
     # ------------------------------------------------------------------ validation and checkpoints
 
@@ -350,8 +360,9 @@ class Trainer:
         if not self.valid:
             self._save("best.pt")
             return False
-        result = evaluate_cuts(self.model, self.valid, "valid", self.cfg, self.device, self.precision,
-                               on_batch=lambda batch: self._bad_clips("skipped valid clip", batch.bad_clips))
+        result, by_set = score_valid_sets(self.valid, lambda cuts, name: evaluate_cuts(
+            self.model, cuts, name, self.cfg, self.device, self.precision,
+            on_batch=lambda batch: self._bad_clips("skipped valid clip", batch.bad_clips)))
         self._report_once("warning", result.warnings)
         if result.problem:  # a WER of nothing is no WER: never keep a "best" model by it
             raise DataError(f"[data] valid: {result.problem}")
@@ -362,9 +373,13 @@ class Trainer:
             self._save("best.pt")
         else:
             self.bad_validations += 1
-        metrics.log(self.step, valid_wer=round(wer, 5), valid_cer=round(result.cer, 5), best_wer=round(self.best_wer, 5))
+        per_set = wer_by_dataset(by_set)
+        metrics.log(self.step, valid_wer=round(wer, 5), valid_cer=round(result.cer, 5), best_wer=round(self.best_wer, 5),
+                    valid_wer_by_dataset=per_set)
         mark = "[green]new best" if improved else f"no improvement ({self.bad_validations}/{self.cfg.train.patience or '∞'})"
-        self.console.print(f"step {self.step}: valid WER {100 * wer:.2f} %  CER {100 * result.cer:.2f} %  {mark}")
+        sets = "  (" + ", ".join(f"{escape(n)} {'n/a' if w is None else f'{100 * w:.2f} %'}" for n, w in per_set.items()) + ")"
+        self.console.print(f"step {self.step}: valid WER {100 * wer:.2f} %  CER {100 * result.cer:.2f} %"
+                           f"{sets if len(per_set) > 1 else ''}  {mark}")
         patience = self.cfg.train.patience
         if patience and self.bad_validations >= patience:
             self.console.print(f"[yellow]early stop: {patience} validations without a better WER")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from macasr.errors import CheckpointError, ConfigError, DataError, MacasrError
 from macasr.model.build import build_model, parameter_counts, resolve_device, resolve_precision
 from macasr.model.speech_llm import SpeechLLM
 from macasr.train.distributed import current_world
+from macasr.train.curves import CURVES_FILE
 from macasr.train.engine import BAD_CLIPS_FILE, Trainer, TrainResult, seed_everything
+from macasr.train.tracking import TENSORBOARD_DIR, with_dataset
 
 
 def parameter_table(model: SpeechLLM) -> Table:
@@ -41,8 +44,9 @@ def parameter_table(model: SpeechLLM) -> Table:
 
 def training_sets(cfg: Config) -> tuple[list[tuple[Any, CutSet]], list[Cut]]:
     """→ (each [data] train source with its lazy cuts, the validation cuts with their sources'
-    target text, at most [eval] valid_max_utterances of them). Every manifest is opened (and
-    checked) here, before any model is built."""
+    target text and name (custom["dataset"], for WER per dataset), at most [eval]
+    valid_max_utterances of them). Every manifest is opened (and checked) here, before any
+    model is built."""
     if not cfg.data.train:
         raise ConfigError("[data] train: no training data given")
     seed = cfg.train.seed  # Shar shards are read in a seeded random order
@@ -50,7 +54,7 @@ def training_sets(cfg: Config) -> tuple[list[tuple[Any, CutSet]], list[Cut]]:
     train = [(source, chain([open_cuts(p, shuffle_shards=True, seed=seed, allow_commands=allow) for p in source.manifests]))
              for source in dataset_sources(cfg, "train")]
     valid = [target_text(chain([open_cuts(p, allow_commands=allow) for p in source.manifests]), source)
-             for source in (dataset_sources(cfg, "valid") if cfg.data.valid else [])]
+             .map(partial(with_dataset, source.name)) for source in (dataset_sources(cfg, "valid") if cfg.data.valid else [])]
     cap = cfg.eval.valid_max_utterances or None
     return train, list(islice((cut for cuts in valid for cut in cuts), cap))
 
@@ -76,12 +80,13 @@ def data_banner(train: list[tuple[Any, CutSet]], cfg: Config) -> str:
 
 
 def run_files(run_dir: Path) -> list[Path]:
-    """What a run leaves in its folder (config.toml, metrics.jsonl, bad_clips.jsonl, checkpoints); other files,
-    such as the demo's data/ and models/, are not part of it."""
+    """What a run leaves in its folder (config.toml, metrics.jsonl, bad_clips.jsonl, curves.png, checkpoints,
+    TensorBoard event files); other files, such as the demo's data/ and models/ or wandb/, are not part of it."""
     if not run_dir.is_dir():
         return []
-    named = [run_dir / n for n in ("config.toml", "metrics.jsonl", BAD_CLIPS_FILE) if (run_dir / n).is_file()]
-    return named + sorted(p for p in run_dir.glob("*.pt") if p.is_file())
+    named = [run_dir / n for n in ("config.toml", "metrics.jsonl", BAD_CLIPS_FILE, CURVES_FILE) if (run_dir / n).is_file()]
+    events = sorted(p for p in (run_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*") if p.is_file())
+    return named + sorted(p for p in run_dir.glob("*.pt") if p.is_file()) + events
 
 
 def _took_a_step(files: list[Path]) -> bool:
@@ -95,7 +100,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
     if resume and overwrite:
         raise MacasrError("--resume continues the run in the folder and --overwrite starts it over; give only one")
     found = run_files(run_dir)
-    names = ", ".join(p.name for p in found)
+    names = ", ".join(str(p.relative_to(run_dir)) for p in found)
     if found and not resume and not _took_a_step(found):
         return found  # a run that failed before its first step: nothing of value to keep
     if resume and not (run_dir / "last.pt").is_file():
@@ -141,5 +146,5 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
         for path in stale:
             path.unlink()
         why = "--overwrite" if overwrite else "a run that never took a step"
-        console.print(f"{why}: removed {', '.join(p.name for p in stale)} of the earlier run in {cfg.run_dir}")
+        console.print(f"{why}: removed {', '.join(str(p.relative_to(cfg.run_dir)) for p in stale)} of the earlier run in {cfg.run_dir}")
     return trainer.fit()
