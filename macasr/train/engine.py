@@ -45,8 +45,8 @@ from macasr.evaluate.run import decoding_options, evaluate_cuts
 from macasr.model.build import autocast
 from macasr.model.llm import TargetTokenizer
 from macasr.model.speech_llm import SpeechLLM
-from macasr.train import checkpoint
-from macasr.train.distributed import World
+from macasr.train import checkpoint, ddp
+from macasr.train.distributed import World, barrier, broadcast_decision
 from macasr.train.schedule import build_scheduler
 from macasr.train.tracking import MetricsLog, start_wandb, training_progress
 
@@ -143,6 +143,9 @@ class Trainer:
                                   feature_augment=spec_augment if d.spec_augment else None)
         self.loader = build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers)
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
+        self.world = world
+        self.forward_model = ddp.wrap(model, world, device)  # DDP over what trains when several ranks
+        self.pending_bad_clips: list[tuple[str, BadClip]] = []  # (label, clip) of a rank > 0, until rank 0 writes it
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         self.step = 0
         self.epoch = 0
@@ -206,6 +209,10 @@ class Trainer:
         for clip in clips:
             if clip.line in self.reported:
                 continue
+            if not self.world.is_main:  # rank 0 prints and writes it after the next step (ddp.step_totals)
+                self.reported.add(clip.line)
+                self.pending_bad_clips.append((label, clip))
+                continue
             self._report_once(label, [clip.line])
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / BAD_CLIPS_FILE, "a", encoding="utf-8") as f:
@@ -226,13 +233,17 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> TrainResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config_module.dump(self.cfg, self.run_dir / "config.toml")
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._wandb(), fresh=self.step == 0)
+        if self.world.is_main:  # rank 0 alone writes the run folder
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_module.dump(self.cfg, self.run_dir / "config.toml")
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._wandb(), fresh=self.step == 0)
+        else:
+            self.metrics = ddp.NoMetrics()  # type: ignore[assignment]
         try:
             stopped_early = self._loop(self.metrics)
         finally:
             self.metrics.close()
+        barrier(self.world)  # no rank reports success before rank 0 has written its last checkpoint
         return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir)
 
     def _loop(self, metrics: MetricsLog) -> bool:
@@ -291,12 +302,13 @@ class Trainer:
         losses: list[torch.Tensor] = []
         ids: list[list[str]] = []
         audio_s = 0.0
-        for _ in range(accum):
+        for micro in range(accum):
             batch = next(batches)
-            with autocast(self.device, self.precision):
-                loss = self.model(batch.to(self.device))
-            # Each micro-batch loss is a mean; dividing by accum makes the summed gradient their mean.
-            (loss / accum).backward()
+            with ddp.sync_unless(self.forward_model, last=micro == accum - 1):
+                with autocast(self.device, self.precision):
+                    loss = self.forward_model(batch.to(self.device))
+                # Each micro-batch loss is a mean; dividing by accum makes the summed gradient their mean.
+                (loss / accum).backward()
             losses.append(loss.detach().float())
             ids.append(batch.ids)
             audio_s += sum(batch.durations)
@@ -305,7 +317,11 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        mean_loss = torch.stack(losses).mean()
+        # Over ranks (one all-reduce): every rank then refuses or takes the step alike.
+        mean_loss, audio_s, shared = ddp.step_totals(self.world, torch.stack(losses).mean(), audio_s, self.pending_bad_clips)
+        self.pending_bad_clips = []
+        for label, clip in shared if self.world.is_main else []:
+            self._bad_clips(label, [clip])
         # The one host sync per optimizer step: a step on a NaN/inf loss or gradient would turn
         # every trained weight (and the AdamW moments) into NaN for good.
         finite = bool(torch.isfinite(torch.stack([mean_loss, norm.float().to(mean_loss.device)])).all())
@@ -359,7 +375,8 @@ class Trainer:
             self._save("best.pt")
             return False
         result = evaluate_cuts(self.model, self.valid, "valid", self.cfg, self.device, self.precision,
-                               on_batch=lambda batch: self._bad_clips("skipped valid clip", batch.bad_clips))
+                               on_batch=lambda batch: self._bad_clips("skipped valid clip", batch.bad_clips),
+                               share=ddp.RankShare(self.world))  # each rank decodes its share; all score all
         self._report_once("warning", result.warnings)
         if result.problem:  # a WER of nothing is no WER: never keep a "best" model by it
             raise DataError(f"[data] valid: {result.problem}")
@@ -374,12 +391,15 @@ class Trainer:
         mark = "[green]new best" if improved else f"no improvement ({self.bad_validations}/{self.cfg.train.patience or '∞'})"
         self.console.print(f"step {self.step}: valid WER {100 * wer:.2f} %  CER {100 * result.cer:.2f} %  {mark}")
         patience = self.cfg.train.patience
-        if patience and self.bad_validations >= patience:
+        stop = broadcast_decision(self.world, bool(patience and self.bad_validations >= patience))  # rank 0 decides
+        if stop:
             self.console.print(f"[yellow]early stop: {patience} validations without a better WER")
-            return True
-        return False
+        return stop
 
     def _save(self, name: str, with_state: bool = False) -> None:
+        if not self.world.is_main:  # rank 0 alone writes checkpoints; the others only note the step
+            self.saved_step = self.step if with_state else self.saved_step
+            return
         metrics = {"best_wer": self.best_wer, "best_step": self.best_step}
         payload = checkpoint.model_payload(self.model, self.cfg, self.step, metrics)
         if with_state:
