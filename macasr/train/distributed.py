@@ -107,6 +107,8 @@ def _collective(world: World, what: str, call: Any, *args: Any) -> Any:
         return call(*args)
     except (RuntimeError, dist.DistBackendError) as e:  # gloo and NCCL raise these when a peer is gone
         first = " ".join(str(e).split())[:300]
+        if dist.get_backend() == "gloo":  # else gloo's threads may abort the process at exit (SIGABRT)
+            teardown()
         raise MacasrError(f"rank {world.rank} of {world.size}: {what} failed, another rank stopped or did not answer "
                           f"within [train] distributed_timeout_s (its own error is printed by it): {first}") from None
 

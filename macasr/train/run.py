@@ -123,8 +123,8 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     A run folder that holds an earlier run (config.toml, metrics.jsonl, *.pt) is refused with a
     MacasrError unless `resume` (continue from its last.pt) or `overwrite` (remove those files,
     once the new run's data and model have loaded, and start over). Ranks other than 0 print
-    nothing and write nothing; a failure leaves the process group without tearing it down (a
-    teardown can wait on the ranks still running; the process exit ends it).
+    nothing and write nothing. A failure is raised without leaving the process group here (NCCL's
+    teardown can wait on ranks still running; the process exit ends it).
     """
     cfg = config_module.resolve_paths(cfg)
     device = resolve_device(cfg.train.device, "[train] device")
@@ -145,7 +145,7 @@ def _train(cfg: Config, console: Console, resume: bool, overwrite: bool, world: 
     console.print(f"training data: {data_banner(train_set, cfg)}; valid: {len(valid_set):,} clips; "
                   f"device {device}{f' (rank 0 of {world.size})' if world.distributed else ''}, precision {precision}; "
                   f"run folder {cfg.run_dir}")
-    console.print(global_batch(cfg, world.size))
+    console.print(global_batch(cfg, world.size), markup=False)
     augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
     frames_from = frames_from_config(cfg, model.encoder, mask=cfg.data.frame_mask)  # None without [data] cache
     trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=world,

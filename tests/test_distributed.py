@@ -1,0 +1,226 @@
+"""Training in several processes: torchrun + DDP on gloo (CPU), against one process.
+
+The equivalence tested: with one duration bucket ([data] num_buckets = 1) lhotse's sampler draws
+the same sequence of batches whatever the world size and gives rank r the batches r, r + N,
+r + 2N, ...; so optimizer step k on N ranks with grad_accum 1 sees exactly the micro-batches of
+step k in one process with grad_accum N, and DDP's mean of the ranks' gradients equals the
+accumulated mean. Validation decodes one clip at a time ([eval] batch_size = 1) so a clip's
+transcript does not depend on which clips share its batch, on which rank.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+import macasr
+from macasr import config as config_module
+from macasr.data.manifest import open_cuts, shar_part
+from macasr.data.prepare import prepare
+from macasr.data.shar import write_shar
+from macasr.errors import DataError, MacasrError
+from macasr.train import ddp
+from macasr.train.distributed import (
+    World, all_gather_object, broadcast_decision, free_port, init_distributed, launch_command, launch_local,
+    mean_over_ranks,
+)
+from macasr.train.run import global_batch, train
+from tests.corpora import write_librispeech
+
+REPO = Path(macasr.__file__).resolve().parents[1]
+RUN_FILES = ["best.pt", "config.toml", "last.pt", "metrics.jsonl"]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess that imports this checkout's macasr, offline, one thread each."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def trained(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_config, corpus, tmp_path_factory):
+    """The same training (4 optimizer steps of 4 clips, validated at steps 2 and 4) in one process
+    with grad_accum 2, in-process, and in two processes with grad_accum 1 through `macasr train --nproc 2`."""
+    root = tmp_path_factory.mktemp("ddp")
+    base = config_module.replace(tiny_config, **{
+        "data.train": [str(corpus["train"])], "data.valid": [str(corpus["valid"])], "data.batch_size": 2,
+        "data.num_buckets": 1, "eval.batch_size": 1, "train.output_dir": str(root), "train.warmup_steps": 0,
+        "train.max_steps": 4, "train.valid_every": 2, "train.lr": 1e-3, "logging.log_every": 1,
+    })
+    one = config_module.replace(base, **{"train.name": "one", "train.grad_accum": 2})
+    train(one, Console(file=io.StringIO()))
+    config_module.dump(config_module.replace(base, **{"train.name": "two", "train.grad_accum": 1}), root / "two.toml")
+    done = subprocess.run([sys.executable, "-m", "macasr", "train", str(root / "two.toml"), "--nproc", "2"],
+                          cwd=root, env=child_env(COLUMNS="300"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return root / "one", root / "two", done.stdout
+
+
+def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(runs) -> None:
+    one, two, _ = runs
+    steps = lambda run: [(m["step"], m["loss"], m["lr"]) for m in metrics(run) if "loss" in m]  # noqa: E731
+    assert [s for s, _, _ in steps(two)] == [1, 2, 3, 4]
+    for (step, loss, lr), (step2, loss2, lr2) in zip(steps(one), steps(two), strict=True):
+        assert (step2, lr2) == (step, lr)
+        assert loss2 == pytest.approx(loss, rel=1e-5), f"step {step}"
+    weights_one, weights_two = trained(one / "last.pt"), trained(two / "last.pt")
+    assert weights_one.keys() == weights_two.keys() and weights_one
+    for name in weights_one:
+        torch.testing.assert_close(weights_two[name], weights_one[name], rtol=1e-5, atol=1e-6)
+    assert torch.load(two / "last.pt", weights_only=True)["step"] == 4
+
+
+def test_two_processes_score_the_whole_valid_set(runs) -> None:
+    one, two, _ = runs
+    valid = lambda run: [(m["step"], m["valid_wer"], m["valid_cer"]) for m in metrics(run) if "valid_wer" in m]  # noqa: E731
+    assert [v[0] for v in valid(two)] == [2, 4]
+    assert valid(two) == valid(one)  # rank 0's 3 of the 6 clips alone would score otherwise
+
+
+def test_only_rank_zero_writes_the_run_folder_and_prints(runs) -> None:
+    _, two, printed = runs
+    assert sorted(p.name for p in two.iterdir()) == RUN_FILES
+    assert printed.count("done: 4 steps") == 1
+    assert printed.count("global batch: up to 2 clips per micro-batch × 2 processes × grad_accum 1 = up to 4 clips") == 1
+    assert printed.count(": valid WER") == 2  # step 2 and step 4, once each
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+RANK_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    from macasr.errors import MacasrError
+    from macasr.train.distributed import all_gather_object, init_distributed
+    world = init_distributed("cpu", timeout_s=3)
+    if world.rank == 1:
+        if sys.argv[1] == "dies":
+            os._exit(1)
+        time.sleep(120)  # hangs: never answers
+    try:
+        all_gather_object(world, "hello")
+    except MacasrError as e:
+        print(e)
+        sys.exit(1)
+    print("no error")
+""")
+
+
+@pytest.mark.parametrize("fault", ["hangs", "dies"])
+def test_a_rank_that_stops_answering_fails_the_others_with_an_error(fault: str, tmp_path: Path) -> None:
+    port = str(free_port())
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, fault], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=child_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                            MASTER_PORT=port))
+             for r in range(2)]
+    try:
+        out, _ = ranks[0].communicate(timeout=120)
+    finally:
+        ranks[1].kill()
+        ranks[1].wait()
+    assert ranks[0].returncode == 1, out
+    assert "rank 0 of 2: gathering results failed, another rank stopped or did not answer within [train] distributed_timeout_s" in out
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_one_process_needs_no_process_group() -> None:
+    world = init_distributed("cpu")
+    assert world == World(0, 0, 1) and world.is_main and not world.distributed
+    assert all_gather_object(world, {"a": 1}) == [{"a": 1}]
+    assert broadcast_decision(world, True) is True
+    assert mean_over_ranks(world, 2.5) == 2.5
+    loss = torch.tensor(1.5)
+    assert ddp.step_totals(world, loss, 3.0, ["clip"]) == (loss, 3.0, [])
+    assert ddp.RankShare(world).mine([1, 2, 3]) == [1, 2, 3]
+
+
+def test_ranks_validate_disjoint_shares_that_cover_the_set() -> None:
+    shares = [ddp.RankShare(World(rank=r, size=3)).mine(list(range(10))) for r in range(3)]
+    assert sorted(i for share in shares for i in share) == list(range(10))
+    assert shares[1] == [1, 4, 7]
+
+
+def test_only_trainable_weights_take_part_in_gradient_sync(model, tmp_path: Path) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = ddp.wrap(model, World(0, 0, 2), torch.device("cpu"))
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) and wrapped.module is model
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        assert frozen and wrapped.parameters_to_ignore == frozen | {n for n, _ in model.named_buffers()}
+        assert {id(p) for p in wrapped._module_parameters} == {id(p) for p in model.parameters() if p.requires_grad}
+        assert not wrapped.find_unused_parameters
+        with ddp.sync_unless(wrapped, last=False):
+            assert not wrapped.require_backward_grad_sync
+        with ddp.sync_unless(wrapped, last=True):
+            assert wrapped.require_backward_grad_sync
+    finally:
+        torch.distributed.destroy_process_group()
+    assert ddp.wrap(model, World(), torch.device("cpu")) is model
+
+
+def test_unused_weights_are_looked_for_only_when_the_trained_encoder_drops_layers(model) -> None:
+    model.encoder.model.config.encoder_layerdrop = 0.1
+    assert not ddp.skips_layers(model)  # frozen encoder: LayerDrop never runs in training
+    model.encoder.requires_grad_(True)
+    assert ddp.skips_layers(model)
+    model.encoder.model.config.encoder_layerdrop = 0.0
+    assert not ddp.skips_layers(model)
+
+
+def test_the_global_batch_is_per_rank_limits_times_ranks_times_accumulation(tiny_config) -> None:
+    cfg = config_module.replace(tiny_config, **{"data.max_batch_seconds": 60.0, "data.batch_size": 8, "train.grad_accum": 4})
+    assert global_batch(cfg, 8).startswith("global batch: up to 60 s of audio and 8 clips per micro-batch × 8 processes "
+                                           "× grad_accum 4 = up to 1920 s and 256 clips per optimizer step")
+
+
+def test_distributed_timeout_must_be_positive(tiny_config) -> None:
+    bad = config_module.replace(tiny_config, **{"train.distributed_timeout_s": 0})
+    assert "[train] distributed_timeout_s: must be at least 1 (seconds), got 0" in bad.train.validate()
+
+
+def test_nproc_is_refused_inside_a_torchrun_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(MacasrError, match="--nproc 2: this process is already rank 1 of 2"):
+        launch_local(2, ["train", "x.toml"])
+
+
+def test_nproc_starts_torchrun_with_the_other_options() -> None:
+    command = launch_command(3, ["train", "c.toml", "--resume"])
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[command.index("--nproc-per-node") + 1] == "3"
+    assert command[-5:] == ["-m", "macasr", "train", "c.toml", "--resume"]
+
+
+def test_ranks_read_disjoint_shar_shards_that_cover_all(tmp_path: Path) -> None:
+    [source] = prepare("librispeech", str(write_librispeech(tmp_path)), tmp_path / "manifests")
+    write_shar(source.path, tmp_path / "shar", shard_size=1)  # 3 cuts, 3 shards
+    every = sorted(cut.id for cut in open_cuts(tmp_path / "shar"))
+    parts = [[cut for cut in open_cuts(tmp_path / "shar", part=(rank, 2))] for rank in range(2)]
+    ids = [sorted(cut.id for cut in part) for part in parts]
+    assert len(ids[0]) == 2 and len(ids[1]) == 1 and not set(ids[0]) & set(ids[1])
+    assert sorted(ids[0] + ids[1]) == every
+    assert parts[1][0].load_audio().shape[1] > 0  # the rank's own audio shards come with its cuts
+    with pytest.raises(DataError, match="3 Shar shards cannot give each of 4 processes its own"):
+        shar_part(tmp_path / "shar", 0, 4)
