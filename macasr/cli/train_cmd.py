@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from macasr.cli._common import console, fail, handle_errors
+from macasr.cli._common import console, handle_errors
 
 
 @handle_errors
@@ -28,10 +28,7 @@ def train(
     cfg = config_module.load(config)  # a bad config fails here, once, before any process starts
     if nproc > 1:
         args = ["train", str(config), *(["--resume"] * resume), *(["--overwrite"] * overwrite)]
-        status = launch_local(nproc, args)
-        if status:
-            raise fail(f"training in {nproc} processes failed (torchrun exit status {status}); "
-                       "the failing rank printed its error above")
+        launch_local(nproc, args)  # each rank prints as `macasr train` does; rank 0 the summary
         return
     result = run_training(cfg, console, resume=resume, overwrite=overwrite)
     if not current_world().is_main:

@@ -11,7 +11,7 @@ mean of their mean losses, as A × N micro-batches in one process would.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -43,18 +43,21 @@ def wrap(model: SpeechLLM, world: World, device: torch.device) -> torch.nn.Modul
         return model
     ignored = [n for n, p in model.named_parameters() if not p.requires_grad] + [n for n, _ in model.named_buffers()]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
-    return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=skips_layers(model),
-    )
+    with distributed.peer_errors(world, "starting DDP (checking and copying the trainable weights)"):
+        return DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=skips_layers(model),
+        )
 
 
-def sync_unless(forward_model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager[Any]:
+@contextlib.contextmanager
+def micro_step(forward_model: torch.nn.Module, world: World, last: bool) -> Iterator[None]:
     """The context of one micro-batch's forward + backward: gradients sync across ranks only on the
-    `last` micro-batch of an accumulation (DDP's `no_sync` before it; nothing in one process)."""
-    if last or not isinstance(forward_model, DistributedDataParallel):
-        return contextlib.nullcontext()
-    return forward_model.no_sync()
+    `last` micro-batch of an accumulation (DDP's `no_sync` before it; nothing in one process), and
+    a rank lost during that sync is a one-line MacasrError (`distributed.peer_errors`)."""
+    sync = last or not isinstance(forward_model, DistributedDataParallel)
+    with distributed.peer_errors(world, "syncing gradients"), (contextlib.nullcontext() if sync else forward_model.no_sync()):
+        yield
 
 
 def step_totals(world: World, mean_loss: torch.Tensor, audio_s: float,

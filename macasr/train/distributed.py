@@ -15,10 +15,11 @@ failing rank prints its own error, whatever its rank.
 from __future__ import annotations
 
 import os
+import contextlib
+import logging
 import socket
-import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -100,17 +101,31 @@ def _active(world: World) -> bool:
     return world.distributed and dist.is_available() and dist.is_initialized()
 
 
-def _collective(world: World, what: str, call: Any, *args: Any) -> Any:
-    """Run one collective; a failure (another rank stopped, or the timeout passed) becomes a MacasrError
-    that says so. The rank that failed first printed its own error."""
+def peer_lost(error: BaseException) -> bool:
+    """Whether `error` is a collective's failure (NCCL's DistError; gloo's RuntimeError names gloo's sources)."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo" in str(error))
+
+
+@contextlib.contextmanager
+def peer_errors(world: World, what: str) -> Iterator[None]:
+    """Turn the failure of a collective inside (another rank stopped, the timeout passed) into a
+    one-line MacasrError that says so; other errors pass as they are. The rank that failed first
+    printed its own error."""
     try:
-        return call(*args)
-    except (RuntimeError, dist.DistBackendError) as e:  # gloo and NCCL raise these when a peer is gone
+        yield
+    except Exception as e:
+        if not (_active(world) and peer_lost(e)):
+            raise
         first = " ".join(str(e).split())[:300]
         if dist.get_backend() == "gloo":  # else gloo's threads may abort the process at exit (SIGABRT)
             teardown()
         raise MacasrError(f"rank {world.rank} of {world.size}: {what} failed, another rank stopped or did not answer "
                           f"within [train] distributed_timeout_s (its own error is printed by it): {first}") from None
+
+
+def _collective(world: World, what: str, call: Any, *args: Any) -> Any:
+    with peer_errors(world, what):
+        return call(*args)
 
 
 def barrier(world: World) -> None:
@@ -163,22 +178,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch_command(nproc: int, args: Sequence[str]) -> list[str]:
-    """torchrun (as `python -m torch.distributed.run`) starting `nproc` local ranks of `macasr <args>`,
-    on a free local port (`--standalone` picks one too, but prints a warning each time)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--max-restarts", "0",
-            "-m", "macasr", *args]
+def launch_local(nproc: int, args: Sequence[str]) -> None:
+    """Run `python -m macasr <args>` as `nproc` ranks on this machine with torchrun's launcher (the
+    elastic agent, in this process, on a free local port, no restarts), like
+    `torchrun --nproc-per-node N -m macasr <args>` with one line instead of its report on failure.
 
+    MacasrError when this process is itself a rank of a distributed job, or when a rank failed
+    (the rank that failed first printed its own error; the launcher stopped the others)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-def launch_local(nproc: int, args: Sequence[str]) -> int:
-    """Run `macasr <args>` as `nproc` ranks on this machine → the launcher's exit status (0 when every
-    rank succeeded; a failing rank prints its own error and torchrun stops the others).
-
-    MacasrError when this process is itself a rank of a distributed job (torchrun already started it)."""
     world = current_world()
     if world.distributed:
         raise MacasrError(f"--nproc {nproc}: this process is already rank {world.rank} of {world.size} (started by "
                           "torchrun); give --nproc only to a plain `macasr train`")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
-    return subprocess.call(launch_command(nproc, args), env=env)
+    # torchrun's own default with several processes: N ranks of all-core thread pools would fight over the cores
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # The agent logs each rank it stops and each that failed; the one line below says what counts.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"macasr-{os.getpid()}",
+                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0)
+    try:
+        elastic_launch(config, sys.executable)("-m", "macasr", *args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        raise MacasrError(f"--nproc {nproc}: rank {rank} of {nproc} failed first (exit status {failure.exitcode}), with its "
+                          "error printed above; the other ranks were stopped") from None

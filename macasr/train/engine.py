@@ -304,7 +304,7 @@ class Trainer:
         audio_s = 0.0
         for micro in range(accum):
             batch = next(batches)
-            with ddp.sync_unless(self.forward_model, last=micro == accum - 1):
+            with ddp.micro_step(self.forward_model, self.world, last=micro == accum - 1):
                 with autocast(self.device, self.precision):
                     loss = self.forward_model(batch.to(self.device))
                 # Each micro-batch loss is a mean; dividing by accum makes the summed gradient their mean.

@@ -129,8 +129,13 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     cfg = config_module.resolve_paths(cfg)
     device = resolve_device(cfg.train.device, "[train] device")
     world = init_distributed(device.type, cfg.train.distributed_timeout_s)
-    quiet = Console(quiet=True)
-    result = _train(cfg, (console or Console()) if world.is_main else quiet, resume, overwrite, world, rank_device(device, world))
+    try:
+        result = _train(cfg, (console or Console()) if world.is_main else Console(quiet=True), resume, overwrite, world,
+                        rank_device(device, world))
+    except MacasrError as e:
+        if world.distributed and not str(e).startswith("rank "):  # which of the ranks printing it failed
+            e.args = (f"rank {world.rank} of {world.size}: {e}",)
+        raise
     teardown()
     return result
 
