@@ -26,12 +26,18 @@ T = TypeVar("T")
 
 
 def skips_layers(model: SpeechLLM) -> bool:
-    """Whether a forward pass may leave trainable weights unused: encoder LayerDrop (wav2vec2-style
-    `layerdrop`, Whisper's `encoder_layerdrop`) when the encoder trains (fully or by LoRA)."""
-    if not any(p.requires_grad for p in model.encoder.parameters()):
+    """Whether a training forward pass may leave trainable weights unused, so that DDP must look for
+    them (`find_unused_parameters`, an extra pass over the graph each step): only when the encoder
+    trains (fully or by LoRA) and its checkpoint drops layers at random (LayerDrop: wav2vec2-style
+    `layerdrop`, Whisper's `encoder_layerdrop`) or masks time spans with a trained embedding
+    (`masked_spec_embed`, unused by a batch too short for a span, or with mask_time_prob = 0)."""
+    encoder = model.encoder
+    if not any(p.requires_grad for p in encoder.parameters()):
         return False
-    config = getattr(getattr(model.encoder, "model", None), "config", None)
-    return any(float(getattr(config, key, 0.0) or 0.0) > 0 for key in ("layerdrop", "encoder_layerdrop"))
+    config = getattr(getattr(encoder, "model", None), "config", None)
+    layerdrop = any(float(getattr(config, key, 0.0) or 0.0) > 0 for key in ("layerdrop", "encoder_layerdrop"))
+    masking = any(p.requires_grad for name, p in encoder.named_parameters() if name.endswith("masked_spec_embed"))
+    return layerdrop or masking
 
 
 def wrap(model: SpeechLLM, world: World, device: torch.device) -> torch.nn.Module:
