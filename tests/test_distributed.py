@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from rich.console import Console
 
 import macasr
 from macasr import config as config_module
+from macasr.data.loader import train_sampler
 from macasr.data.manifest import open_cuts, shar_part
 from macasr.data.prepare import prepare
 from macasr.data.shar import write_shar
@@ -38,7 +40,7 @@ from macasr.train.run import global_batch, train
 from tests.corpora import write_librispeech
 
 REPO = Path(macasr.__file__).resolve().parents[1]
-RUN_FILES = ["best.pt", "config.toml", "last.pt", "metrics.jsonl"]
+RUN_FILES = ["bad_clips.jsonl", "best.pt", "config.toml", "last.pt", "metrics.jsonl"]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -56,13 +58,37 @@ def trained(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
+def batches(manifest: Path, rank: int, size: int, count: int) -> list[list[str]]:
+    """The clip ids of the first `count` batches rank `rank` of `size` trains on (as the Trainer samples)."""
+    sampler = train_sampler(open_cuts(manifest), max_batch_seconds=0, batch_size=2, num_buckets=1, seed=0,
+                            rank=rank, world_size=size)
+    return [[cut.id for cut in batch] for batch in islice(sampler, count)]
+
+
+def test_with_one_bucket_rank_r_of_n_trains_on_every_nth_batch_of_one_process(corpus) -> None:
+    one = batches(corpus["train"], 0, 1, 8)
+    assert [batches(corpus["train"], rank, 2, 4) for rank in (0, 1)] == [one[0::2], one[1::2]]
+
+
+def with_missing_audio(manifest: Path, ids: set[str], out: Path) -> Path:
+    """A copy of `manifest` (absolute audio paths) whose clips `ids` name audio files that do not exist."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for row in rows:
+        row["audio"] = str(manifest.parent / ("missing.wav" if row["id"] in ids else row["audio"]))
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return out
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_config, corpus, tmp_path_factory):
     """The same training (4 optimizer steps of 4 clips, validated at steps 2 and 4) in one process
-    with grad_accum 2, in-process, and in two processes with grad_accum 1 through `macasr train --nproc 2`."""
+    with grad_accum 2, in-process, and in two processes with grad_accum 1 through `macasr train --nproc 2`.
+    Two clips cannot be read: one in rank 0's second batch, one in rank 1's first (both skipped)."""
     root = tmp_path_factory.mktemp("ddp")
+    bad = {batches(corpus["train"], 0, 2, 2)[1][0], batches(corpus["train"], 1, 2, 1)[0][0]}
+    train_set = with_missing_audio(corpus["train"], bad, root / "train.jsonl")
     base = config_module.replace(tiny_config, **{
-        "data.train": [str(corpus["train"])], "data.valid": [str(corpus["valid"])], "data.batch_size": 2,
+        "data.train": [str(train_set)], "data.valid": [str(corpus["valid"])], "data.batch_size": 2,
         "data.num_buckets": 1, "eval.batch_size": 1, "train.output_dir": str(root), "train.warmup_steps": 0,
         "train.max_steps": 4, "train.valid_every": 2, "train.lr": 1e-3, "logging.log_every": 1,
     })
@@ -97,8 +123,11 @@ def test_two_processes_score_the_whole_valid_set(runs) -> None:
 
 
 def test_only_rank_zero_writes_the_run_folder_and_prints(runs) -> None:
-    _, two, printed = runs
+    one, two, printed = runs
     assert sorted(p.name for p in two.iterdir()) == RUN_FILES
+    bad_clips = lambda run: sorted((run / "bad_clips.jsonl").read_text().splitlines())  # noqa: E731
+    assert len(bad_clips(two)) == 2 and bad_clips(two) == bad_clips(one)  # rank 1's too, once each
+    assert printed.count("skipped clip: ") == 2
     assert printed.count("done: 4 steps") == 1
     assert printed.count("global batch: up to 2 clips per micro-batch × 2 processes × grad_accum 1 = up to 4 clips") == 1
     assert printed.count(": valid WER") == 2  # step 2 and step 4, once each

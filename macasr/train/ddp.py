@@ -78,8 +78,13 @@ def step_totals(world: World, mean_loss: torch.Tensor, audio_s: float,
                          torch.tensor(float(len(pending)), dtype=torch.float64, device=mean_loss.device)])
     # A ranks' sum of three numbers; `_collective` turns a lost rank into a MacasrError.
     summed = distributed.sum_tensor_over_ranks(world, stats)
-    shared = [item for items in all_gather_object(world, pending) for item in items] if summed[2] > 0 else []
+    shared = gather_lists(world, pending) if summed[2] > 0 else []
     return (summed[0] / world.size).to(mean_loss.dtype), float(summed[1]), shared
+
+
+def gather_lists(world: World, mine: list[T]) -> list[T]:
+    """Every rank's list, joined in rank order (a collective; `mine` in one process)."""
+    return [item for items in all_gather_object(world, mine) for item in items] if world.distributed else mine
 
 
 class RankShare:

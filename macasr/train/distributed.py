@@ -33,6 +33,10 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 1800  # seconds a collective waits for the other ranks (torch's own default)
 
 
+class RankLost(MacasrError):
+    """A collective failed: another rank stopped, or did not answer within the timeout."""
+
+
 @dataclass(frozen=True)
 class World:
     rank: int = 0
@@ -109,7 +113,7 @@ def peer_lost(error: BaseException) -> bool:
 @contextlib.contextmanager
 def peer_errors(world: World, what: str) -> Iterator[None]:
     """Turn the failure of a collective inside (another rank stopped, the timeout passed) into a
-    one-line MacasrError that says so; other errors pass as they are. The rank that failed first
+    one-line RankLost (a MacasrError) that says so; other errors pass as they are. The rank that failed first
     printed its own error."""
     try:
         yield
@@ -119,7 +123,7 @@ def peer_errors(world: World, what: str) -> Iterator[None]:
         first = " ".join(str(e).split())[:300]
         if dist.get_backend() == "gloo":  # else gloo's threads may abort the process at exit (SIGABRT)
             teardown()
-        raise MacasrError(f"rank {world.rank} of {world.size}: {what} failed, another rank stopped or did not answer "
+        raise RankLost(f"rank {world.rank} of {world.size}: {what} failed, another rank stopped or did not answer "
                           f"within [train] distributed_timeout_s (its own error is printed by it): {first}") from None
 
 

@@ -46,7 +46,7 @@ from macasr.model.build import autocast
 from macasr.model.llm import TargetTokenizer
 from macasr.model.speech_llm import SpeechLLM
 from macasr.train import checkpoint, ddp
-from macasr.train.distributed import World, barrier, broadcast_decision
+from macasr.train.distributed import RankLost, World, barrier, broadcast_decision
 from macasr.train.schedule import build_scheduler
 from macasr.train.tracking import MetricsLog, start_wandb, training_progress
 
@@ -218,6 +218,12 @@ class Trainer:
             with open(self.run_dir / BAD_CLIPS_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(clip.record(), ensure_ascii=False) + "\n")
 
+    def _write_shared_bad_clips(self, shared: list[tuple[str, BadClip]]) -> None:
+        """Rank 0 prints and writes the (label, bad clip) pairs the other ranks sent; they hold none once sent."""
+        self.pending_bad_clips = []
+        for label, clip in shared if self.world.is_main else []:
+            self._bad_clips(label, [clip])
+
     def _too_long(self, cut: Cut, tokens: int, cap: int) -> None:
         """Report a training cut dropped for a target longer than the decoder may emit (once each)."""
         origin = (cut.custom or {}).get("origin")
@@ -253,8 +259,8 @@ class Trainer:
         when steps were taken since the last one, and says so."""
         try:
             return self._steps(metrics)
-        except DataError as e:
-            raise DataError(f"{e}; {self._keep_progress()}") from None
+        except (DataError, RankLost) as e:  # RankLost: another rank failed; rank 0 still keeps what was trained
+            raise type(e)(f"{e}; {self._keep_progress()}") from None
 
     def _steps(self, metrics: MetricsLog) -> bool:
         t, log_every = self.cfg.train, self.cfg.logging.log_every
@@ -319,9 +325,7 @@ class Trainer:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         # Over ranks (one all-reduce): every rank then refuses or takes the step alike.
         mean_loss, audio_s, shared = ddp.step_totals(self.world, torch.stack(losses).mean(), audio_s, self.pending_bad_clips)
-        self.pending_bad_clips = []
-        for label, clip in shared if self.world.is_main else []:
-            self._bad_clips(label, [clip])
+        self._write_shared_bad_clips(shared)
         # The one host sync per optimizer step: a step on a NaN/inf loss or gradient would turn
         # every trained weight (and the AdamW moments) into NaN for good.
         finite = bool(torch.isfinite(torch.stack([mean_loss, norm.float().to(mean_loss.device)])).all())
@@ -342,6 +346,7 @@ class Trainer:
         it narrows the clips down to the micro-batches whose loss was not finite.
         """
         self.bad_steps += 1
+        losses, ids = ddp.gather_lists(self.world, [loss.cpu() for loss in losses]), ddp.gather_lists(self.world, ids)  # all ranks
         bad = [group for loss, group in zip(losses, ids) if not bool(torch.isfinite(loss))]
         what = "loss" if bad else "gradient"
         clips = [c for group in (bad or ids) for c in group]
@@ -377,6 +382,7 @@ class Trainer:
         result = evaluate_cuts(self.model, self.valid, "valid", self.cfg, self.device, self.precision,
                                on_batch=lambda batch: self._bad_clips("skipped valid clip", batch.bad_clips),
                                share=ddp.RankShare(self.world))  # each rank decodes its share; all score all
+        self._write_shared_bad_clips(ddp.gather_lists(self.world, self.pending_bad_clips))
         self._report_once("warning", result.warnings)
         if result.problem:  # a WER of nothing is no WER: never keep a "best" model by it
             raise DataError(f"[data] valid: {result.problem}")
