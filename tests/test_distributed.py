@@ -230,6 +230,17 @@ def test_distributed_timeout_must_be_positive(tiny_config) -> None:
     assert "[train] distributed_timeout_s: must be at least 1 (seconds), got 0" in bad.train.validate()
 
 
+def test_a_rank_started_without_torchrun_says_so(tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    cfg = config_module.replace(tiny_config, **{"train.output_dir": str(tmp_path), "data.train": ["x.jsonl"]})
+    with pytest.raises(MacasrError, match=r"^rank 1 of 2 \(WORLD_SIZE is set\): cannot join the other ranks: .*MASTER_ADDR"
+                                          r".*; start every rank with torchrun \(or `macasr train --nproc N`\)$"):
+        train(cfg, Console(file=io.StringIO()))
+    assert not list(tmp_path.iterdir())  # nothing was written
+
+
 def test_nproc_is_refused_inside_a_torchrun_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

@@ -73,17 +73,23 @@ def init_distributed(device_kind: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> Wo
     if not dist.is_available():
         raise MacasrError(f"rank {world.rank} of {world.size}: this torch {torch.__version__} has no "
                           "torch.distributed support; install a build with it or train in one process")
-    timeout = timedelta(seconds=timeout_s)
     if dist.is_initialized():
         return world
-    if device_kind == "cuda":
-        if world.local_rank >= torch.cuda.device_count():
-            raise MacasrError(f"rank {world.rank}: local rank {world.local_rank} needs GPU {world.local_rank}, but "
-                              f"{torch.cuda.device_count()} are visible; start at most that many processes per node")
-        torch.cuda.set_device(world.local_rank)
-        dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", world.local_rank))
-    else:
-        dist.init_process_group("gloo", timeout=timeout)
+    timeout = timedelta(seconds=timeout_s)
+    try:
+        if device_kind == "cuda":
+            if world.local_rank >= torch.cuda.device_count():
+                raise MacasrError(f"rank {world.rank} of {world.size}: local rank {world.local_rank} needs GPU "
+                                  f"{world.local_rank}, but {torch.cuda.device_count()} are visible; start at most that "
+                                  "many processes per node")
+            torch.cuda.set_device(world.local_rank)
+            dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", world.local_rank))
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
+    except (ValueError, RuntimeError) as e:  # no rendezvous variables; the other ranks never came (DistStoreError)
+        reason = " ".join(str(e).split())[:300]
+        raise MacasrError(f"rank {world.rank} of {world.size} (WORLD_SIZE is set): cannot join the other ranks: {reason}; "
+                          "start every rank with torchrun (or `macasr train --nproc N`)") from None
     return world
 
 
