@@ -76,10 +76,10 @@ def step_totals(world: World, mean_loss: torch.Tensor, audio_s: float,
         return mean_loss, audio_s, []
     stats = torch.stack([mean_loss.detach().double(), torch.tensor(float(audio_s), dtype=torch.float64, device=mean_loss.device),
                          torch.tensor(float(len(pending)), dtype=torch.float64, device=mean_loss.device)])
-    # A ranks' sum of three numbers; `_collective` turns a lost rank into a MacasrError.
-    summed = distributed.sum_tensor_over_ranks(world, stats)
-    shared = gather_lists(world, pending) if summed[2] > 0 else []
-    return (summed[0] / world.size).to(mean_loss.dtype), float(summed[1]), shared
+    summed = distributed.sum_tensor_over_ranks(world, stats)  # a lost rank: RankLost
+    _, audio_total, pending_total = summed.tolist()  # one host sync
+    shared = gather_lists(world, pending) if pending_total > 0 else []
+    return (summed[0] / world.size).to(mean_loss.dtype), audio_total, shared
 
 
 def gather_lists(world: World, mine: list[T]) -> list[T]:
