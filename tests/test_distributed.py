@@ -26,17 +26,20 @@ from rich.console import Console
 
 import macasr
 from macasr import config as config_module
+from macasr.data.collate import BadClip
 from macasr.data.loader import train_sampler
 from macasr.data.manifest import open_cuts, shar_part
 from macasr.data.prepare import prepare
 from macasr.data.shar import write_shar
 from macasr.errors import DataError, MacasrError
+from macasr.model.build import build_model
 from macasr.train import ddp
 from macasr.train.distributed import (
     World, all_gather_object, broadcast_decision, free_port, init_distributed, launch_local,
     mean_over_ranks,
 )
-from macasr.train.run import global_batch, train
+from macasr.train.engine import Trainer
+from macasr.train.run import global_batch, train, training_sets
 from tests.corpora import write_librispeech
 
 REPO = Path(macasr.__file__).resolve().parents[1]
@@ -189,22 +192,45 @@ def test_ranks_validate_disjoint_shares_that_cover_the_set() -> None:
     assert shares[1] == [1, 4, 7]
 
 
-def test_only_trainable_weights_take_part_in_gradient_sync(model, tmp_path: Path) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        wrapped = ddp.wrap(model, World(0, 0, 2), torch.device("cpu"))
-        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) and wrapped.module is model
-        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-        assert frozen and wrapped.parameters_to_ignore == frozen | {n for n, _ in model.named_buffers()}
-        assert {id(p) for p in wrapped._module_parameters} == {id(p) for p in model.parameters() if p.requires_grad}
-        assert not wrapped.find_unused_parameters
-        with ddp.micro_step(wrapped, World(0, 0, 2), last=False):
-            assert not wrapped.require_backward_grad_sync
-        with ddp.micro_step(wrapped, World(0, 0, 2), last=True):
-            assert wrapped.require_backward_grad_sync
-    finally:
-        torch.distributed.destroy_process_group()
+def test_only_trainable_weights_take_part_in_gradient_sync(model, process_group) -> None:
+    wrapped = ddp.wrap(model, World(0, 0, 2), torch.device("cpu"))
+    assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) and wrapped.module is model
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and wrapped.parameters_to_ignore == frozen | {n for n, _ in model.named_buffers()}
+    assert {id(p) for p in wrapped._module_parameters} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert not wrapped.find_unused_parameters
+    with ddp.micro_step(wrapped, World(0, 0, 2), last=False):
+        assert not wrapped.require_backward_grad_sync
+    with ddp.micro_step(wrapped, World(0, 0, 2), last=True):
+        assert wrapped.require_backward_grad_sync
     assert ddp.wrap(model, World(), torch.device("cpu")) is model
+
+
+@pytest.fixture
+def process_group(tmp_path: Path):
+    """A gloo group of this one process, so DDP can be built in-process (as any rank)."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def test_a_rank_other_than_zero_hands_its_clip_reports_to_rank_zero(tiny_config, corpus, tmp_path, process_group) -> None:
+    cfg = config_module.replace(tiny_config, **{"data.train": [str(corpus["train"])], "train.output_dir": str(tmp_path)})
+    train_set, valid_set = training_sets(cfg)
+    trainers = [Trainer(cfg, build_model(cfg), train_set, valid_set, torch.device("cpu"), "fp32",
+                        Console(file=io.StringIO(), width=400), world=World(rank, rank, 2)) for rank in (0, 1)]
+    clip = BadClip(origin="train.jsonl:3", id="c3", audio="a3.wav", why="no such audio file")
+    trainers[1]._bad_clips("skipped clip", [clip])
+    trainers[1]._report_once("warning", ["a3.wav: quiet"])
+    trainers[1]._bad_clips("skipped clip", [clip])  # once only
+    assert trainers[1].console.file.getvalue() == "" and not cfg.run_dir.exists()
+    sent = trainers[1].pending_bad_clips
+    assert sent == [("skipped clip", clip), ("warning", "a3.wav: quiet")]
+    trainers[1]._write_shared_bad_clips(sent)
+    assert trainers[1].pending_bad_clips == [] and not cfg.run_dir.exists()
+    trainers[0]._write_shared_bad_clips(sent)
+    assert [json.loads(line)["id"] for line in (cfg.run_dir / "bad_clips.jsonl").read_text().splitlines()] == ["c3"]
+    assert trainers[0].console.file.getvalue().splitlines() == [f"skipped clip: {clip.line}", "warning: a3.wav: quiet"]
 
 
 def test_unused_weights_are_looked_for_only_when_the_trained_encoder_can_skip_some(model) -> None:

@@ -118,6 +118,7 @@ class Trainer:
         augment: Callable[[Cut, int], Cut] | None = None, frames_from: Callable[[Cut], torch.Tensor] | None = None,
     ) -> None:
         self.cfg, self.model, self.device, self.precision = cfg, model, device, precision
+        self.world = world
         self.console = console or Console()
         self.run_dir = cfg.run_dir
         self.valid = list(valid[: cfg.eval.valid_max_utterances or None])
@@ -143,9 +144,8 @@ class Trainer:
                                   feature_augment=spec_augment if d.spec_augment else None)
         self.loader = build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers)
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
-        self.world = world
         self.forward_model = ddp.wrap(model, world, device)  # DDP over what trains when several ranks
-        self.pending_bad_clips: list[tuple[str, BadClip]] = []  # (label, clip) of a rank > 0, until rank 0 writes it
+        self.pending_bad_clips: list[tuple[str, BadClip | str]] = []  # (label, clip or line) a rank > 0 met, for rank 0
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         self.step = 0
         self.epoch = 0
@@ -202,6 +202,9 @@ class Trainer:
         for line in lines:
             if line not in self.reported:
                 self.reported.add(line)
+                if not self.world.is_main:  # rank 0 prints it after the next step or validation
+                    self.pending_bad_clips.append((label, line))
+                    continue
                 self.console.print(f"{label}: {line}", style="yellow", markup=False)
 
     def _bad_clips(self, label: str, clips: Iterable[BadClip]) -> None:
@@ -218,11 +221,15 @@ class Trainer:
             with open(self.run_dir / BAD_CLIPS_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(clip.record(), ensure_ascii=False) + "\n")
 
-    def _write_shared_bad_clips(self, shared: list[tuple[str, BadClip]]) -> None:
-        """Rank 0 prints and writes the (label, bad clip) pairs the other ranks sent; they hold none once sent."""
+    def _write_shared_bad_clips(self, shared: list[tuple[str, BadClip | str]]) -> None:
+        """Rank 0 prints (and writes, for bad clips) the (label, bad clip or warning line) pairs the
+        other ranks sent; they hold none once sent."""
         self.pending_bad_clips = []
-        for label, clip in shared if self.world.is_main else []:
-            self._bad_clips(label, [clip])
+        for label, item in shared if self.world.is_main else []:
+            if isinstance(item, BadClip):
+                self._bad_clips(label, [item])
+            else:
+                self._report_once(label, [item])
 
     def _too_long(self, cut: Cut, tokens: int, cap: int) -> None:
         """Report a training cut dropped for a target longer than the decoder may emit (once each)."""
