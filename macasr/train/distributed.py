@@ -14,9 +14,9 @@ failing rank prints its own error, whatever its rank.
 
 from __future__ import annotations
 
-import os
 import contextlib
 import logging
+import os
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -119,8 +119,8 @@ def peer_lost(error: BaseException) -> bool:
 @contextlib.contextmanager
 def peer_errors(world: World, what: str) -> Iterator[None]:
     """Turn the failure of a collective inside (another rank stopped, the timeout passed) into a
-    one-line RankLost (a MacasrError) that says so; other errors pass as they are. The rank that failed first
-    printed its own error."""
+    one-line RankLost (a MacasrError) that says so; other errors pass as they are. The rank that
+    failed first printed its own error."""
     try:
         yield
     except Exception as e:
@@ -130,7 +130,7 @@ def peer_errors(world: World, what: str) -> Iterator[None]:
         if dist.get_backend() == "gloo":  # else gloo's threads may abort the process at exit (SIGABRT)
             teardown()
         raise RankLost(f"rank {world.rank} of {world.size}: {what} failed, another rank stopped or did not answer "
-                          f"within [train] distributed_timeout_s (its own error is printed by it): {first}") from None
+                       f"within [train] distributed_timeout_s (its own error is printed by it): {first}") from None
 
 
 def _collective(world: World, what: str, call: Any, *args: Any) -> Any:
