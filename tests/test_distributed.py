@@ -32,6 +32,7 @@ from macasr.data.manifest import open_cuts, shar_part
 from macasr.data.prepare import prepare
 from macasr.data.shar import write_shar
 from macasr.errors import DataError, MacasrError
+from macasr.evaluate.run import evaluate_cuts
 from macasr.model.build import build_model
 from macasr.train import ddp
 from macasr.train.distributed import (
@@ -190,6 +191,29 @@ def test_ranks_validate_disjoint_shares_that_cover_the_set() -> None:
     shares = [ddp.RankShare(World(rank=r, size=3)).mine(list(range(10))) for r in range(3)]
     assert sorted(i for share in shares for i in share) == list(range(10))
     assert shares[1] == [1, 4, 7]
+
+
+class HalfShare:
+    """The share of rank 0 of 2, with the other rank's transcripts never arriving."""
+
+    def __init__(self) -> None:
+        self.decoded: list[int] = []
+
+    def mine(self, cuts):
+        return list(cuts[0::2])
+
+    def merge(self, decoded):
+        self.decoded = sorted(decoded.hypotheses)
+        return decoded
+
+
+def test_validation_decodes_only_the_rank_share_and_scores_what_merge_gives(tiny_config, corpus, model) -> None:
+    cuts = list(open_cuts(corpus["valid"]))
+    share = HalfShare()
+    half = evaluate_cuts(model, cuts, "valid", tiny_config, torch.device("cpu"), "fp32", share=share)
+    assert share.decoded == [0, 2, 4] and half.utterances == 3  # positions in the whole set
+    whole = evaluate_cuts(model, cuts, "valid", tiny_config, torch.device("cpu"), "fp32", share=ddp.RankShare(World()))
+    assert whole.utterances == len(cuts) == 6
 
 
 def test_only_trainable_weights_take_part_in_gradient_sync(model, process_group) -> None:
