@@ -165,6 +165,7 @@ class TrainConfig:
     device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps, xpu.")
     valid_every: int = option(1_000, "Validate (decode the valid set, WER) every this many optimizer steps.")
     patience: int = option(5, "Stop after this many validations without a better WER (0 = never stop early).")
+    distributed_timeout_s: int = option(1800, "Several processes: seconds a rank waits for the others in a collective before the run fails with an error (a rank that died or hangs).")
 
     def validate(self) -> list[str]:
         checks = {
@@ -177,6 +178,7 @@ class TrainConfig:
             "valid_every": self.valid_every >= 1,
             "patience": self.patience >= 0,
             "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "distributed_timeout_s": self.distributed_timeout_s >= 1,
         }
         rules = {
             "max_steps": "must be at least 1",
@@ -188,6 +190,7 @@ class TrainConfig:
             "valid_every": "must be at least 1",
             "patience": "must be 0 (off) or positive",
             "min_lr_ratio": "must be between 0 and 1",
+            "distributed_timeout_s": "must be at least 1 (seconds)",
         }
         problems = [f"[train] {key}: {rules[key]}, got {getattr(self, key)!r}" for key, ok in checks.items() if not ok]
         device = device_problem(self.device)

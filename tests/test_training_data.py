@@ -14,7 +14,7 @@ from rich.console import Console
 from conftest import noise
 from macasr import config as config_module
 from macasr.data import loader
-from macasr.errors import CheckpointError, DataError, MacasrError
+from macasr.errors import CheckpointError, DataError
 from macasr.model.build import build_model
 from macasr.train.engine import Trainer
 from macasr.train.run import train, training_sets
@@ -217,16 +217,6 @@ def test_augment_settings_reach_the_training_clips(tiny_config, tmp_path: Path, 
     monkeypatch.setattr(run_module, "Trainer", Recording)
     train(cfg, Console(file=io.StringIO()))
     assert durations == [pytest.approx(1.0, abs=1e-3)] * 2  # 1.1 s played 1.1 times faster
-
-
-def test_train_under_torchrun_with_several_processes_stops_in_one_line(tiny_config, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    # Until DDP lands, N processes would train N separate models into one run folder.
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    with pytest.raises(MacasrError, match="runs in one process; it was started as rank 1 of 2"):
-        train(run_config(tiny_config, tmp_path), Console(file=io.StringIO()))
-    assert not (tmp_path / "run").exists()  # nothing was written
 
 
 def test_a_mixed_dataset_that_its_duration_limits_empty_is_refused(tiny_config, tmp_path: Path) -> None:

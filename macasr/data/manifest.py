@@ -378,28 +378,50 @@ def check_manifest(path: str | Path) -> Kind:
     return kind
 
 
-def _raw_cuts(path: Path, kind: Kind, shuffle_shards: bool = False, seed: int = 0, audio: bool = True) -> CutSet:
+def shar_part(folder: Path, rank: int, size: int) -> dict[str, list[str]]:
+    """The files of every `size`-th Shar shard of `folder` from shard `rank`, by field ("cuts",
+    "recording", ...), for `CutSet.from_shar(fields=...)`: `size` processes given ranks 0..size-1
+    read disjoint shards that together are all of them. DataError when there are fewer shards
+    than processes (a process would read nothing)."""
+    shards = _shar_shards(folder)
+    if len(shards) < size:
+        raise DataError(f"{folder}: {len(shards)} Shar shard{'s' if len(shards) != 1 else ''} cannot give each of "
+                        f"{size} processes its own; write it with a smaller --shard-size (at least {size} shards)")
+    numbers = [p.name.split(".")[1] for p in shards[rank::size]]  # cuts.000003.jsonl.gz → 000003
+    fields: dict[str, list[str]] = {"cuts": [str(p) for p in shards[rank::size]]}
+    for other in sorted({p.name.split(".")[0] for p in folder.iterdir()} - {"cuts"}):
+        files = {p.name.split(".")[1]: p for p in folder.glob(f"{other}.*")}
+        fields[other] = [str(files[n]) for n in numbers if n in files]
+    return fields
+
+
+def _raw_cuts(path: Path, kind: Kind, shuffle_shards: bool = False, seed: int = 0, audio: bool = True,
+              part: tuple[int, int] = (0, 1)) -> CutSet:
     if kind == "macasr":
         return CutSet(JsonlCuts(path))
     if kind == "lhotse":
         return CutSet.from_jsonl_lazy(path)
     if not audio:  # the cuts' metadata alone, without reading the audio tar files
         return CutSet.from_shar(fields={"cuts": [str(p) for p in _shar_shards(path)]})
+    if part[1] > 1:
+        return CutSet.from_shar(fields=shar_part(path, *part), shuffle_shards=shuffle_shards, seed=seed)
     return CutSet.from_shar(in_dir=path, shuffle_shards=shuffle_shards, seed=seed)
 
 
-def open_cuts(path: str | Path, *, shuffle_shards: bool = False, seed: int = 0, allow_commands: bool = False) -> CutSet:
+def open_cuts(path: str | Path, *, shuffle_shards: bool = False, seed: int = 0, allow_commands: bool = False,
+              part: tuple[int, int] = (0, 1)) -> CutSet:
     """A manifest (macasr JSONL, lhotse CutSet or Shar folder) as a lazy CutSet of cuts with one
     supervision each, after one streaming check of every row (`check_manifest`).
 
     `shuffle_shards` (Shar only) reads the shards in an order drawn from `seed` (and the epoch).
+    `part` = (rank, size) (Shar only) reads only that rank's shards (`shar_part`); other kinds are read whole.
     Cuts whose audio a shell command produces (lhotse "command" sources, Kaldi pipes) are bad clips
     unless `allow_commands`: a shared manifest must not run code on the reader's machine unasked.
     Raises DataError naming the file (and lines) when it is missing, of no known kind, or bad.
     """
     path = Path(path)
     kind = check_manifest(path)
-    cuts = _raw_cuts(path, kind, shuffle_shards, seed)
+    cuts = _raw_cuts(path, kind, shuffle_shards, seed, part=part)
     if kind == "macasr":
         return cuts
     return cuts.map(functools.partial(with_one_supervision, origin=str(path), allow_commands=allow_commands))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from lhotse.cut import Cut
@@ -19,9 +20,17 @@ from macasr.data.loader import CutDataset, build_loader, eval_sampler, indexed, 
 from macasr.data.manifest import manifest_stem, open_cuts
 from macasr.errors import ConfigError
 from macasr.evaluate.wer import DatasetScore, score
-from macasr.infer.decode import decode_loader
+from macasr.infer.decode import Decoded, decode_loader
 from macasr.model.decoding import DecodingOptions
 from macasr.model.speech_llm import SpeechLLM
+
+
+class Share(Protocol):
+    """How ranks split a set to decode and merge what they decoded (`macasr.train.ddp.RankShare`)."""
+
+    def mine(self, cuts: Sequence[Cut]) -> list[Cut]: ...
+
+    def merge(self, decoded: Decoded) -> Decoded: ...
 
 
 def decoding_options(cfg: Config) -> DecodingOptions:
@@ -34,16 +43,22 @@ def decoding_options(cfg: Config) -> DecodingOptions:
 
 def evaluate_cuts(
     model: SpeechLLM, cuts: Sequence[Cut], name: str, cfg: Config, device: torch.device, precision: str,
-    num_workers: int = 0, on_batch: Callable[[Batch], None] | None = None,
+    num_workers: int = 0, on_batch: Callable[[Batch], None] | None = None, share: Share | None = None,
 ) -> DatasetScore:
     """Decode and score one dataset. The score carries the lines of clips that could not be read
     and were left out (`skipped`) and of clips that were read but look wrong (`warnings`);
     `[data] on_bad_clip = "error"` stops at the first unreadable clip instead (DataError).
-    Results are in the order of `cuts`, whatever the batching.
+    Results are in the order of `cuts`, whatever the batching. With `share` (training on several
+    ranks), this process decodes `share.mine(cuts)` and scores the whole set from `share.merge`.
     """
     cuts = list(indexed(cuts))
-    loader = build_loader(CutDataset(model.encoder.featurizer), eval_sampler(cuts, cfg.eval.batch_size), num_workers)
-    decoded = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch, cfg.data.on_bad_clip)
+    mine = share.mine(cuts) if share is not None else cuts
+    decoded = Decoded()
+    if mine:  # a rank may get no clip of a validation set smaller than the number of ranks
+        loader = build_loader(CutDataset(model.encoder.featurizer), eval_sampler(mine, cfg.eval.batch_size), num_workers)
+        decoded = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch, cfg.data.on_bad_clip)
+    if share is not None:
+        decoded = share.merge(decoded)
     kept = [i for i in range(len(cuts)) if i in decoded.hypotheses]
     return score(
         name, [cuts[i].id for i in kept], [transcript(cuts[i]) for i in kept],

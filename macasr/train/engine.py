@@ -44,8 +44,8 @@ from macasr.evaluate.run import decoding_options, evaluate_cuts
 from macasr.model.build import autocast
 from macasr.model.llm import TargetTokenizer
 from macasr.model.speech_llm import SpeechLLM
-from macasr.train import checkpoint
-from macasr.train.distributed import World
+from macasr.train import checkpoint, ddp
+from macasr.train.distributed import RankLost, World, barrier, broadcast_decision
 from macasr.train.optim import build_optimizer
 from macasr.train.schedule import build_scheduler
 from macasr.train.curves import draw_curves
@@ -139,6 +139,8 @@ class Trainer:
                                   feature_augment=spec_augment if d.spec_augment else None)
         self.loader = build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers)
         self.optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, t.muon_lr)
+        self.forward_model = ddp.wrap(model, world, device)  # DDP over what trains when several ranks
+        self.pending_bad_clips: list[tuple[str, BadClip | str]] = []  # (label, clip or line) a rank > 0 met, for rank 0
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         self.step = 0
         self.epoch = 0
@@ -197,6 +199,9 @@ class Trainer:
         for line in lines:
             if line not in self.reported:
                 self.reported.add(line)
+                if not self.world.is_main:  # rank 0 prints it after the next step or validation
+                    self.pending_bad_clips.append((label, line))
+                    continue
                 self.console.print(f"{label}: {line}", style="yellow", markup=False)
 
     def _bad_clips(self, label: str, clips: Iterable[BadClip]) -> None:
@@ -204,10 +209,24 @@ class Trainer:
         for clip in clips:
             if clip.line in self.reported:
                 continue
+            if not self.world.is_main:  # rank 0 prints and writes it after the next step (ddp.step_totals)
+                self.reported.add(clip.line)
+                self.pending_bad_clips.append((label, clip))
+                continue
             self._report_once(label, [clip.line])
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / BAD_CLIPS_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(clip.record(), ensure_ascii=False) + "\n")
+
+    def _write_shared_bad_clips(self, shared: list[tuple[str, BadClip | str]]) -> None:
+        """Rank 0 prints (and writes, for bad clips) the (label, bad clip or warning line) pairs the
+        other ranks sent; they hold none once sent."""
+        self.pending_bad_clips = []
+        for label, item in shared if self.world.is_main else []:
+            if isinstance(item, BadClip):
+                self._bad_clips(label, [item])
+            else:
+                self._report_once(label, [item])
 
     def _too_long(self, cut: Cut, tokens: int, cap: int) -> None:
         """Report a training cut dropped for a target longer than the decoder may emit (once each)."""
@@ -224,10 +243,13 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> TrainResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config_module.dump(self.cfg, self.run_dir / "config.toml")
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._wandb(), fresh=self.step == 0,
-                                  tensorboard=start_tensorboard(self.run_dir, self.step) if self.cfg.logging.tensorboard else None)
+        if self.world.is_main:  # rank 0 alone writes the run folder
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_module.dump(self.cfg, self.run_dir / "config.toml")
+            tensorboard = start_tensorboard(self.run_dir, self.step) if self.cfg.logging.tensorboard else None
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._wandb(), fresh=self.step == 0, tensorboard=tensorboard)
+        else:
+            self.metrics = ddp.NoMetrics()  # type: ignore[assignment]
         first_step, self.window = self.step, LogWindow()
         summary = None
         try:
@@ -235,9 +257,11 @@ class Trainer:
             summary = RunSummary.of(self.window, self.step, first_step, self.best_wer, self.best_step, self.run_dir)
         finally:
             self.metrics.close(summary.wandb() if summary else None, failed=summary is None)
-        self.console.print(summary_table(summary))
-        if self.cfg.logging.curves:
-            self.console.print(draw_curves(self.run_dir), markup=False)
+        barrier(self.world)  # no rank reports success before rank 0 has written its last checkpoint
+        if self.world.is_main:
+            self.console.print(summary_table(summary))
+            if self.cfg.logging.curves:
+                self.console.print(draw_curves(self.run_dir), markup=False)
         return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir)
 
     def _loop(self, metrics: MetricsLog) -> bool:
@@ -247,8 +271,8 @@ class Trainer:
         when steps were taken since the last one, and says so."""
         try:
             return self._steps(metrics)
-        except DataError as e:
-            raise DataError(f"{e}; {self._keep_progress()}") from None
+        except (DataError, RankLost) as e:  # RankLost: another rank failed; rank 0 still keeps what was trained
+            raise type(e)(f"{e}; {self._keep_progress()}") from None
 
     def _steps(self, metrics: MetricsLog) -> bool:
         t, log_every = self.cfg.train, self.cfg.logging.log_every
@@ -295,12 +319,13 @@ class Trainer:
         losses: list[torch.Tensor] = []
         ids: list[list[str]] = []
         audio_s = 0.0
-        for _ in range(accum):
+        for micro in range(accum):
             batch = next(batches)
-            with autocast(self.device, self.precision):
-                loss = self.model(batch.to(self.device))
-            # Each micro-batch loss is a mean; dividing by accum makes the summed gradient their mean.
-            (loss / accum).backward()
+            with ddp.micro_step(self.forward_model, self.world, last=micro == accum - 1):
+                with autocast(self.device, self.precision):
+                    loss = self.forward_model(batch.to(self.device))
+                # Each micro-batch loss is a mean; dividing by accum makes the summed gradient their mean.
+                (loss / accum).backward()
             losses.append(loss.detach().float())
             ids.append(batch.ids)
             audio_s += sum(batch.durations)
@@ -309,7 +334,9 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        mean_loss = torch.stack(losses).mean()
+        # Over ranks (one all-reduce): every rank then refuses or takes the step alike.
+        mean_loss, audio_s, shared = ddp.step_totals(self.world, torch.stack(losses).mean(), audio_s, self.pending_bad_clips)
+        self._write_shared_bad_clips(shared)
         self.grad_norm = norm
         # The one host sync per optimizer step: a step on a NaN/inf loss or gradient would turn
         # every trained weight (and the AdamW moments) into NaN for good.
@@ -331,6 +358,7 @@ class Trainer:
         it narrows the clips down to the micro-batches whose loss was not finite.
         """
         self.bad_steps += 1
+        losses, ids = ddp.gather_lists(self.world, [loss.cpu() for loss in losses]), ddp.gather_lists(self.world, ids)  # all ranks
         bad = [group for loss, group in zip(losses, ids) if not bool(torch.isfinite(loss))]
         what = "loss" if bad else "gradient"
         clips = [c for group in (bad or ids) for c in group]
@@ -362,7 +390,9 @@ class Trainer:
             return False
         result, by_set = score_valid_sets(self.valid, lambda cuts, name: evaluate_cuts(
             self.model, cuts, name, self.cfg, self.device, self.precision,
-            on_batch=lambda batch: self._bad_clips("skipped valid clip", batch.bad_clips)))
+            on_batch=lambda batch: self._bad_clips("skipped valid clip", batch.bad_clips),
+            share=ddp.RankShare(self.world)))  # each rank decodes its share; all score all
+        self._write_shared_bad_clips(ddp.gather_lists(self.world, self.pending_bad_clips))
         self._report_once("warning", result.warnings)
         if result.problem:  # a WER of nothing is no WER: never keep a "best" model by it
             raise DataError(f"[data] valid: {result.problem}")
@@ -381,12 +411,15 @@ class Trainer:
         self.console.print(f"step {self.step}: valid WER {100 * wer:.2f} %  CER {100 * result.cer:.2f} %"
                            f"{sets if len(per_set) > 1 else ''}  {mark}")
         patience = self.cfg.train.patience
-        if patience and self.bad_validations >= patience:
+        stop = broadcast_decision(self.world, bool(patience and self.bad_validations >= patience))  # rank 0 decides
+        if stop:
             self.console.print(f"[yellow]early stop: {patience} validations without a better WER")
-            return True
-        return False
+        return stop
 
     def _save(self, name: str, with_state: bool = False) -> None:
+        if not self.world.is_main:  # rank 0 alone writes checkpoints; the others only note the step
+            self.saved_step = self.step if with_state else self.saved_step
+            return
         metrics = {"best_wer": self.best_wer, "best_step": self.best_step}
         payload = checkpoint.model_payload(self.model, self.cfg, self.step, metrics)
         if with_state:

@@ -7,6 +7,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
 from rich.console import Console
@@ -21,8 +22,8 @@ from macasr.data.manifest import dataset_sources, manifest_summary, open_cuts
 from macasr.errors import CheckpointError, ConfigError, DataError, MacasrError
 from macasr.model.build import build_model, parameter_counts, resolve_device, resolve_precision
 from macasr.model.speech_llm import SpeechLLM
-from macasr.train.distributed import current_world
 from macasr.train.curves import CURVES_FILE
+from macasr.train.distributed import World, init_distributed, rank_device, teardown
 from macasr.train.engine import BAD_CLIPS_FILE, Trainer, TrainResult, seed_everything
 from macasr.train.tracking import TENSORBOARD_DIR, with_dataset
 
@@ -112,37 +113,58 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
     return found if overwrite else []
 
 
+def global_batch(cfg: Config, ranks: int) -> str:
+    """What one optimizer step sees: per-rank batch limits × ranks × grad_accum (what the lr schedule counts)."""
+    d, accum = cfg.data, cfg.train.grad_accum
+    per_rank = " and ".join([f"{d.max_batch_seconds:g} s of audio"] * (d.max_batch_seconds > 0) + [f"{d.batch_size} clips"] * (d.batch_size > 0))
+    total = " and ".join([f"{d.max_batch_seconds * ranks * accum:g} s"] * (d.max_batch_seconds > 0) + [f"{d.batch_size * ranks * accum} clips"] * (d.batch_size > 0))
+    return (f"global batch: up to {per_rank or 'any amount'} per micro-batch × {ranks} process{'es' if ranks > 1 else ''} "
+            f"× grad_accum {accum} = up to {total or 'no limit'} per optimizer step ([train] lr, warmup_steps and max_steps count these steps)")
+
+
 def train(cfg: Config, console: Console | None = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    """Train as configured into cfg.run_dir.
+    """Train as configured into cfg.run_dir, in this process or as one rank of a torchrun job.
 
     A run folder that holds an earlier run (config.toml, metrics.jsonl, *.pt) is refused with a
     MacasrError unless `resume` (continue from its last.pt) or `overwrite` (remove those files,
-    once the new run's data and model have loaded, and start over).
+    once the new run's data and model have loaded, and start over). Ranks other than 0 print
+    nothing and write nothing. A failure is raised without leaving the process group here (NCCL's
+    teardown can wait on ranks still running; the process exit ends it).
     """
-    console = console or Console()
-    if (world := current_world()).size > 1:
-        raise MacasrError(f"macasr train runs in one process; it was started as rank {world.rank} of {world.size} "
-                          "(torchrun --nproc-per-node > 1), which would train separate models into one run folder; "
-                          "start it with one process")
     cfg = config_module.resolve_paths(cfg)
+    device = resolve_device(cfg.train.device, "[train] device")
+    world = init_distributed(device.type, cfg.train.distributed_timeout_s)
+    try:
+        result = _train(cfg, (console or Console()) if world.is_main else Console(quiet=True), resume, overwrite, world,
+                        rank_device(device, world))
+    except MacasrError as e:
+        if world.distributed and not str(e).startswith("rank "):  # which of the ranks printing it failed
+            e.args = (f"rank {world.rank} of {world.size}: {e}",)
+        raise
+    teardown()
+    return result
+
+
+def _train(cfg: Config, console: Console, resume: bool, overwrite: bool, world: World, device: torch.device) -> TrainResult:
     stale = check_run_dir(cfg.run_dir, resume, overwrite)
     train_set, valid_set = training_sets(cfg)
     seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device, "[train] device")
     precision = resolve_precision(cfg.train.precision, device)
     model = build_model(cfg, device, precision)
     console.print(parameter_table(model))
     console.print(f"training data: {data_banner(train_set, cfg)}; valid: {len(valid_set):,} clips; "
-                  f"device {device}, precision {precision}; run folder {cfg.run_dir}")
+                  f"device {device}{f' (rank 0 of {world.size})' if world.distributed else ''}, precision {precision}; "
+                  f"run folder {cfg.run_dir}")
+    console.print(global_batch(cfg, world.size), markup=False)
     augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
     frames_from = frames_from_config(cfg, model.encoder, mask=cfg.data.frame_mask)  # None without [data] cache
-    trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=current_world(),
+    trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=world,
                       augment=augment, frames_from=frames_from)
     if resume:
         last = cfg.run_dir / "last.pt"
         trainer.resume(last)
         console.print(f"resumed from {last} at step {trainer.step}")
-    if stale:
+    if stale and world.is_main:  # every rank has checked the folder: building the Trainer waited for all
         for path in stale:
             path.unlink()
         why = "--overwrite" if overwrite else "a run that never took a step"
