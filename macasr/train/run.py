@@ -22,6 +22,7 @@ from macasr.model.build import build_model, parameter_counts, resolve_device, re
 from macasr.model.speech_llm import SpeechLLM
 from macasr.train.distributed import current_world
 from macasr.train.engine import BAD_CLIPS_FILE, Trainer, TrainResult, seed_everything
+from macasr.train.faults import RunLock, remove_stale_temporaries
 
 
 def parameter_table(model: SpeechLLM) -> Table:
@@ -89,16 +90,26 @@ def _took_a_step(files: list[Path]) -> bool:
     return any(p.suffix == ".pt" or (p.name == "metrics.jsonl" and p.stat().st_size > 0) for p in files)
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+def resume_source(run_dir: Path, resume: bool | str | Path) -> Path | None:
+    """The last.pt a run continues from: None (a new run), the run folder's (True, "auto"), or a given path."""
+    if resume is False or resume is None:
+        return None
+    return run_dir / "last.pt" if resume is True or str(resume) == "auto" else Path(resume)
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, source: Path | None = None) -> list[Path]:
     """Refuse to start over an earlier run unless told to → the files that will be removed: those of
-    an earlier run with `overwrite`, and those of a run that never took a step (nothing to lose)."""
+    an earlier run with `overwrite`, and those of a run that never took a step (nothing to lose).
+    `source` is a last.pt given to resume from instead of the run folder's."""
     if resume and overwrite:
         raise MacasrError("--resume continues the run in the folder and --overwrite starts it over; give only one")
+    if resume and source is not None and source != run_dir / "last.pt" and not source.is_file():
+        raise CheckpointError(f"{source}: nothing to resume from (no such file)")
     found = run_files(run_dir)
     names = ", ".join(p.name for p in found)
     if found and not resume and not _took_a_step(found):
         return found  # a run that failed before its first step: nothing of value to keep
-    if resume and not (run_dir / "last.pt").is_file():
+    if resume and source in (None, run_dir / "last.pt") and not (run_dir / "last.pt").is_file():
         advice = f" (the folder holds {names}); start over with --overwrite" if found else "; start the run without --resume"
         raise CheckpointError(f"{run_dir / 'last.pt'}: nothing to resume from{advice}")
     if found and not (resume or overwrite):
@@ -107,12 +118,15 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
     return found if overwrite else []
 
 
-def train(cfg: Config, console: Console | None = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
+def train(cfg: Config, console: Console | None = None, resume: bool | str | Path = False, overwrite: bool = False) -> TrainResult:
     """Train as configured into cfg.run_dir.
 
     A run folder that holds an earlier run (config.toml, metrics.jsonl, *.pt) is refused with a
-    MacasrError unless `resume` (continue from its last.pt) or `overwrite` (remove those files,
-    once the new run's data and model have loaded, and start over).
+    MacasrError unless `resume` (True or "auto": continue from its last.pt; a path: from that
+    last.pt) or `overwrite` (remove those files, once the new run's data and model have loaded,
+    and start over). A run folder in use by another run (its train.lock) is refused too; stale
+    temporary files of killed writes are removed. A stop signal ends the run after its step with
+    last.pt written (TrainResult.signal names it).
     """
     console = console or Console()
     if (world := current_world()).size > 1:
@@ -120,7 +134,20 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
                           "(torchrun --nproc-per-node > 1), which would train separate models into one run folder; "
                           "start it with one process")
     cfg = config_module.resolve_paths(cfg)
-    stale = check_run_dir(cfg.run_dir, resume, overwrite)
+    source = resume_source(cfg.run_dir, resume)
+    stale = check_run_dir(cfg.run_dir, source is not None, overwrite, source)
+    with RunLock(cfg.run_dir).acquire(resume=source is not None) as lock:
+        if lock.taken_over:
+            console.print(f"[yellow]{lock.path}: {lock.taken_over}")
+        if leftovers := remove_stale_temporaries(cfg.run_dir):
+            console.print(f"removed {len(leftovers)} stale temporary file{'s' * (len(leftovers) > 1)} left in {cfg.run_dir} "
+                          f"by a process killed while writing ({', '.join(p.name for p in leftovers[:3])}"
+                          f"{', ...' if len(leftovers) > 3 else ''})")
+        return _train(cfg, console, source, stale, overwrite)
+
+
+def _train(cfg: Config, console: Console, source: Path | None, stale: list[Path], overwrite: bool) -> TrainResult:
+    """`train` once the run folder is checked and locked."""
     train_set, valid_set = training_sets(cfg)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device, "[train] device")
@@ -133,10 +160,9 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     frames_from = frames_from_config(cfg, model.encoder, mask=cfg.data.frame_mask)  # None without [data] cache
     trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=current_world(),
                       augment=augment, frames_from=frames_from)
-    if resume:
-        last = cfg.run_dir / "last.pt"
-        trainer.resume(last)
-        console.print(f"resumed from {last} at step {trainer.step}")
+    if source is not None:
+        trainer.resume(source)
+        console.print(f"resumed from {source} at step {trainer.step}")
     if stale:
         for path in stale:
             path.unlink()
