@@ -143,8 +143,8 @@ class Trainer:
             raise DataError(self._nothing_left()) from None
         self.dataset = CutDataset(model.encoder.featurizer, tokenize, augment=augment, frames_from=frames_from,
                                   feature_augment=SpecAugment(t.seed) if d.spec_augment else None)
-        self.loader = build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers, seed=t.seed,
-                                   worker_init_fn=faults.ignore_stop_signals)
+        self.loader = faults.track_loader(build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers, seed=t.seed,
+                                                       worker_init_fn=faults.ignore_stop_signals))
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         self.step = 0
@@ -240,6 +240,7 @@ class Trainer:
                 if self.stop.received:
                     self.console.print(f"[yellow]{escape(self.stop.received)}: {escape(self._keep_progress())}")
         finally:
+            faults.close_workers(self.loader)
             self.metrics.close()
         return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir, self.stop.received)
 

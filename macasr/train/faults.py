@@ -16,11 +16,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
 import socket
 import time
+import weakref
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -75,9 +77,37 @@ class StopSignals:
 
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader `worker_init_fn`: a worker ignores SIGINT and SIGTERM, so the main process can
-    finish its step; workers end when the main process does (torch watches its parent)."""
+    finish its step (a worker killed under it makes torch raise in the main process wherever it
+    is). Workers end when the main process closes them (`close_workers`, also at exit), or
+    dies (torch's workers watch their parent)."""
     for sig in StopSignals.SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+_LOADERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track_loader(loader: Any) -> Any:
+    """Remember a DataLoader whose workers ignore stop signals, to close them at exit → `loader`."""
+    _LOADERS.add(loader)
+    return loader
+
+
+def close_workers(loader: Any) -> None:
+    """Stop a DataLoader's persistent workers now, through torch's own shutdown (a sentinel in
+    each worker's queue). multiprocessing's exit handler would instead send them SIGTERM, which
+    they ignore, and then wait for them for ever."""
+    iterator = getattr(loader, "_iterator", None)  # where a DataLoader keeps persistent workers
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    if iterator is not None:
+        loader._iterator = None
+
+
+@atexit.register  # runs before multiprocessing's exit handler, which was registered earlier
+def _close_all_workers() -> None:
+    for loader in list(_LOADERS):
+        close_workers(loader)
 
 
 # ---------------------------------------------------------------- out of memory

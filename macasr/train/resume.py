@@ -104,7 +104,8 @@ class BestCheckpoints:
         return len(self.kept) < self.keep or wer < self.kept[-1][0]
 
     def add(self, wer: float, step: int, save: Callable[[str], None]) -> None:
-        """Record a validation; `save(name)` writes the current model as `name` in the run folder.
+        """Record a validation; `save(name)` writes the current model as `name` in the run folder,
+        replacing the file (a new file renamed over it, as checkpoint.save_checkpoint does).
 
         A new best first moves the old best.pt's content to best-step<N>.pt (a hard link where
         the file system allows, else a copy), then writes best.pt: a crash in between leaves
