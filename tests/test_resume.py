@@ -3,6 +3,7 @@ once, the k best checkpoints are kept, last.pt is written between validations.""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -184,3 +185,29 @@ def test_save_every_writes_last_pt_between_validations(tiny_config, corpus, tmp_
     trainer.fit()
     assert saved == expected
     assert torch.load(cfg.run_dir / "last.pt", weights_only=True)["step"] == 5
+
+
+# ----------------------------------------------------------------------------- --resume-from, config rules
+
+
+def test_resume_from_a_given_last_pt_continues_into_the_configs_run_folder(tiny_config, corpus, tmp_path) -> None:
+    source = run_config(tiny_config, corpus, tmp_path, "a")
+    invoke(source, tmp_path / "a.toml")
+    moved = tmp_path / "kept" / "last.pt"
+    moved.parent.mkdir()
+    (source.run_dir / "last.pt").rename(moved)
+    target = run_config(tiny_config, corpus, tmp_path, "b", **{"train.max_steps": 2})
+    result = invoke(target, tmp_path / "b.toml", "--resume-from", str(moved))
+    assert f"resumed from {moved} at step 1" in " ".join(result.output.split())
+    assert torch.load(target.run_dir / "last.pt", weights_only=True)["step"] == 2
+    missing = runner.invoke(app, ["train", str(tmp_path / "b.toml"), "--resume-from", str(tmp_path / "gone.pt")])
+    assert missing.exit_code == 1 and missing.stderr.strip() == f"error: {tmp_path / 'gone.pt'}: nothing to resume from (no such file)"
+
+
+@pytest.mark.parametrize(("key", "value", "rule"), [
+    ("save_every", -1, "must be 0 (only at validation) or positive"), ("keep_best", 0, "must be at least 1 (best.pt)"),
+    ("max_bad_steps", 0, "must be at least 1"),
+])
+def test_checkpoint_and_fault_settings_are_checked(key, value, rule) -> None:
+    problems = dataclasses.replace(config_module.Config().train, **{key: value}).validate()
+    assert problems == [f"[train] {key}: {rule}, got {value!r}"]
