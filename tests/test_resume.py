@@ -211,3 +211,14 @@ def test_resume_from_a_given_last_pt_continues_into_the_configs_run_folder(tiny_
 def test_checkpoint_and_fault_settings_are_checked(key, value, rule) -> None:
     problems = dataclasses.replace(config_module.Config().train, **{key: value}).validate()
     assert problems == [f"[train] {key}: {rule}, got {value!r}"]
+
+
+def test_a_key_the_checkpoint_predates_is_no_change_at_its_default() -> None:
+    from macasr.train.engine import config_changes
+    from macasr.train.resume import with_defaults
+
+    defaults = {"model": {"llm": {"path": "x", "new_key": False}}, "train": {"save_every": 500}}
+    stored = with_defaults({"model": {"llm": {"path": "x"}}, "train": {}}, defaults)
+    assert config_changes(stored, defaults, ("model", "train")) == []
+    given = {"model": {"llm": {"path": "x", "new_key": True}}, "train": {"save_every": 500}}
+    assert config_changes(stored, given, ("model", "train")) == ["model.llm.new_key: False in the checkpoint, True given"]

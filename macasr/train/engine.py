@@ -439,8 +439,8 @@ class Trainer:
         data = checkpoint.load_checkpoint(path)
         checkpoint.require(data, RESUME_PARTS, path, "--resume", "it holds weights only, like a best.pt; "
                            "resume from a last.pt, or start over with --overwrite")
-        given = config_module.to_dict(self.cfg)
-        fixed, changed = resuming.split_changes(config_changes(data["config"], given, tuple(given)))
+        given, stored = config_module.to_dict(self.cfg), resuming.with_defaults(data["config"], config_module.to_dict(Config()))
+        fixed, changed = resuming.split_changes(config_changes(stored, given, tuple(given)))
         if fixed:
             raise CheckpointError(resuming.refusal(path, fixed))
         checkpoint.load_trainable(self.model, data["model"], path, "the given config")

@@ -31,6 +31,15 @@ FIXED_KEYS = ("train.seed", "train.optimizer")
 FREE_KEYS = ("data.num_workers", "data.on_bad_clip", "data.allow_commands")
 
 
+def with_defaults(stored: Any, defaults: Any) -> Any:
+    """`stored` (a config as plain data, from a checkpoint) with the keys it lacks taken from
+    `defaults` (e.g. keys added by a later macasr): a key it never had is no change when the
+    given config leaves it at its default."""
+    if not isinstance(stored, dict) or not isinstance(defaults, dict):
+        return stored
+    return {**defaults, **{k: with_defaults(v, defaults.get(k)) for k, v in stored.items()}}
+
+
 def changed_key(change: str) -> str:
     """'model.connector.hidden_dim' from engine.config_changes' 'model.connector.hidden_dim: 64 in ...'."""
     return change.split(":", 1)[0]
