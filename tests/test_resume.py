@@ -222,3 +222,19 @@ def test_a_key_the_checkpoint_predates_is_no_change_at_its_default() -> None:
     assert config_changes(stored, defaults, ("model", "train")) == []
     given = {"model": {"llm": {"path": "x", "new_key": True}}, "train": {"save_every": 500}}
     assert config_changes(stored, given, ("model", "train")) == ["model.llm.new_key: False in the checkpoint, True given"]
+
+
+def test_cached_frames_are_masked_per_clip_and_epoch_with_frame_mask() -> None:
+    """[data] frame_mask: SpecAugment's masks on cached frames (T, D), seeded like those on features."""
+    from lhotse import MonoCut
+    from macasr.data.loader import CutDataset
+
+    frames = torch.randn(40, 16)  # (T, D)
+    dataset = CutDataset(lambda wave: wave, frames_from=lambda cut: frames.clone(), feature_augment=SpecAugment(seed=0))
+    cut = MonoCut(id="utt-1", start=0.0, duration=0.8, channel=0)
+    torch.manual_seed(5)
+    first = dataset.example(cut, epoch=0).features  # (D, T)
+    torch.manual_seed(6)
+    assert torch.equal(dataset.example(cut, epoch=0).features, first) and not torch.equal(first, frames.T)
+    assert torch.equal(first, SpecAugment(seed=0)(frames.T, "utt-1", 0))
+    assert not torch.equal(dataset.example(cut, epoch=1).features, first)

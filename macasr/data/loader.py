@@ -141,8 +141,8 @@ class CutDataset(Dataset):
 
     `augment(cut, epoch) -> cut` changes the audio before it is read (speed, noise, ...);
     `frames_from(cut) -> (T, D)` gives cached encoder frames instead of audio (the Batch is then
-    `encoded`); `feature_augment(features (C, L), cut id, epoch) -> (C, L)` masks features
-    (SpecAugment, seeded per clip and epoch).
+    `encoded`); `feature_augment(features (C, L), cut id, epoch) -> (C, L)` masks features, or
+    cached frames as (D, T) (SpecAugment, seeded per clip and epoch).
     The index is a CutSet, or (CutSet, epoch) from `WithEpoch`: augment gets that epoch plus the
     cut's pass in an endless mixture (custom["pass"]).
     """
@@ -180,13 +180,15 @@ class CutDataset(Dataset):
 
     def _features(self, cut: Cut, epoch: int) -> tuple[torch.Tensor, float, bool]:
         """→ (features (C, L), seconds, encoded); ClipProblem when the clip is unusable."""
+        cut_id, epoch = cut.id, epoch + int((cut.custom or {}).get("pass", 0))
         if self.frames_from is not None:
             try:
-                frames = self.frames_from(cut)  # (T, D)
+                frames = self.frames_from(cut).T  # (D, T)
             except DataError as e:  # e.g. a cut the cache does not hold
                 raise ClipProblem(str(e)) from None
-            return frames.T, cut.duration, True
-        cut_id, epoch = cut.id, epoch + int((cut.custom or {}).get("pass", 0))
+            if self.feature_augment is not None:  # [data] frame_mask: SpecAugment's masks on the frames
+                frames = self.feature_augment(frames, cut_id, epoch)
+            return frames, cut.duration, True
         cut = _fit_to_file(cut)
         if self.augment is not None:  # a new draw for each epoch, and each pass of an endless mixture
             cut = self.augment(cut, epoch)

@@ -142,7 +142,7 @@ class Trainer:
         except NothingToSample:
             raise DataError(self._nothing_left()) from None
         self.dataset = CutDataset(model.encoder.featurizer, tokenize, augment=augment, frames_from=frames_from,
-                                  feature_augment=SpecAugment(t.seed) if d.spec_augment else None)
+                                  feature_augment=SpecAugment(t.seed) if d.spec_augment or d.frame_mask else None)
         self.loader = faults.track_loader(build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers, seed=t.seed,
                                                        worker_init_fn=faults.ignore_stop_signals))
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay)

@@ -157,7 +157,7 @@ def _train(cfg: Config, console: Console, source: Path | None, stale: list[Path]
     console.print(f"training data: {data_banner(train_set, cfg)}; valid: {len(valid_set):,} clips; "
                   f"device {device}, precision {precision}; run folder {cfg.run_dir}")
     augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
-    frames_from = frames_from_config(cfg, model.encoder, mask=cfg.data.frame_mask)  # None without [data] cache
+    frames_from = frames_from_config(cfg, model.encoder)  # None without [data] cache; frame_mask: the Trainer's SpecAugment
     trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=current_world(),
                       augment=augment, frames_from=frames_from)
     if source is not None:
