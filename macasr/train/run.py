@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,11 @@ def train(cfg: Config, console: Console | None = None, resume: bool | str | Path
     cfg = config_module.resolve_paths(cfg)
     source = resume_source(cfg.run_dir, resume)
     stale = check_run_dir(cfg.run_dir, source is not None, overwrite, source)
-    with RunLock(cfg.run_dir).acquire(resume=source is not None) as lock:
-        if lock.taken_over:
+    main = current_world().is_main  # the process that writes the run folder holds its lock and tidies it
+    with RunLock(cfg.run_dir).acquire(resume=source is not None) if main else contextlib.nullcontext() as lock:
+        if lock is not None and lock.taken_over:
             console.print(f"[yellow]{lock.path}: {lock.taken_over}")
-        if leftovers := remove_stale_temporaries(cfg.run_dir):
+        if main and (leftovers := remove_stale_temporaries(cfg.run_dir)):
             console.print(f"removed {len(leftovers)} stale temporary file{'s' * (len(leftovers) > 1)} left in {cfg.run_dir} "
                           f"by a process killed while writing ({', '.join(p.name for p in leftovers[:3])}"
                           f"{', ...' if len(leftovers) > 3 else ''})")
