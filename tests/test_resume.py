@@ -145,6 +145,9 @@ def test_keep_best_keeps_the_k_lowest_wers_and_deletes_worse_ones(tmp_path: Path
     again = BestCheckpoints(tmp_path, keep=3)
     again.restore(best.state(), 0.3, 5)
     assert again.kept == best.kept
+    fewer = BestCheckpoints(tmp_path, keep=2)  # resumed with keep_best lowered
+    fewer.restore(best.state(), 0.3, 5)
+    assert fewer.kept == [(0.3, 5), (0.4, 2)] and sorted(p.name for p in tmp_path.iterdir()) == ["best-step2.pt", "best.pt"]
 
 
 def test_keep_best_one_keeps_best_pt_alone(tmp_path: Path) -> None:

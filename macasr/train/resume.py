@@ -136,9 +136,12 @@ class BestCheckpoints:
     def restore(self, state: Any, best_wer: float | None, best_step: int | None) -> None:
         """From last.pt's "best_kept" (or, in an older last.pt, from its best WER alone)."""
         if isinstance(state, list):
-            self.kept = [(float(wer), int(step)) for wer, step in state][: max(self.keep, 1)]
+            self.kept = [(float(wer), int(step)) for wer, step in state]
         elif best_wer is not None and best_step is not None:
             self.kept = [(best_wer, best_step)]
+        for _, dropped in self.kept[self.keep:]:  # keep_best lowered since: fewer are kept from now on
+            (self.run_dir / best_name(dropped)).unlink(missing_ok=True)
+        self.kept = self.kept[: self.keep]
 
 
 def _keep_copy(source: Path, target: Path) -> None:
