@@ -166,6 +166,10 @@ class TrainConfig:
     valid_every: int = option(1_000, "Validate (decode the valid set, WER) every this many optimizer steps.")
     patience: int = option(5, "Stop after this many validations without a better WER (0 = never stop early).")
     distributed_timeout_s: int = option(1800, "Several processes: seconds a rank waits for the others in a collective before the run fails with an error (a rank that died or hangs).")
+    save_every: int = option(500, "Also write last.pt every this many optimizer steps between validations (0 = only at validation).")
+    keep_best: int = option(1, "Checkpoints kept by validation WER: best.pt (the best) and best-step<N>.pt for the next keep_best - 1; worse ones are deleted.")
+    max_bad_steps: int = option(5, "Stop after this many refused steps in a row (non-finite loss or gradient, or a skipped out-of-memory batch).")
+    on_oom: Literal["skip", "stop"] = option("skip", "Out of device memory on a batch: skip that step (logged with the batch's seconds of audio) or stop the run.")
 
     def validate(self) -> list[str]:
         checks = {
@@ -179,6 +183,9 @@ class TrainConfig:
             "patience": self.patience >= 0,
             "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
             "distributed_timeout_s": self.distributed_timeout_s >= 1,
+            "save_every": self.save_every >= 0,
+            "keep_best": self.keep_best >= 1,
+            "max_bad_steps": self.max_bad_steps >= 1,
         }
         rules = {
             "max_steps": "must be at least 1",
@@ -191,6 +198,9 @@ class TrainConfig:
             "patience": "must be 0 (off) or positive",
             "min_lr_ratio": "must be between 0 and 1",
             "distributed_timeout_s": "must be at least 1 (seconds)",
+            "save_every": "must be 0 (only at validation) or positive",
+            "keep_best": "must be at least 1 (best.pt)",
+            "max_bad_steps": "must be at least 1",
         }
         problems = [f"[train] {key}: {rules[key]}, got {getattr(self, key)!r}" for key, ok in checks.items() if not ok]
         device = device_problem(self.device)

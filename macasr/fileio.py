@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+
+# `.NAME.HEX.tmp`: the temporary name `_create_temporary` gives (12 hex digits: token_hex(6)).
+TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
 def _create_temporary(path: Path) -> tuple[int, Path]:
@@ -53,3 +58,12 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     with atomic_open(path) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return path
+
+
+def stale_temporaries(folder: str | Path) -> list[Path]:
+    """The temporary files `atomic_open` leaves in `folder` when its process is killed mid-write
+    (a live writer's look the same: only their owner may judge them stale)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if TEMPORARY_NAME.fullmatch(p.name) and p.is_file())

@@ -183,7 +183,7 @@ def test_one_process_needs_no_process_group() -> None:
     assert broadcast_decision(world, True) is True
     assert mean_over_ranks(world, 2.5) == 2.5
     loss = torch.tensor(1.5)
-    assert ddp.step_totals(world, loss, 3.0, ["clip"]) == (loss, 3.0, [])
+    assert ddp.step_totals(world, loss, 3.0, ["clip"]) == (loss, 3.0, [], False)
     assert ddp.RankShare(world).mine([1, 2, 3]) == [1, 2, 3]
 
 

@@ -18,7 +18,7 @@ from macasr.cli import app
 from macasr.train.run import training_sets
 from macasr.errors import CheckpointError, MacasrError
 from macasr.model.build import build_model
-from macasr.train.engine import MAX_BAD_STEPS, Trainer
+from macasr.train.engine import Trainer
 from macasr.train.run import train
 from test_model import make_batch
 
@@ -105,12 +105,12 @@ def test_a_run_that_keeps_diverging_stops_and_keeps_the_last_good_checkpoint(tin
         trainer.fit()
     message = str(error.value)
     assert "\n" not in message and message.startswith("step 3: non-finite loss")
-    assert f"stopped after {MAX_BAD_STEPS} such steps in a row, keeping {cfg.run_dir / 'last.pt'} (step 2)" in message
+    assert f"stopped after 5 refused steps in a row ([train] max_bad_steps), keeping {cfg.run_dir / 'last.pt'} (step 2)" in message
     for name in ("best.pt", "last.pt"):
         saved = torch.load(cfg.run_dir / name, weights_only=True)
         assert saved["step"] == 2 and all(torch.isfinite(t).all() for t in saved["model"].values())
     records = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["refused_steps_in_a_row"] for r in records if "refused_steps_in_a_row" in r] == list(range(1, MAX_BAD_STEPS + 1))
+    assert [r["refused_steps_in_a_row"] for r in records if "refused_steps_in_a_row" in r] == list(range(1, cfg.train.max_bad_steps + 1))
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -167,24 +167,34 @@ def test_resume_from_a_weights_only_checkpoint_says_what_is_missing(tiny_config,
         train(run_config(tiny_config, corpus, run_copy.parent), resume=True)
 
 
-def test_resume_with_a_config_that_changes_shapes_names_weight_shapes_and_setting(tiny_config, corpus, run_copy) -> None:
-    cfg = run_config(tiny_config, corpus, run_copy.parent, **{"model.connector.hidden_dim": 32})
+def test_resume_with_a_config_that_changes_the_model_or_data_is_refused_naming_the_keys(tiny_config, corpus, run_copy) -> None:
+    cfg = run_config(tiny_config, corpus, run_copy.parent, **{
+        "model.connector.hidden_dim": 32, "model.connector.dropout": 0.2, "data.spec_augment": True, "train.patience": 9,
+    })
+    before = (run_copy / "metrics.jsonl").read_text()
     with pytest.raises(CheckpointError) as error:
         train(cfg, Console(file=io.StringIO()), resume=True)
-    message = str(error.value)
-    assert "\n" not in message
-    assert "last.pt: weight connector.net.0.weight has shape [64, " in message and "but [32, " in message
-    assert "in the model built from the given config; the given config differs from the one stored in it: " in message
-    assert "model.connector.hidden_dim: 64 in the checkpoint, 32 given" in message
+    assert str(error.value) == (
+        f"{run_copy / 'last.pt'}: the given config changes the model or the data this run was trained with "
+        "(data.spec_augment: False in the checkpoint, True given; model.connector.dropout: 0.0 in the checkpoint, 0.2 given; "
+        "model.connector.hidden_dim: 64 in the checkpoint, 32 given); resume with the settings stored in it "
+        "(the run folder's config.toml), or start over with --overwrite"
+    )
+    assert (run_copy / "metrics.jsonl").read_text() == before and not (run_copy / "train.lock").exists()
 
 
-def test_resume_with_a_harmless_change_says_so(tiny_config, corpus, run_copy) -> None:
+def test_resume_with_safe_changes_lists_them(tiny_config, corpus, run_copy) -> None:
     out = io.StringIO()
-    cfg = run_config(tiny_config, corpus, run_copy.parent, **{"model.connector.dropout": 0.2})
+    cfg = run_config(tiny_config, corpus, run_copy.parent, **{
+        "train.max_steps": 2, "train.patience": 9, "logging.log_every": 3, "data.num_workers": 1,
+    })
     result = train(cfg, Console(file=out, width=400), resume=True)
-    assert result.steps == 1
-    assert "resuming with settings that differ from" in out.getvalue()
-    assert "model.connector.dropout: 0.0 in the checkpoint, 0.2 given" in out.getvalue()
+    assert result.steps == 2
+    printed = " ".join(out.getvalue().split())
+    assert "resuming with settings that differ from" in printed
+    for change in ("data.num_workers: 0 in the checkpoint, 1 given", "logging.log_every: 10 in the checkpoint, 3 given",
+                   "train.max_steps: 1 in the checkpoint, 2 given", "train.patience: 5 in the checkpoint, 9 given"):
+        assert change in printed
 
 
 def test_a_validation_set_with_no_readable_clip_stops_the_run_instead_of_scoring_zero(tiny_config, corpus, tmp_path: Path) -> None:

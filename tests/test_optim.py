@@ -75,7 +75,7 @@ def test_unknown_optimizer_is_refused_in_the_config() -> None:
 
 
 def test_muon_run_resumes_and_refuses_an_adamw_state(tiny_config, corpus, tmp_path) -> None:
-    """A Muon run's last.pt holds both optimizers' state and resumes; an AdamW run's state is refused."""
+    """A Muon run's last.pt holds both optimizers' state and resumes; an AdamW run does not resume as Muon."""
     cfg = config_module.replace(tiny_config, **{
         "data.train": [str(corpus["train"])], "train.output_dir": str(tmp_path), "train.name": "muon",
         "train.optimizer": "muon", "train.warmup_steps": 0, "train.max_steps": 2, "train.valid_every": 2,
@@ -87,5 +87,12 @@ def test_muon_run_resumes_and_refuses_an_adamw_state(tiny_config, corpus, tmp_pa
     assert result.steps == 3
     adamw = config_module.replace(cfg, **{"train.name": "adamw", "train.optimizer": "adamw"})
     train(adamw)
-    with pytest.raises(CheckpointError, match=r"optimizer state holds \['param_groups', 'state'\].*optimizer differs"):
+    with pytest.raises(CheckpointError, match=r"train.optimizer: 'adamw' in the checkpoint, 'muon' given"):
         train(config_module.replace(adamw, **{"train.max_steps": 3, "train.optimizer": "muon"}), resume=True)
+
+
+def test_an_adamw_state_does_not_load_into_muon(tiny_config) -> None:
+    model = build_model(tiny_config)
+    state = build_optimizer(model, "adamw", 1e-3, 0.0).state_dict()
+    with pytest.raises(ValueError, match=r"holds \['param_groups', 'state'\], not \['adamw', 'muon'\]"):
+        build_optimizer(model, "muon", 1e-3, 0.0).load_state_dict(state)

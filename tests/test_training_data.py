@@ -84,9 +84,9 @@ def test_resuming_with_other_batch_limits_is_refused(three_steps) -> None:
     trainer = make_trainer(config_module.replace(three_steps, **{"data.batch_size": 4, "train.max_steps": 9}))
     with pytest.raises(CheckpointError) as error:
         trainer.resume(three_steps.run_dir / "last.pt")
-    assert str(error.value) == (f"{three_steps.run_dir / 'last.pt'}: the data position was saved with [data] batch_size 3, "
-                                "not 4; resume with the [train] seed, [data] batch limits and number of processes it "
-                                "was saved with, or start over with --overwrite")
+    assert str(error.value) == (f"{three_steps.run_dir / 'last.pt'}: the given config changes the model or the data this "
+                                "run was trained with (data.batch_size: 3 in the checkpoint, 4 given); resume with the "
+                                "settings stored in it (the run folder's config.toml), or start over with --overwrite")
 
 
 def test_resuming_on_other_training_data_is_refused(three_steps, tmp_path: Path) -> None:
@@ -96,8 +96,8 @@ def test_resuming_on_other_training_data_is_refused(three_steps, tmp_path: Path)
     with pytest.raises(CheckpointError) as error:
         make_trainer(other).resume(three_steps.run_dir / "last.pt")
     message = str(error.value)
-    assert len(message.splitlines()) == 1 and "its data position was saved for other training data" in message
-    assert "extra.jsonl" in message and "resume with the [data] train datasets" in message
+    assert len(message.splitlines()) == 1 and "the given config changes the model or the data" in message
+    assert "data.train: [" in message and "extra.jsonl" in message and "resume with the settings stored in it" in message
 
 
 def test_a_data_position_past_the_end_of_the_data_is_refused(three_steps, tmp_path: Path) -> None:

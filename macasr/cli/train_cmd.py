@@ -14,24 +14,34 @@ from macasr.cli._common import console, handle_errors
 def train(
     config: Annotated[Path, typer.Argument(help="TOML config (see `macasr config init`).")],
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last.pt.")] = False,
+    resume_from: Annotated[Path | None, typer.Option("--resume-from", help="Continue from this last.pt (e.g. one copied from another folder) into the config's run folder.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in a run folder that holds an earlier run (removes its config.toml, metrics.jsonl and .pt files).")] = False,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Train in this many processes on this machine (one per GPU; torchrun's launcher with DistributedDataParallel). Across machines, start `torchrun -m macasr train` on each (docs/training.md).")] = 1,
 ) -> None:
     """Train a connector (and whatever else the config unfreezes); writes runs/<name>/.
 
     A run folder that already holds a run is never overwritten unless --resume or --overwrite is given.
+    SIGTERM (pre-emption) or Ctrl-C finish the current step, write last.pt and exit 0 (SIGTERM)
+    or 130 (Ctrl-C); --resume continues from there.
     """
     from macasr import config as config_module
     from macasr.train.distributed import current_world, launch_local
+    from macasr.train.faults import EXIT_CODES
     from macasr.train.run import train as run_training
 
     cfg = config_module.load(config)  # a bad config fails here, once, before any process starts
     if nproc > 1:
-        args = ["train", str(config), *(["--resume"] * resume), *(["--overwrite"] * overwrite)]
+        args = ["train", str(config), *(["--resume"] * resume), *(["--resume-from", str(resume_from)] if resume_from else []),
+                *(["--overwrite"] * overwrite)]
         launch_local(nproc, args)  # each rank prints as `macasr train` does; rank 0 the summary
         return
-    result = run_training(cfg, console, resume=resume, overwrite=overwrite)
-    if not current_world().is_main:
+    result = run_training(cfg, console, resume=resume_from or resume, overwrite=overwrite)
+    main = current_world().is_main
+    if result.signal is not None:
+        if main:
+            console.print(f"stopped by {result.signal} at step {result.steps}; continue with: macasr train {config} --resume")
+        raise typer.Exit(EXIT_CODES.get(result.signal, 1))
+    if not main:
         return
     best = "n/a" if result.best_wer is None else f"{100 * result.best_wer:.2f} % at step {result.best_step}"
     console.print(f"done: {result.steps} steps, best valid WER {best}; checkpoints in {result.run_dir}")

@@ -80,12 +80,22 @@ def uses_waveform(cfg: AugmentConfig) -> bool:
     return any(p > 0 for p in (cfg.speed_prob, cfg.noise_prob, cfg.rir_prob, cfg.narrowband_prob, cfg.gain_prob))
 
 
+def _digest(seed: int, epoch: int, cut_id: str, kind: str) -> int:
+    """A 64-bit number fixed by (seed, epoch, cut id, kind) in every process: a stable hash
+    (Python's hash() of a str is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{epoch}\0{cut_id}\0{kind}".encode(), digest_size=8).digest(), "big")
+
+
 def _rng(seed: int, epoch: int, cut_id: str, kind: str) -> random.Random:
-    """A generator fixed by (seed, epoch, cut id, augmentation kind) in every process: a stable
-    hash (Python's hash() of a str is salted per process); one per kind, so turning one
-    augmentation on does not change the draws of another."""
-    digest = hashlib.blake2b(f"{seed}\0{epoch}\0{cut_id}\0{kind}".encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "big"))
+    """A generator fixed by (seed, epoch, cut id, augmentation kind) in every process; one per
+    kind, so turning one augmentation on does not change the draws of another."""
+    return random.Random(_digest(seed, epoch, cut_id, kind))
+
+
+def clip_generator(seed: int, epoch: int, cut_id: str, kind: str) -> torch.Generator:
+    """A torch CPU generator fixed by (seed, epoch, cut id, kind), like `_rng`: draws that no
+    DataLoader worker, worker count or resume can shift."""
+    return torch.Generator().manual_seed(_digest(seed, epoch, cut_id, kind) & (2**63 - 1))
 
 
 class CutAugmenter:
@@ -311,8 +321,9 @@ TIME_MASKS = 2  # spans per clip
 TIME_MASK_FRACTION = 0.05  # longest span, as a fraction of the clip's frames
 
 
-def spec_augment(features: torch.Tensor) -> torch.Tensor:
-    """features (C, L) → a masked copy (C, L); uses torch's global RNG (seeded per worker)."""
+def spec_augment(features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """features (C, L) → a masked copy (C, L); draws from `generator` (a CPU generator; None =
+    torch's global RNG). Training masks come from `SpecAugment`, seeded per clip."""
     out = features.clone()
     bins, frames = out.shape
     fill = out.mean()
@@ -321,10 +332,23 @@ def spec_augment(features: torch.Tensor) -> torch.Tensor:
             continue
         widest = max(1, int(size * fraction))
         for _ in range(count):
-            width = int(torch.randint(0, widest + 1, ()).item())
-            start = int(torch.randint(0, max(1, size - width + 1), ()).item())
+            width = int(torch.randint(0, widest + 1, (), generator=generator).item())
+            start = int(torch.randint(0, max(1, size - width + 1), (), generator=generator).item())
             if axis == 0:
                 out[start : start + width, :] = fill
             else:
                 out[:, start : start + width] = fill
     return out
+
+
+class SpecAugment:
+    """The training dataset's `feature_augment`: (features (C, L), cut id, epoch) → masked copy,
+    masks drawn from (seed, epoch, cut id) like the waveform augmentations, so the masks a clip
+    gets do not depend on which worker reads it, how many workers there are, or a resume.
+    Picklable."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __call__(self, features: torch.Tensor, cut_id: str, epoch: int) -> torch.Tensor:
+        return spec_augment(features, clip_generator(self.seed, epoch, cut_id, "spec_augment"))

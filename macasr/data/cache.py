@@ -513,7 +513,8 @@ class MaskedFrames:
     the D channels and spans of the T frames, filled with the clip's mean) on the encoder's
     output instead of its input, the augmentation a feature cache still allows.
 
-    Uses torch's global RNG (seeded per DataLoader worker), like `spec_augment`. Picklable."""
+    Uses torch's global RNG. Training masks frames through the dataset's seeded SpecAugment
+    instead ([data] frame_mask), so workers and resumes cannot shift the masks. Picklable."""
 
     def __init__(self, frames: Callable[[Cut], torch.Tensor]) -> None:
         self.frames = frames

@@ -141,7 +141,8 @@ class CutDataset(Dataset):
 
     `augment(cut, epoch) -> cut` changes the audio before it is read (speed, noise, ...);
     `frames_from(cut) -> (T, D)` gives cached encoder frames instead of audio (the Batch is then
-    `encoded`); `feature_augment(features (C, L)) -> (C, L)` masks features (SpecAugment).
+    `encoded`); `feature_augment(features (C, L), cut id, epoch) -> (C, L)` masks features, or
+    cached frames as (D, T) (SpecAugment, seeded per clip and epoch).
     The index is a CutSet, or (CutSet, epoch) from `WithEpoch`: augment gets that epoch plus the
     cut's pass in an endless mixture (custom["pass"]).
     """
@@ -149,7 +150,7 @@ class CutDataset(Dataset):
     def __init__(
         self, featurizer: Callable[[Any], torch.Tensor], tokenize: Callable[[str], list[int]] | None = None, *,
         augment: Callable[[Cut, int], Cut] | None = None, frames_from: Callable[[Cut], torch.Tensor] | None = None,
-        feature_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        feature_augment: Callable[[torch.Tensor, str, int], torch.Tensor] | None = None,
     ) -> None:
         self.featurizer = featurizer
         self.tokenize = tokenize
@@ -179,22 +180,25 @@ class CutDataset(Dataset):
 
     def _features(self, cut: Cut, epoch: int) -> tuple[torch.Tensor, float, bool]:
         """→ (features (C, L), seconds, encoded); ClipProblem when the clip is unusable."""
+        cut_id, epoch = cut.id, epoch + int((cut.custom or {}).get("pass", 0))
         if self.frames_from is not None:
             try:
-                frames = self.frames_from(cut)  # (T, D)
+                frames = self.frames_from(cut).T  # (D, T)
             except DataError as e:  # e.g. a cut the cache does not hold
                 raise ClipProblem(str(e)) from None
-            return frames.T, cut.duration, True
+            if self.feature_augment is not None:  # [data] frame_mask: SpecAugment's masks on the frames
+                frames = self.feature_augment(frames, cut_id, epoch)
+            return frames, cut.duration, True
         cut = _fit_to_file(cut)
         if self.augment is not None:  # a new draw for each epoch, and each pass of an endless mixture
-            cut = self.augment(cut, epoch + int((cut.custom or {}).get("pass", 0)))
+            cut = self.augment(cut, epoch)
         wave = read_wave(cut, self.min_samples)
         features = self.featurizer(wave)
         if not torch.isfinite(features).all():  # finite audio can still overflow (power spectrum)
             raise ClipProblem(f"its features are not finite (samples peak at {float(np.abs(wave).max()):.3g}); "
                               "expected samples of about -1 to 1")
         if self.feature_augment is not None:
-            features = self.feature_augment(features)
+            features = self.feature_augment(features, cut_id, epoch)
         return features, len(wave) / SAMPLE_RATE, False
 
 
@@ -210,12 +214,21 @@ class WithEpoch:
             yield cuts, self.sampler.epoch
 
 
-def build_loader(dataset: CutDataset, sampler: Iterable[Any], num_workers: int = 0) -> DataLoader[Batch]:
+def build_loader(
+    dataset: CutDataset, sampler: Iterable[Any], num_workers: int = 0, *, seed: int = 0,
+    worker_init_fn: Callable[[int], None] | None = None,
+) -> DataLoader[Batch]:
     """The sampler's batches, made into `Batch`es by `dataset` in `num_workers` processes (kept
-    across epochs), each PREFETCH_BATCHES batches ahead."""
+    across epochs), each PREFETCH_BATCHES batches ahead.
+
+    The loader draws its workers' base seed from its own generator (from `seed`), never from
+    torch's global RNG: creating an iterator (a new epoch, a resume mid-epoch, a validation)
+    would otherwise shift the dropout draws of training. `worker_init_fn(worker_id)` runs in
+    each worker as it starts."""
     return DataLoader(
         dataset, sampler=sampler, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
         prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None, pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed), worker_init_fn=worker_init_fn if num_workers > 0 else None,
     )
 
 

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from macasr import __version__
@@ -40,16 +41,27 @@ def model_payload(model: torch.nn.Module, cfg: Any, step: int = 0, metrics: dict
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    """Python's, numpy's, torch's and (when present) every CUDA device's RNG state, as tensors and
+    plain types (numpy's key array becomes an int64 tensor)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(), "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Undo `rng_state` (a last.pt without numpy's state leaves numpy's RNG as it is)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -63,17 +75,48 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Atomically write `payload` (+ format tag and version) to `path`, with the umask's mode.
 
     Raises CheckpointError, writing nothing, when a weight holds NaN or ±inf: such a file would
-    only turn every later transcript empty.
+    only turn every later transcript empty; and when the write fails (disk full, read-only
+    folder), naming the path and the cause: the earlier file at `path`, if any, is untouched.
     """
     path = Path(path)
     bad = nonfinite_weight(payload.get("model", {}))
     if bad is not None:
         raise CheckpointError(f"{path}: not written: weight {bad} holds NaN or infinite values")
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, "macasr_version": __version__, **payload}
-    with atomic_open(path) as f:
-        torch.save(data, f)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as f:
+            torch.save(data, f)
+    except OSError as e:
+        raise CheckpointError(f"{path}: not written ({_os_reason(e)}); {_previous(path)}") from None
+    except RuntimeError as e:  # torch's zip writer turns the file's OSError into "unexpected pos ..."
+        cause = _os_error(e)
+        if cause is None and not any(word in str(e) for word in ("write", "inline_container")):
+            raise
+        reason = _os_reason(cause) if cause is not None else _first_sentence(str(e))
+        raise CheckpointError(f"{path}: not written ({reason}); {_previous(path)}") from None
     return path
+
+
+def _os_reason(error: OSError) -> str:
+    """'No space left on device' / 'Permission denied' (+ the path when it is another one)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{reason}: {error.filename}" if error.filename else reason
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError an exception was raised while handling (torch.save's writer hides it so)."""
+    seen = error.__cause__ or error.__context__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def _previous(path: Path) -> str:
+    """What a failed write left, for its message."""
+    if path.is_file():
+        return f"the previous {path.name} is unchanged"
+    return f"no earlier {path.name} exists"
 
 
 def _first_sentence(text: str) -> str:

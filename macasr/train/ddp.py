@@ -66,20 +66,23 @@ def micro_step(forward_model: torch.nn.Module, world: World, last: bool) -> Iter
         yield
 
 
-def step_totals(world: World, mean_loss: torch.Tensor, audio_s: float,
-                pending: list[T]) -> tuple[torch.Tensor, float, list[T]]:
+def step_totals(world: World, mean_loss: torch.Tensor, audio_s: float, pending: list[T],
+                stopping: bool = False) -> tuple[torch.Tensor, float, list[T], bool]:
     """One all-reduce per optimizer step → (the mean of the ranks' mean losses, the audio seconds of all
-    ranks, every rank's `pending` items when any rank has some, else []). In one process: the inputs.
+    ranks, every rank's `pending` items when any rank has some, else [], whether any rank is
+    `stopping`). In one process: the inputs.
 
-    Every rank gets the same loss, so a non-finite loss on one rank makes all refuse the step."""
+    Every rank gets the same loss, so a non-finite loss on one rank makes all refuse the step; and
+    a stop signal that reached one rank stops all after the same step (none waits for the others)."""
     if not world.distributed:
-        return mean_loss, audio_s, []
-    stats = torch.stack([mean_loss.detach().double(), torch.tensor(float(audio_s), dtype=torch.float64, device=mean_loss.device),
-                         torch.tensor(float(len(pending)), dtype=torch.float64, device=mean_loss.device)])
+        return mean_loss, audio_s, [], stopping
+    device = mean_loss.device
+    stats = torch.stack([mean_loss.detach().double(), *(torch.tensor(float(x), dtype=torch.float64, device=device)
+                                                        for x in (audio_s, len(pending), stopping))])
     summed = distributed.sum_tensor_over_ranks(world, stats)  # a lost rank: RankLost
-    _, audio_total, pending_total = summed.tolist()  # one host sync
+    _, audio_total, pending_total, stopping_total = summed.tolist()  # one host sync
     shared = gather_lists(world, pending) if pending_total > 0 else []
-    return (summed[0] / world.size).to(mean_loss.dtype), audio_total, shared
+    return (summed[0] / world.size).to(mean_loss.dtype), audio_total, shared, stopping_total > 0
 
 
 def gather_lists(world: World, mine: list[T]) -> list[T]:

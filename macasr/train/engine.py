@@ -2,10 +2,14 @@
 
 Counting is in optimizer steps; `grad_accum` micro-batches make one step. A step whose loss or
 gradient norm is not finite is not taken (weights, optimizer and scheduler untouched) and is
-reported with its clips; MAX_BAD_STEPS such steps in a row stop the run. Validation decodes the
+reported with its clips; [train] max_bad_steps such steps in a row stop the run (so do batches
+skipped for running out of device memory, [train] on_oom). SIGTERM or Ctrl-C finish the step,
+write last.pt and return (train/faults.py). Validation decodes the
 valid set greedily and scores WER; the best WER so far is kept as best.pt, and training stops
-after `patience` validations without improvement. last.pt holds everything needed to resume,
-including the sampler's position, so a resumed run draws the batch it would have drawn next.
+after `patience` validations without improvement ([train] keep_best keeps the next best too,
+train/resume.py). last.pt (after each validation and every [train] save_every steps) holds
+everything needed to resume, including the sampler's position and every RNG, so a resumed run
+draws the batch, the augmentation and the dropout the uninterrupted run would have drawn next.
 
 Data: each training source's cuts (target text normalized, duration limits applied) are mixed by
 weight into one stream (endless with several sources), clips whose target has more tokens than
@@ -29,7 +33,7 @@ from rich.markup import escape
 
 from macasr import config as config_module
 from macasr.config import Config
-from macasr.data.augment import spec_augment
+from macasr.data.augment import SpecAugment
 from lhotse import CutSet
 from lhotse.cut import Cut
 
@@ -44,7 +48,7 @@ from macasr.evaluate.run import decoding_options, evaluate_cuts
 from macasr.model.build import autocast
 from macasr.model.llm import TargetTokenizer
 from macasr.model.speech_llm import SpeechLLM
-from macasr.train import checkpoint, ddp
+from macasr.train import checkpoint, ddp, faults, resume as resuming
 from macasr.train.distributed import RankLost, World, barrier, broadcast_decision
 from macasr.train.optim import build_optimizer
 from macasr.train.schedule import build_scheduler
@@ -54,9 +58,6 @@ from macasr.train.tracking import (
     wer_by_dataset,
 )
 
-# Optimizer steps in a row with a non-finite loss or gradient before the run stops. One such step
-# is usually one bad batch; several in a row mean the run has diverged (or the data is broken).
-MAX_BAD_STEPS = 5
 # Parts of last.pt that --resume reads, besides the weights ("sampler" too when present: the data position).
 RESUME_PARTS = ("optimizer", "scheduler", "rng", "epoch", "batches_in_epoch", "bad_validations", "metrics")
 # Micro-batches in a row without one usable clip before an endless (mixed) stream is declared unreadable.
@@ -71,6 +72,7 @@ class TrainResult:
     best_step: int | None
     stopped_early: bool
     run_dir: Path
+    signal: str | None = None  # "SIGTERM" / "SIGINT" when a stop signal ended the run (last.pt written)
 
 
 def seed_everything(seed: int) -> None:
@@ -136,8 +138,9 @@ class Trainer:
         except NothingToSample:
             raise DataError(self._nothing_left()) from None
         self.dataset = CutDataset(model.encoder.featurizer, tokenize, augment=augment, frames_from=frames_from,
-                                  feature_augment=spec_augment if d.spec_augment else None)
-        self.loader = build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers)
+                                  feature_augment=SpecAugment(t.seed) if d.spec_augment or d.frame_mask else None)
+        self.loader = faults.track_loader(build_loader(self.dataset, WithEpoch(self.sampler), d.num_workers, seed=t.seed,
+                                                       worker_init_fn=faults.ignore_stop_signals))
         self.optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, t.muon_lr)
         self.forward_model = ddp.wrap(model, world, device)  # DDP over what trains when several ranks
         self.pending_bad_clips: list[tuple[str, BadClip | str]] = []  # (label, clip or line) a rank > 0 met, for rank 0
@@ -148,6 +151,9 @@ class Trainer:
         self.best_wer: float | None = None
         self.best_step: int | None = None
         self.bad_validations = 0
+        self.best = resuming.BestCheckpoints(self.run_dir, t.keep_best)
+        self.stop = faults.StopSignals(self._stopping)
+        self.stopping = False  # a stop signal reached this rank, or any rank (they stop after the same step)
         self.bad_steps = 0  # optimizer steps refused in a row (non-finite loss or gradient)
         self.saved_step: int | None = None  # step of the newest last.pt, the checkpoint a stop keeps
         self.step_position = (0, 0)  # (epoch, batches_in_epoch) after the last optimizer step
@@ -253,16 +259,33 @@ class Trainer:
         first_step, self.window = self.step, LogWindow()
         summary = None
         try:
-            stopped_early = self._loop(self.metrics)
+            with self.stop:
+                stopped_early = self._loop(self.metrics)
+                if self._stop_now():
+                    self.console.print(f"[yellow]{escape(self.stop.received or 'another rank was stopped')}: "
+                                       f"{escape(self._keep_progress())}")
             summary = RunSummary.of(self.window, self.step, first_step, self.best_wer, self.best_step, self.run_dir)
         finally:
+            faults.close_workers(self.loader)
             self.metrics.close(summary.wandb() if summary else None, failed=summary is None)
         barrier(self.world)  # no rank reports success before rank 0 has written its last checkpoint
         if self.world.is_main:
             self.console.print(summary_table(summary))
             if self.cfg.logging.curves:
                 self.console.print(draw_curves(self.run_dir), markup=False)
-        return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir)
+        # A rank stopped by another rank's signal ends as pre-empted (exit 0), like the one signalled.
+        return TrainResult(self.step, self.best_wer, self.best_step, stopped_early, self.run_dir,
+                           self.stop.received or ("SIGTERM" if self.stopping else None))
+
+    def _stop_now(self) -> bool:
+        """Whether a stop signal ends the loop before the next step: at once in one process; under
+        several, once every rank knows (step_totals shares it), so all stop after the same step."""
+        return self.stopping or (self.stop.received is not None and not self.world.distributed)
+
+    def _stopping(self, name: str) -> None:
+        """A stop signal arrived: say what happens next (the loop stops after this step)."""
+        again = "; Ctrl-C again to stop at once, without saving" if name == "SIGINT" else ""
+        self.console.print(f"[yellow]{name}: stopping after this step, then writing last.pt{again}")
 
     def _loop(self, metrics: MetricsLog) -> bool:
         """Optimizer steps until max_steps or early stopping; returns whether it stopped early.
@@ -281,7 +304,7 @@ class Trainer:
         window = self.window
         with training_progress(self.console) as progress:
             task = progress.add_task("train", total=t.max_steps, completed=self.step, stats="")
-            while self.step < t.max_steps:
+            while self.step < t.max_steps and not self._stop_now():
                 loss, audio_s = self._optimizer_step(batches)
                 self.step_position = (self.epoch, self.batches_in_epoch)
                 if loss is None:  # refused: no step was taken
@@ -299,6 +322,8 @@ class Trainer:
                         self._save("last.pt", with_state=True)
                     if stopped_early:
                         return True
+                elif t.save_every and self.step % t.save_every == 0:
+                    self._save("last.pt", with_state=True)
         return False
 
     def _keep_progress(self) -> str:
@@ -321,11 +346,17 @@ class Trainer:
         audio_s = 0.0
         for micro in range(accum):
             batch = next(batches)
-            with ddp.micro_step(self.forward_model, self.world, last=micro == accum - 1):
-                with autocast(self.device, self.precision):
-                    loss = self.forward_model(batch.to(self.device))
-                # Each micro-batch loss is a mean; dividing by accum makes the summed gradient their mean.
-                (loss / accum).backward()
+            try:
+                with ddp.micro_step(self.forward_model, self.world, last=micro == accum - 1):
+                    with autocast(self.device, self.precision):
+                        loss = self.forward_model(batch.to(self.device))
+                    # Each micro-batch loss is a mean; dividing by accum makes the summed gradient their mean.
+                    (loss / accum).backward()
+            except faults.OUT_OF_MEMORY:
+                loss = None  # handled outside the except block, whose traceback holds the activations
+            if loss is None:
+                self._out_of_memory(batch)
+                return None, audio_s
             losses.append(loss.detach().float())
             ids.append(batch.ids)
             audio_s += sum(batch.durations)
@@ -335,7 +366,8 @@ class Trainer:
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         # Over ranks (one all-reduce): every rank then refuses or takes the step alike.
-        mean_loss, audio_s, shared = ddp.step_totals(self.world, torch.stack(losses).mean(), audio_s, self.pending_bad_clips)
+        mean_loss, audio_s, shared, self.stopping = ddp.step_totals(self.world, torch.stack(losses).mean(), audio_s,
+                                                                    self.pending_bad_clips, bool(self.stop.received))
         self._write_shared_bad_clips(shared)
         self.grad_norm = norm
         # The one host sync per optimizer step: a step on a NaN/inf loss or gradient would turn
@@ -351,8 +383,22 @@ class Trainer:
         self.bad_steps = 0
         return mean_loss, audio_s
 
-    def _refuse_step(self, losses: list[torch.Tensor], ids: list[list[str]]) -> None:
-        """Report a refused step in one line naming its clips; MacasrError after MAX_BAD_STEPS in a row.
+    def _out_of_memory(self, batch: Batch) -> None:
+        """Skip a step whose batch ran out of device memory ([train] on_oom = "skip"), or stop."""
+        self.optimizer.zero_grad(set_to_none=True)
+        faults.free_memory(self.device)
+        seconds = float(sum(batch.durations))
+        if self.metrics is not None:
+            self.metrics.log(self.step + 1, out_of_memory_seconds=round(seconds, 2))
+        if self.cfg.train.on_oom == "stop" or self.world.distributed:  # a rank that skipped would leave the others waiting
+            why = "[train] on_oom = \"stop\"" if self.cfg.train.on_oom == "stop" else "several processes cannot skip a step one of them lost"
+            line = faults.out_of_memory_line(self.step + 1, seconds, batch.ids, f"stopped ({why})")
+            raise MacasrError(f"{line}; {self._keep_progress()}; lower [data] max_batch_seconds or batch_size")
+        self._refuse_step([], [batch.ids], faults.out_of_memory_line(self.step + 1, seconds, batch.ids, "step skipped"))
+
+    def _refuse_step(self, losses: list[torch.Tensor], ids: list[list[str]], line: str | None = None) -> None:
+        """Report a refused step in one line naming its clips (`line` when given); MacasrError after
+        [train] max_bad_steps in a row.
 
         Runs only on the rare bad path, so reading each micro-batch loss (more host syncs) is fine:
         it narrows the clips down to the micro-batches whose loss was not finite.
@@ -363,14 +409,14 @@ class Trainer:
         what = "loss" if bad else "gradient"
         clips = [c for group in (bad or ids) for c in group]
         shown = ", ".join(clips[:8]) + (f" (+{len(clips) - 8} more)" if len(clips) > 8 else "")
-        line = f"step {self.step + 1}: non-finite {what}, step not taken (weights unchanged); clips: {shown}"
+        line = line or f"step {self.step + 1}: non-finite {what}, step not taken (weights unchanged); clips: {shown}"
         if self.metrics is not None:
             self.metrics.log(self.step + 1, refused_steps_in_a_row=self.bad_steps)
-        if self.bad_steps >= MAX_BAD_STEPS:
+        if self.bad_steps >= (most := self.cfg.train.max_bad_steps):
             kept = (f"keeping {self.run_dir / 'last.pt'} (step {self.saved_step})" if self.saved_step is not None
                     else "no checkpoint was written yet")
             raise MacasrError(
-                f"{line}; stopped after {MAX_BAD_STEPS} such steps in a row, {kept}; "
+                f"{line}; stopped after {most} refused steps in a row ([train] max_bad_steps), {kept}; "
                 "check these clips for NaN or infinite samples, or lower [train] lr"
             )
         self.console.print(f"[yellow]{escape(line)}")
@@ -398,9 +444,9 @@ class Trainer:
             raise DataError(f"[data] valid: {result.problem}")
         wer = result.wer
         improved = self.best_wer is None or wer < self.best_wer
+        self.best.add(wer, self.step, self._save)  # best.pt, and best-step<N>.pt with keep_best > 1
         if improved:
             self.best_wer, self.best_step, self.bad_validations = wer, self.step, 0
-            self._save("best.pt")
         else:
             self.bad_validations += 1
         per_set = wer_by_dataset(by_set)
@@ -428,7 +474,7 @@ class Trainer:
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                 rng=checkpoint.rng_state(), epoch=epoch, batches_in_epoch=consumed,
                 sampler=sampler_state(self.sampler, epoch, consumed), data_sources=self.data_sources,
-                bad_validations=self.bad_validations,
+                bad_validations=self.bad_validations, best_kept=self.best.state(),
             )
         checkpoint.save_checkpoint(self.run_dir / name, payload)
         if with_state:
@@ -444,14 +490,11 @@ class Trainer:
         data = checkpoint.load_checkpoint(path)
         checkpoint.require(data, RESUME_PARTS, path, "--resume", "it holds weights only, like a best.pt; "
                            "resume from a last.pt, or start over with --overwrite")
-        changed = config_changes(data["config"], config_module.to_dict(self.cfg))
-        try:
-            checkpoint.load_trainable(self.model, data["model"], path, "the given config")
-        except CheckpointError as e:
-            if not changed:
-                raise
-            raise CheckpointError(f"{e}; the given config differs from the one stored in it: {'; '.join(changed[:4])}; "
-                                  "resume with the stored settings, or start over with --overwrite") from None
+        given, stored = config_module.to_dict(self.cfg), resuming.with_defaults(data["config"], config_module.to_dict(Config()))
+        fixed, changed = resuming.split_changes(config_changes(stored, given, tuple(given)))
+        if fixed:
+            raise CheckpointError(resuming.refusal(path, fixed))
+        checkpoint.load_trainable(self.model, data["model"], path, "the given config")
         if changed:
             self.console.print(f"[yellow]resuming with settings that differ from {escape(str(path))}: {escape('; '.join(changed))}")
         try:
@@ -465,7 +508,11 @@ class Trainer:
         self._restore_data_position(data, path)
         self.best_wer, self.best_step = data["metrics"].get("best_wer"), data["metrics"].get("best_step")
         self.bad_validations = data["bad_validations"]
+        self.best.restore(data.get("best_kept"), self.best_wer, self.best_step)
         self.saved_step = self.step
+        if dropped := resuming.truncate_metrics(self.run_dir / "metrics.jsonl", self.step):
+            self.console.print(f"metrics.jsonl: dropped {dropped} line{'s' * (dropped > 1)} past step {self.step}, "
+                               "which this run logs again")
 
     def _restore_data_position(self, data: dict[str, Any], path: Path) -> None:
         """Put the sampler where last.pt left it (an older last.pt without one restarts its epoch)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -25,6 +26,7 @@ from macasr.model.speech_llm import SpeechLLM
 from macasr.train.curves import CURVES_FILE
 from macasr.train.distributed import World, init_distributed, rank_device, teardown
 from macasr.train.engine import BAD_CLIPS_FILE, Trainer, TrainResult, seed_everything
+from macasr.train.faults import RunLock, remove_stale_temporaries
 from macasr.train.tracking import TENSORBOARD_DIR, with_dataset
 
 
@@ -95,16 +97,26 @@ def _took_a_step(files: list[Path]) -> bool:
     return any(p.suffix == ".pt" or (p.name == "metrics.jsonl" and p.stat().st_size > 0) for p in files)
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+def resume_source(run_dir: Path, resume: bool | str | Path) -> Path | None:
+    """The last.pt a run continues from: None (a new run), the run folder's (True, "auto"), or a given path."""
+    if resume is False or resume is None:
+        return None
+    return run_dir / "last.pt" if resume is True or str(resume) == "auto" else Path(resume)
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, source: Path | None = None) -> list[Path]:
     """Refuse to start over an earlier run unless told to → the files that will be removed: those of
-    an earlier run with `overwrite`, and those of a run that never took a step (nothing to lose)."""
+    an earlier run with `overwrite`, and those of a run that never took a step (nothing to lose).
+    `source` is a last.pt given to resume from instead of the run folder's."""
     if resume and overwrite:
         raise MacasrError("--resume continues the run in the folder and --overwrite starts it over; give only one")
+    if resume and source is not None and source != run_dir / "last.pt" and not source.is_file():
+        raise CheckpointError(f"{source}: nothing to resume from (no such file)")
     found = run_files(run_dir)
     names = ", ".join(str(p.relative_to(run_dir)) for p in found)
     if found and not resume and not _took_a_step(found):
         return found  # a run that failed before its first step: nothing of value to keep
-    if resume and not (run_dir / "last.pt").is_file():
+    if resume and source in (None, run_dir / "last.pt") and not (run_dir / "last.pt").is_file():
         advice = f" (the folder holds {names}); start over with --overwrite" if found else "; start the run without --resume"
         raise CheckpointError(f"{run_dir / 'last.pt'}: nothing to resume from{advice}")
     if found and not (resume or overwrite):
@@ -122,21 +134,24 @@ def global_batch(cfg: Config, ranks: int) -> str:
             f"× grad_accum {accum} = up to {total or 'no limit'} per optimizer step ([train] lr, warmup_steps and max_steps count these steps)")
 
 
-def train(cfg: Config, console: Console | None = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
+def train(cfg: Config, console: Console | None = None, resume: bool | str | Path = False, overwrite: bool = False) -> TrainResult:
     """Train as configured into cfg.run_dir, in this process or as one rank of a torchrun job.
 
     A run folder that holds an earlier run (config.toml, metrics.jsonl, *.pt) is refused with a
-    MacasrError unless `resume` (continue from its last.pt) or `overwrite` (remove those files,
-    once the new run's data and model have loaded, and start over). Ranks other than 0 print
-    nothing and write nothing. A failure is raised without leaving the process group here (NCCL's
-    teardown can wait on ranks still running; the process exit ends it).
+    MacasrError unless `resume` (True or "auto": continue from its last.pt; a path: from that
+    last.pt) or `overwrite` (remove those files, once the new run's data and model have loaded,
+    and start over). A run folder in use by another run (its train.lock) is refused too; stale
+    temporary files of killed writes are removed. A stop signal ends the run after its step with
+    last.pt written (TrainResult.signal names it). Ranks other than 0 print nothing and write
+    nothing. A failure is raised without leaving the process group here (NCCL's teardown can wait
+    on ranks still running; the process exit ends it).
     """
     cfg = config_module.resolve_paths(cfg)
     device = resolve_device(cfg.train.device, "[train] device")
     world = init_distributed(device.type, cfg.train.distributed_timeout_s)
     try:
-        result = _train(cfg, (console or Console()) if world.is_main else Console(quiet=True), resume, overwrite, world,
-                        rank_device(device, world))
+        result = _locked(cfg, (console or Console()) if world.is_main else Console(quiet=True), resume, overwrite, world,
+                         rank_device(device, world))
     except MacasrError as e:
         if world.distributed and not str(e).startswith("rank "):  # which of the ranks printing it failed
             e.args = (f"rank {world.rank} of {world.size}: {e}",)
@@ -145,8 +160,25 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     return result
 
 
-def _train(cfg: Config, console: Console, resume: bool, overwrite: bool, world: World, device: torch.device) -> TrainResult:
-    stale = check_run_dir(cfg.run_dir, resume, overwrite)
+def _locked(cfg: Config, console: Console, resume: bool | str | Path, overwrite: bool, world: World,
+            device: torch.device) -> TrainResult:
+    """`train` in a checked run folder, which the process that writes it (rank 0) locks and tidies."""
+    source = resume_source(cfg.run_dir, resume)
+    stale = check_run_dir(cfg.run_dir, source is not None, overwrite, source)
+    main = world.is_main
+    with RunLock(cfg.run_dir).acquire(resume=source is not None) if main else contextlib.nullcontext() as lock:
+        if lock is not None and lock.taken_over:
+            console.print(f"[yellow]{lock.path}: {lock.taken_over}")
+        if main and (leftovers := remove_stale_temporaries(cfg.run_dir)):
+            console.print(f"removed {len(leftovers)} stale temporary file{'s' * (len(leftovers) > 1)} left in {cfg.run_dir} "
+                          f"by a process killed while writing ({', '.join(p.name for p in leftovers[:3])}"
+                          f"{', ...' if len(leftovers) > 3 else ''})")
+        return _train(cfg, console, source, stale, overwrite, world, device)
+
+
+def _train(cfg: Config, console: Console, source: Path | None, stale: list[Path], overwrite: bool, world: World,
+           device: torch.device) -> TrainResult:
+    """`train` once the run folder is checked and locked."""
     train_set, valid_set = training_sets(cfg)
     seed_everything(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision, device)
@@ -157,13 +189,12 @@ def _train(cfg: Config, console: Console, resume: bool, overwrite: bool, world: 
                   f"run folder {cfg.run_dir}")
     console.print(global_batch(cfg, world.size), markup=False)
     augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
-    frames_from = frames_from_config(cfg, model.encoder, mask=cfg.data.frame_mask)  # None without [data] cache
+    frames_from = frames_from_config(cfg, model.encoder)  # None without [data] cache; frame_mask: the Trainer's SpecAugment
     trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=world,
                       augment=augment, frames_from=frames_from)
-    if resume:
-        last = cfg.run_dir / "last.pt"
-        trainer.resume(last)
-        console.print(f"resumed from {last} at step {trainer.step}")
+    if source is not None:
+        trainer.resume(source)
+        console.print(f"resumed from {source} at step {trainer.step}")
     if stale and world.is_main:  # every rank has checked the folder: building the Trainer waited for all
         for path in stale:
             path.unlink()
