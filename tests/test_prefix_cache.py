@@ -152,3 +152,22 @@ def test_decoding_gives_the_same_hypotheses_and_transcripts(family, style, beams
     handle.remove()
     prefix = len(model.prompt.prefix)
     assert seen[1:] == [seen[0] - prefix]  # generate used the cache (its states were computed above)
+
+
+def test_the_config_switch_turns_it_off(tiny_config) -> None:
+    assert build_model(tiny_config).cached_prefix(2) is not None
+    assert build_model(replace(tiny_config, **{"train.prefix_cache": False})).cached_prefix(2) is None
+
+
+def test_bf16_autocast_states_are_kept_apart_from_fp32_ones(tiny_config) -> None:
+    from macasr.model.build import autocast
+
+    model = build_model(tiny_config, "cpu", "bf16").train()
+    batch = make_batch(model, TEXTS, SECONDS)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert model.cached_prefix(1).layers[0].keys.dtype == torch.bfloat16
+        loss_off, _ = loss_and_grads(model, batch, cached=False)
+        loss_on, _ = loss_and_grads(model, batch, cached=True)
+    torch.testing.assert_close(loss_on, loss_off, atol=2e-2, rtol=2e-2)  # bf16 rounding: the prefix ran alone, not in a batch
+    model.llm.float()  # the same weights in fp32, outside autocast: new states, not the bf16 ones
+    assert model.cached_prefix(1).layers[0].keys.dtype == torch.float32

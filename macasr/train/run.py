@@ -22,6 +22,7 @@ from macasr.model.build import build_model, parameter_counts, resolve_device, re
 from macasr.model.speech_llm import SpeechLLM
 from macasr.train.distributed import current_world
 from macasr.train.engine import BAD_CLIPS_FILE, Trainer, TrainResult, seed_everything
+from macasr.train.memory import apply_training_options
 
 
 def parameter_table(model: SpeechLLM) -> Table:
@@ -126,9 +127,10 @@ def train(cfg: Config, console: Console | None = None, resume: bool = False, ove
     device = resolve_device(cfg.train.device, "[train] device")
     precision = resolve_precision(cfg.train.precision, device)
     model = build_model(cfg, device, precision)
+    options = apply_training_options(model, cfg)  # gradient checkpointing, torch.compile of the connector
     console.print(parameter_table(model))
     console.print(f"training data: {data_banner(train_set, cfg)}; valid: {len(valid_set):,} clips; "
-                  f"device {device}, precision {precision}; run folder {cfg.run_dir}")
+                  f"device {device}, precision {precision}{''.join(f', {o}' for o in options)}; run folder {cfg.run_dir}")
     augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
     frames_from = frames_from_config(cfg, model.encoder, mask=cfg.data.frame_mask)  # None without [data] cache
     trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=current_world(),
