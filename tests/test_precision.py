@@ -128,3 +128,18 @@ def test_compiled_connector_gives_the_same_loss_and_gradients(tiny_config) -> No
     torch.testing.assert_close(compiled, loss)
     for name, grad in grads.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, msg=name)
+
+
+def test_a_training_run_applies_gradient_checkpointing_and_says_so(tiny_config, corpus, tmp_path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from macasr.train.run import train
+    from test_engine import run_config
+
+    cfg = run_config(tiny_config, corpus, tmp_path, **{"model.llm.lora.enabled": True, "train.gradient_checkpointing": True})
+    console = Console(file=io.StringIO(), width=400)
+    result = train(cfg, console)
+    assert result.steps == 1 and (result.run_dir / "last.pt").is_file()
+    assert "precision fp32, gradient checkpointing of the LLM;" in console.file.getvalue()
