@@ -60,13 +60,14 @@ def test_the_llm_runs_the_prefix_once_and_then_only_the_rest(model) -> None:
     prefix = len(model.prompt.prefix)
     model.use_prefix_cache = False
     seen, handle = count_llm_tokens(model)
-    model(batch)
+    expected = model(batch)
     full = seen.pop()
     model.use_prefix_cache = True
-    model(batch)
-    model(batch)
+    losses = [model(batch), model(batch)]  # the second reuses the states the first computed, unchanged by it
     handle.remove()
     assert seen == [prefix, full - prefix, full - prefix]  # the prefix alone once, then rows without it
+    for loss in losses:
+        torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_the_encoder_gets_the_same_gradients_when_it_trains(tiny_config) -> None:
@@ -171,3 +172,12 @@ def test_bf16_autocast_states_are_kept_apart_from_fp32_ones(tiny_config) -> None
     torch.testing.assert_close(loss_on, loss_off, atol=2e-2, rtol=2e-2)  # bf16 rounding: the prefix ran alone, not in a batch
     model.llm.float()  # the same weights in fp32, outside autocast: new states, not the bf16 ones
     assert model.cached_prefix(1).layers[0].keys.dtype == torch.float32
+
+
+def test_a_model_loaded_in_inference_mode_decodes_with_the_cache(tiny_config) -> None:
+    with torch.inference_mode():
+        model = build_model(tiny_config).eval()
+        batch = make_batch(model, TEXTS, SECONDS)
+        expected = hypotheses(model, batch, 1, cached=False)
+        got = hypotheses(model, batch, 1, cached=True)
+    assert [h.tokens for h in got] == [h.tokens for h in expected]

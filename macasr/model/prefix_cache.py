@@ -74,7 +74,9 @@ class PrefixCache:
         weight = llm.get_input_embeddings().weight
         device = weight.device
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        key = _Key(prefix, device, weight.dtype, autocast, sum(p._version for p in llm.parameters()))
+        # Inference tensors (weights made under torch.inference_mode) have no version counter and cannot change in place.
+        versions = sum(p._version for p in llm.parameters() if not p.is_inference())
+        key = _Key(prefix, device, weight.dtype, autocast, versions)
         if key != self._key:
             self._states, self._key = self._compute(llm, prefix), key
         return self._states
