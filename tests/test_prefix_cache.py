@@ -117,8 +117,8 @@ def test_states_made_in_inference_mode_serve_training(model) -> None:
     with torch.inference_mode():
         model.generate(batch)  # computes the prefix's states first, as a validation before any step would
     model.train()
-    model(batch).backward()
-    assert model.connector.proj[0].weight.grad is not None if hasattr(model.connector, "proj") else True
+    model(batch).backward()  # inference tensors in the cache would fail here: they cannot be saved for backward
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def hypotheses(model, batch, beams: int, cached: bool) -> list:
@@ -174,10 +174,12 @@ def test_bf16_autocast_states_are_kept_apart_from_fp32_ones(tiny_config) -> None
     assert model.cached_prefix(1).layers[0].keys.dtype == torch.float32
 
 
-def test_a_model_loaded_in_inference_mode_decodes_with_the_cache(tiny_config) -> None:
+def test_weights_made_in_inference_mode_decode_with_the_cache(tiny_config) -> None:
+    model = build_model(tiny_config).eval()
+    batch = make_batch(model, TEXTS, SECONDS)
+    mlp = model.llm.model.layers[0].mlp
     with torch.inference_mode():
-        model = build_model(tiny_config).eval()
-        batch = make_batch(model, TEXTS, SECONDS)
+        mlp.down_proj.weight = torch.nn.Parameter(mlp.down_proj.weight.clone(), requires_grad=False)  # no version counter
         expected = hypotheses(model, batch, 1, cached=False)
         got = hypotheses(model, batch, 1, cached=True)
     assert [h.tokens for h in got] == [h.tokens for h in expected]
