@@ -170,6 +170,9 @@ class TrainConfig:
     keep_best: int = option(1, "Checkpoints kept by validation WER: best.pt (the best) and best-step<N>.pt for the next keep_best - 1; worse ones are deleted.")
     max_bad_steps: int = option(5, "Stop after this many refused steps in a row (non-finite loss or gradient, or a skipped out-of-memory batch).")
     on_oom: Literal["skip", "stop"] = option("skip", "Out of device memory on a batch: skip that step (logged with the batch's seconds of audio) or stop the run.")
+    prefix_cache: bool = option(True, "While no LLM weight trains, compute the prompt prefix's keys and values once and share them across rows (same loss, less work); false runs the prefix in every row.")
+    gradient_checkpointing: bool = option(False, "Recompute the LLM's layer activations in the backward pass instead of storing them (less memory, more compute); needs the LLM to train or LoRA on it.")
+    compile_connector: bool = option(False, "torch.compile the connector (dynamic shapes); the first steps are slower while it compiles.")
 
     def validate(self) -> list[str]:
         checks = {
@@ -268,7 +271,16 @@ class Config:
                 known = f"did you mean `{close[0]}`?" if close else f"known: {', '.join(self.datasets) or 'none defined'}"
                 path = "" if key == "test_sets" else "; a manifest path needs a folder or a file extension"
                 problems.append(f"[{table}] {key}: no dataset named `{entry}` in [datasets.*] ({known}){path}")
-        return problems + self._cache_problems()
+        return problems + self._cache_problems() + self._checkpointing_problems()
+
+    def _checkpointing_problems(self) -> list[str]:
+        """Gradient checkpointing recomputes LLM layers that train: transformers checkpoints only
+        layers in training mode, and a frozen LLM without LoRA stays in eval mode."""
+        llm = self.model.llm
+        if not self.train.gradient_checkpointing or llm.train or llm.lora.enabled:
+            return []
+        return ["[train] gradient_checkpointing: checkpoints the LLM's layers while they train, but the LLM is frozen "
+                "([model.llm] train = false, [model.llm.lora] enabled = false); set it to false, or train the LLM or LoRA on it"]
 
     def _cache_problems(self) -> list[str]:
         """Cached encoder frames are fixed: nothing may change the audio or the encoder after caching."""

@@ -67,6 +67,7 @@ def case(request, tiny_config, family_models):
 
 def test_targets_end_with_the_family_end_token_and_it_is_in_the_loss(case) -> None:
     family, style, model = case
+    model.use_prefix_cache = False  # the full rows' layout; tests/test_prefix_cache.py shows the cache changes nothing
     end_id = model.tokenizer.convert_tokens_to_ids(END_TOKEN[family, style])
     assert model.prompt.end_id == end_id
     batch = make_batch(model)
@@ -99,6 +100,7 @@ def test_bos_leads_the_prompt_exactly_when_the_family_uses_one(case) -> None:
 
 def test_prompt_is_the_same_in_training_and_generation(case) -> None:
     _, _, model = case
+    model.use_prefix_cache = False  # the full rows' layout; tests/test_prefix_cache.py shows the cache changes nothing
     batch = make_batch(model)
     seen = []
     handle = model.llm.register_forward_pre_hook(

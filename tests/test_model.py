@@ -44,6 +44,7 @@ def test_targets_end_with_the_end_token_even_when_eos_is_pad(model) -> None:
 
 
 def test_loss_covers_only_target_and_end_tokens(model) -> None:
+    model.use_prefix_cache = False  # the full rows' layout; tests/test_prefix_cache.py shows the cache changes nothing
     batch = make_batch(model)
     loss = model(batch)
     seen, handle = capture_llm_inputs(model)
@@ -64,6 +65,7 @@ def test_loss_covers_only_target_and_end_tokens(model) -> None:
 
 
 def test_prompt_tokens_are_identical_in_training_and_generation(model) -> None:
+    model.use_prefix_cache = False  # the full rows' layout; tests/test_prefix_cache.py shows the cache changes nothing
     batch = make_batch(model)
     seen, handle = capture_llm_inputs(model)
     model(batch)

@@ -61,10 +61,12 @@ def _why_no_cuda() -> str:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto → bf16 on CUDA GPUs that support it, fp32 elsewhere (CPU bf16 is slow and lossy)."""
+    """auto → bf16 on CUDA GPUs that compute in bf16 natively (Ampere and later), fp32 elsewhere:
+    on CPU bf16 is slow and lossy, and torch emulates bf16 on older GPUs (V100, T4) at a fraction
+    of their fp32 speed, which `is_bf16_supported()` counts as support unless told not to."""
     if precision != "auto":
         return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return "bf16"
     return "fp32"
 
@@ -91,7 +93,7 @@ def build_model(cfg: Config, device: torch.device | str = "cpu", precision: str 
         apply_lora(encoder, enc_cfg.lora, "model.encoder.lora")  # lands in the HF model at encoder.model
     if llm_cfg.lora.enabled:
         apply_lora(llm, llm_cfg.lora, "model.llm.lora")
-    model = SpeechLLM(encoder, connector, llm, tokenizer, prompt_tokens(tokenizer, cfg.prompt))
+    model = SpeechLLM(encoder, connector, llm, tokenizer, prompt_tokens(tokenizer, cfg.prompt), prefix_cache=cfg.train.prefix_cache)
     return model.to(device)
 
 
@@ -115,5 +117,7 @@ def parameter_counts(model: SpeechLLM) -> dict[str, PartCount]:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA; a no-op context in fp32."""
+    """bf16 autocast for precision "bf16" (auto's choice on CUDA; asked for explicitly on CPU); a
+    no-op context in fp32. Weights that train stay fp32 (`build_model`), so autocast computes in
+    bf16 while gradients and AdamW updates land on fp32 master weights (no loss scaling needed)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

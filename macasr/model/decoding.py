@@ -46,14 +46,15 @@ class DecodingOptions:
         return [self.max_tokens_base + math.ceil(d * self.max_tokens_per_second) for d in durations]
 
 
-def cache_kwargs(llm: Any) -> dict[str, Any]:
-    """A fresh KV cache under the keyword this transformers version uses (`cache` from 5.2x on,
-    `past_key_values` before); the cache object is updated in place by every forward call."""
+def cache_kwargs(llm: Any, cache: Any = None) -> dict[str, Any]:
+    """A KV cache under the keyword this transformers version uses (`cache` from 5.2x on,
+    `past_key_values` before): `cache` (one already holding the prompt prefix's states, see
+    `macasr.model.prefix_cache`) or a fresh one. The cache object is updated in place by every forward call."""
     from transformers import DynamicCache
 
     params = inspect.signature(llm.forward).parameters
     keyword = "cache" if "cache" in params else "past_key_values"
-    return {keyword: DynamicCache(config=llm.config), "use_cache": True}
+    return {keyword: DynamicCache(config=llm.config) if cache is None else cache, "use_cache": True}
 
 
 def loop_repeats(tokens: torch.Tensor, n: int) -> torch.Tensor:
@@ -107,16 +108,18 @@ def greedy_hypotheses(
     max_new_tokens: Sequence[int],
     end_id: int,
     repeat_ngram_stop: int = 0,
+    prefix: Any = None,
 ) -> list[Hypothesis]:
     """Batched greedy decoding; each row's new tokens without the end token, their summed float32
     log-probs (the end token's too) and why the row stopped.
 
     embeds (B, L, H), attention_mask and position_ids (B, L). A row that loops (`loop_repeats`
-    with n = `repeat_ngram_stop`) ends there, without the repeats.
+    with n = `repeat_ngram_stop`) ends there, without the repeats. `prefix`: a cache already
+    holding the prompt prefix's P states for the B rows; attention_mask then covers them (B, P+L).
     """
     batch, n, device = embeds.shape[0], repeat_ngram_stop, embeds.device
     caps = torch.tensor(max_new_tokens, device=device)
-    cache = cache_kwargs(llm)
+    cache = cache_kwargs(llm, prefix)
     out = llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1, **cache)
     next_position = position_ids[:, -1:] + 1  # (B, 1)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -220,6 +223,7 @@ def beam_search(
     num_beams: int,
     length_penalty: float = 1.0,
     repeat_ngram_stop: int = 0,
+    prefix: Any = None,
 ) -> list[Hypothesis]:
     """Batched beam search; returns each clip's best hypothesis.
 
@@ -227,10 +231,11 @@ def beam_search(
     float32 log-probs / length ** length_penalty, its length counting the end token; a looped
     hypothesis keeps the score of the path that looped. The best is chosen by `rank`: one that
     ended on the end token if any did, else the best one a guard stopped. Clips stop one by one
-    (`_settle`); their rows run on until every clip is done, their tokens ignored.
+    (`_settle`); their rows run on until every clip is done, their tokens ignored. `prefix` as in
+    `greedy_hypotheses`.
     """
     batch, beams, device = embeds.shape[0], num_beams, embeds.device
-    kwargs = cache_kwargs(llm)
+    kwargs = cache_kwargs(llm, prefix)
     cache = kwargs["cache" if "cache" in kwargs else "past_key_values"]
     out = llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1, **kwargs)
     clip_of_row = torch.arange(batch, device=device).repeat_interleave(beams)  # (R,)
