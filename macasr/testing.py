@@ -50,20 +50,25 @@ def perturb_trainable(model: torch.nn.Module, scale: float = 0.05) -> None:
                 p.add_(torch.randn_like(p) * scale)
 
 
-def save_tiny_whisper(path: str | Path, *, d_model: int = 32, layers: int = 2, heads: int = 2, num_mel_bins: int = 80, seed: int = 0) -> Path:
-    """A Whisper checkpoint (encoder + a one-layer decoder, as on the hub) and its feature extractor."""
+def save_tiny_whisper(path: str | Path, *, d_model: int = 32, layers: int = 2, heads: int = 2, num_mel_bins: int = 80,
+                      hop_length: int = 160, seed: int = 0) -> Path:
+    """A Whisper checkpoint (encoder + a one-layer decoder, as on the hub) and its feature extractor.
+
+    `hop_length` is the log-mel hop in samples at 16 kHz (Whisper's own: 160, 10 ms); the
+    encoder's frame rate is 16000 / hop_length / 2, and its 30 s window holds 480000 / hop_length
+    mel frames, so max_source_positions follows the hop."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     torch.manual_seed(seed)
     config = WhisperConfig(
         vocab_size=64, num_mel_bins=num_mel_bins, d_model=d_model, encoder_layers=layers, decoder_layers=1,
         encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=4 * d_model,
-        decoder_ffn_dim=4 * d_model, max_source_positions=1500, max_target_positions=32,
+        decoder_ffn_dim=4 * d_model, max_source_positions=480_000 // hop_length // 2, max_target_positions=32,
         pad_token_id=1, bos_token_id=2, eos_token_id=2, decoder_start_token_id=3,
     )
     path = Path(path)
     WhisperForConditionalGeneration(config).save_pretrained(path)
-    WhisperFeatureExtractor(feature_size=num_mel_bins).save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=num_mel_bins, hop_length=hop_length).save_pretrained(path)
     return path
 
 
