@@ -111,6 +111,7 @@ class DataConfig:
     spec_augment: bool = option(False, "Mask random frequency bands and time spans of training features (SpecAugment).")
     allow_commands: bool = option(False, "Let manifests run shell commands to produce audio (lhotse command sources, Kaldi pipes kept by `data prepare kaldi --allow-pipes`). Only for manifests you trust.")
     cache: str = option("", "Folder of cached encoder frames (`macasr cache build`) to train from instead of running the encoder (\"\" = none).")
+    cache_dtype: Literal["fp16", "bf16"] = option("fp16", "How `macasr cache build` stores encoder frames: fp16 (more precise), or bf16 (fp32's range, for frames beyond fp16's ±65504).")
     frame_mask: bool = option(False, "With a cache: mask random bands and spans of the cached encoder frames of training batches (SpecAugment on frames).")
 
     def validate(self) -> list[str]:

@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from conftest import SENTENCES, noise
+from macasr import config as config_module
 from macasr.data.cache import CacheKeyError, CutEncoder, FrameCache, build_cache, cache_key
 from macasr.errors import DataError
 from macasr.model.llm import TargetTokenizer
@@ -78,6 +79,43 @@ def test_cached_frames_are_the_live_frames_in_fp16(tmp_path, model, tiny_config,
         live = live_frames(model.encoder, cut)
         assert cached.dtype == torch.float32 and cached.shape == live.shape == (round(cut.duration * 50), 32)
         torch.testing.assert_close(cached, live.half().float(), atol=2e-3, rtol=1e-3)  # fp16 rounding of batched vs lone float32
+
+
+def test_bf16_storage_keeps_the_live_frames_in_bf16_and_is_part_of_the_key(tmp_path, model, tiny_config, manifest) -> None:
+    bf16 = config_module.replace(tiny_config, **{"data.cache_dtype": "bf16"})
+    key = cache_key(bf16, model.encoder)
+    assert key["dtype"] == "bfloat16" and cache_key(tiny_config, model.encoder)["dtype"] == "float16"
+    build_cache(tmp_path / "cache", key, {"train": [str(manifest)]}, open_cuts,
+                CutEncoder(model.encoder, batch_size=2, dtype="bfloat16"), shard_size=2)
+    frames = FrameCache(tmp_path / "cache", key)
+    for cut in open_cuts(str(manifest)):
+        live = live_frames(model.encoder, cut)
+        cached = frames(cut)
+        assert cached.dtype == torch.float32 and cached.shape == live.shape
+        torch.testing.assert_close(cached, live.bfloat16().float(), atol=2e-2, rtol=1e-2)  # bf16: 8 mantissa bits
+        assert torch.equal(cached, cached.bfloat16().float())  # exactly bf16 values, not fp16 ones
+    with pytest.raises(CacheKeyError, match=r"dtype: cache has 'bfloat16', config gives 'float16'"):
+        FrameCache(tmp_path / "cache", cache_key(tiny_config, model.encoder))
+
+
+def test_frames_beyond_fp16_are_refused_with_the_bf16_hint_and_kept_by_bf16(tmp_path, model, tiny_config, manifest) -> None:
+    class Loud(torch.nn.Module):  # an encoder whose frames leave fp16's range
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder, self.featurizer = encoder, encoder.featurizer
+
+        def forward(self, features, lengths):
+            frames, frame_lengths = self.encoder(features, lengths)
+            return frames * 1e6, frame_lengths
+
+    loud = Loud(model.encoder)
+    key = cache_key(tiny_config, model.encoder)
+    with pytest.raises(DataError, match=r"overflow fp16.*cache_dtype = \"bf16\""):
+        build_cache(tmp_path / "fp16", key, {"train": [str(manifest)]}, open_cuts, CutEncoder(loud), shard_size=2)
+    bf16 = {**key, "dtype": "bfloat16"}
+    build_cache(tmp_path / "bf16", bf16, {"train": [str(manifest)]}, open_cuts, CutEncoder(loud, dtype="bfloat16"), shard_size=2)
+    cut = next(iter(open_cuts(str(manifest))))
+    assert FrameCache(tmp_path / "bf16", bf16)(cut).abs().max() > 65504
 
 
 def test_cached_cuts_are_plain_lhotse_and_shar_compatible(tmp_path, model, tiny_config, manifest) -> None:

@@ -63,7 +63,7 @@ def build(
     with torch.inference_mode(), Progress(*columns, console=console) as progress:
         task = progress.add_task("encoding", total=total)
         reports = build_cache(
-            cfg.data.cache, key, sources, functools.partial(open_cuts, allow_commands=cfg.data.allow_commands), CutEncoder(encoder, dev, batch_size or cfg.eval.batch_size),
+            cfg.data.cache, key, sources, functools.partial(open_cuts, allow_commands=cfg.data.allow_commands), CutEncoder(encoder, dev, batch_size or cfg.eval.batch_size, dtype=key["dtype"]),
             rebuild=False, shard_size=shard_size, on_bad_clip=cfg.data.on_bad_clip, advance=lambda n: progress.advance(task, n),
         )
     for r in reports.values():

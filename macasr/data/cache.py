@@ -12,8 +12,11 @@ because it is lossless (the lilcom writers quantise on a log scale, made for log
 not encoder activations), needs no extra dependency (the HDF5 writers need h5py), keeps fp16 as
 fp16, and reads any one clip without an index of byte offsets (the sampler asks for clips in
 random order). The cuts are Shar-compatible: `CutSet.to_shar(..., fields={"frames": "numpy"})`
-packs the frames into Shar tar shards. numpy has no bfloat16, so frames are stored as fp16
-(encoder outputs end in a layer norm, far inside fp16's range; a non-finite value is refused).
+packs the frames into Shar tar shards. `[data] cache_dtype` picks the storage: fp16 (the
+default; encoder outputs end in a layer norm, far inside fp16's range, and fp16 keeps 3 more
+mantissa bits than bf16), or bf16 for an encoder whose frames could leave fp16's ±65504. numpy
+has no bfloat16, so bf16 frames are stored as their 16-bit patterns (an int16 `.npy`, read back
+with `from_storage`). A non-finite value is refused either way.
 
 Layout of a cache folder (one SOURCE folder per [data] train/valid dataset name):
     cache_key.json                  what the frames were computed with (`cache_key`), checked on use
@@ -56,7 +59,7 @@ if TYPE_CHECKING:
 KEY_FILE = "cache_key.json"
 SOURCE_FILE = "source.json"
 FIELD = "frames"  # the cut's custom field: cut.load_frames()
-STORAGE_DTYPE = np.float16
+STORAGE_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # [data] cache_dtype → the key's "dtype"
 FORMAT = 1  # bump when the layout changes
 DEFAULT_SHARD_SIZE = 1000  # clips per shard: the unit of resuming
 KEY_FIELD = "frames_key"  # the cached cut's custom field holding its `audio_key`
@@ -64,6 +67,23 @@ KEY_FIELD = "frames_key"  # the cached cut's custom field holding its `audio_key
 
 class CacheKeyError(MacasrError):
     """The cache was built with other settings than the config asks for (stale frames)."""
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def to_storage(frames: torch.Tensor, dtype: str) -> np.ndarray:
+    """Frames (T, D) → the array stored for them: float16, or for "bfloat16" the bf16 bit
+    patterns as int16 (numpy has no bfloat16)."""
+    if dtype == "bfloat16":
+        return frames.detach().to(torch.bfloat16).view(torch.int16).cpu().numpy()
+    return frames.detach().to(torch.float16).cpu().numpy()
+
+
+def from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """A stored array → frames (T, D) float32, the stored values exactly."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return (tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor).float()
 
 
 # ----------------------------------------------------------------------------- the cache key
@@ -104,7 +124,7 @@ def cache_key(cfg: Config, encoder: nn.Module) -> dict[str, Any]:
     dtype = next(encoder.parameters()).dtype
     return {
         "format": FORMAT, "encoder": enc.name, "weights": weights_hash(encoder),
-        "encoder_dtype": str(dtype).removeprefix("torch."), "dtype": np.dtype(STORAGE_DTYPE).name,
+        "encoder_dtype": str(dtype).removeprefix("torch."), "dtype": STORAGE_DTYPES[cfg.data.cache_dtype],
         "features": featurizer_settings(encoder.featurizer), "window": getattr(enc, "window", "own"),
         "layer": getattr(enc, "layer", 0), "frame_rate": encoder.frame_rate, "dim": encoder.output_dim,
     }
@@ -158,8 +178,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class CutEncoder:
-    """Cuts → each cut's encoder frames (T, D) as fp16 numpy, or the one line saying why it could
-    not be used; read, featurized and encoded `batch_size` at a time.
+    """Cuts → each cut's encoder frames (T, D) as stored (`to_storage` in `dtype`, the cache key's
+    "dtype"), or the one line saying why it could not be used; read, featurized and encoded
+    `batch_size` at a time.
 
     Clips are read and featurized by the training dataset itself (`CutDataset.example`, without
     augmentation), so cached frames come from exactly the features live training would use, and
@@ -167,10 +188,12 @@ class CutEncoder:
     would use (same weights and dtype), run under no_grad in eval mode; batching does not change
     a clip's frames (tests/test_window.py)."""
 
-    def __init__(self, encoder: nn.Module, device: torch.device | str = "cpu", batch_size: int = 16) -> None:
+    def __init__(self, encoder: nn.Module, device: torch.device | str = "cpu", batch_size: int = 16,
+                 dtype: str = "float16") -> None:
         from macasr.data.loader import CutDataset
 
         self.encoder = encoder.eval()
+        self.dtype = dtype
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.dataset = CutDataset(encoder.featurizer)
@@ -190,7 +213,7 @@ class CutEncoder:
         lengths = torch.tensor([f.shape[-1] for f in features])
         padded = nn.utils.rnn.pad_sequence([f.T for f in features], batch_first=True).transpose(1, 2)
         frames, frame_lengths = self.encoder(padded.to(self.device), lengths.to(self.device))
-        encoded = iter(frames[i, :n].to(torch.float16).cpu().numpy() for i, n in enumerate(frame_lengths.tolist()))
+        encoded = iter(to_storage(frames[i, :n], self.dtype) for i, n in enumerate(frame_lengths.tolist()))
         return [x if isinstance(x, BadClip) else next(encoded) for x in examples]
 
 
@@ -249,7 +272,7 @@ def _storable(cut: Cut) -> Cut:
 
 
 def _encode_shard(cuts: list[Cut], encode: Callable[[list[Cut]], list[np.ndarray | BadClip]], report: SourceReport,
-                  on_bad_clip: str) -> tuple[list[tuple[Cut, np.ndarray]], dict[str, str]]:
+                  on_bad_clip: str, dtype: str = "float16") -> tuple[list[tuple[Cut, np.ndarray]], dict[str, str]]:
     """(cut, frames) for each readable cut, encoded longest first (less padding per batch), and
     why each bad clip was left out (by audio key); bad clips go to report.skipped, or stop the
     build with on_bad_clip = "error"."""
@@ -261,8 +284,10 @@ def _encode_shard(cuts: list[Cut], encode: Callable[[list[Cut]], list[np.ndarray
                 raise DataError(frames.line)
             report.skipped.append(frames.line)
             left_out[audio_key(cut)] = frames.why
-        elif not np.isfinite(frames).all():
-            raise DataError(f"{cut.id}: its encoder frames overflow fp16 (beyond ±65504); they cannot be cached")
+        elif not bool(torch.isfinite(from_storage(frames, dtype)).all()):
+            why = "are not finite (NaN or ±inf)" if dtype == "bfloat16" else "overflow fp16 (beyond ±65504) or are not finite"
+            hint = "" if dtype == "bfloat16" else "; [data] cache_dtype = \"bf16\" stores a wider range"
+            raise DataError(f"{cut.id}: its encoder frames {why}; they cannot be cached{hint}")
         else:
             pairs.append((cut, frames))
     return pairs, left_out
@@ -369,10 +394,11 @@ def _prepare_source(src: Path, manifests: list[str], shard_size: int) -> None:
 def build_source(
     root: Path, name: str, manifests: list[str], cuts: Iterable[Cut], encode: Callable[[list[Cut]], list[np.ndarray | str]],
     frame_shift: float, *, shard_size: int = DEFAULT_SHARD_SIZE, on_bad_clip: str = "skip",
-    advance: Callable[[int], None] | None = None,
+    advance: Callable[[int], None] | None = None, dtype: str = "float16",
 ) -> SourceReport:
     """Cache one source's `cuts` (in their manifest order) under root/name, shard by shard,
-    skipping shards an earlier run finished; `advance(n)` is called as n cuts are done."""
+    skipping shards an earlier run finished; `advance(n)` is called as n cuts are done. `dtype`
+    is the storage dtype `encode` writes (the cache key's "dtype")."""
     src = root / name
     _prepare_source(src, manifests, shard_size)
     report = SourceReport()
@@ -380,7 +406,7 @@ def build_source(
         if _shard_paths(src, index)[1].exists():
             report.shards_kept += 1
         else:
-            pairs, left_out = _encode_shard(shard, encode, report, on_bad_clip)
+            pairs, left_out = _encode_shard(shard, encode, report, on_bad_clip, dtype)
             _write_shard(src, index, pairs, frame_shift, left_out)
             report.shards_done += 1
             report.encoded += len(pairs)
@@ -406,7 +432,7 @@ def build_cache(
     for name, manifests in sources.items():
         cuts = itertools.chain.from_iterable(open_cuts(m) for m in manifests)
         reports[name] = build_source(root, name, manifests, cuts, encode, frame_shift, shard_size=shard_size,
-                                     on_bad_clip=on_bad_clip, advance=advance)
+                                     on_bad_clip=on_bad_clip, advance=advance, dtype=key["dtype"])
     return reports
 
 
@@ -454,6 +480,7 @@ class FrameCache:
         self.root = Path(path)
         check_key(self.root, expected_key)
         self.frame_shift = 1.0 / expected_key["frame_rate"]
+        self.dtype: str = expected_key["dtype"]
         self.index: dict[str, tuple[str, str, int]] = {}  # audio_key → (shard folder, storage key, frames)
         self.left_out: dict[str, str] = {}  # audio_key → why cache build could not use the clip
         infos = sorted(self.root.glob(f"*/{SOURCE_FILE}")) if sources is None else [self._source_info(n, m) for n, m in sources.items()]
@@ -493,7 +520,7 @@ class FrameCache:
         return audio_key(cut) in self.index
 
     def __call__(self, cut: Cut) -> torch.Tensor:
-        """(T, D) float32 (the stored fp16 values, exactly); DataError when the cache holds no
+        """(T, D) float32 (the stored fp16 or bf16 values, exactly); DataError when the cache holds no
         frames for the cut's audio (a new cut, or one whose audio or times changed since the build)."""
         from lhotse.array import Array
 
@@ -505,7 +532,7 @@ class FrameCache:
                             f"{cut.start:g} s of recording {cut.recording_id}); (re)build it with `macasr cache build CONFIG`")
         shard, key, frames = entry
         array = Array(storage_type="numpy_files", storage_path=str(self.root / shard), storage_key=key, shape=[frames])
-        return torch.from_numpy(array.load()).float()
+        return from_storage(array.load(), self.dtype)
 
 
 class MaskedFrames:
