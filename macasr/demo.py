@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from macasr import config as config_module
 from macasr.config import Config
 from macasr.data.manifest import load_manifest
+from macasr.errors import MacasrError
 
 if TYPE_CHECKING:
     from macasr.evaluate.wer import DatasetScore, UtteranceResult
@@ -41,6 +42,15 @@ NARROWBAND_SET = "test_narrowband"
 VOCAB_SIZE = 300
 ENCODER_WIDTH = 64
 LLM_WIDTH = 64
+
+
+class DemoStopped(MacasrError):
+    """Demo training was stopped by a signal; `signal` is its name ("SIGINT", "SIGTERM")."""
+
+    def __init__(self, signal: str, steps: int, run_dir: Path) -> None:
+        super().__init__(f"{signal}: demo training stopped at step {steps}, before evaluation; {run_dir / 'last.pt'} "
+                         f"holds it (continue with `macasr train {run_dir / 'config.toml'} --resume`, or run the demo again)")
+        self.signal = signal
 
 
 def synthesize_corpus(out: Path, console: Console, seed: int) -> dict[str, Path]:
@@ -190,6 +200,8 @@ def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: in
     with threads_beside_workers(cfg.data.num_workers):
         result = train(cfg, console, overwrite=True)
     train_seconds = time.perf_counter() - t1
+    if result.signal is not None:  # Ctrl-C or SIGTERM: last.pt is written; there is nothing to evaluate yet
+        raise DemoStopped(result.signal, result.steps, result.run_dir)
     restored = restore_model(result.run_dir / "best.pt", cfg.train.device)
     test_sets = named_sets(restored.config, [], [])
     scores = evaluate_sets(restored.model, restored.config, test_sets, restored.device, restored.precision)

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from macasr import demo
+from macasr.cli import app
 
 
 def _install(root: Path, script: bool = True) -> Path:
@@ -127,3 +129,23 @@ def test_training_threads_leave_the_workers_their_cores(monkeypatch: pytest.Monk
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("signal", "code"), [("SIGINT", 130), ("SIGTERM", 0)])
+def test_a_stopped_demo_training_says_how_to_resume_and_does_not_evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          signal: str, code: int) -> None:
+    from macasr.train import run
+    from macasr.train.engine import TrainResult
+
+    names = ("train", "valid", "test", "test_unseen_voice", "test_narrowband")
+    monkeypatch.setattr(demo, "synthesize_corpus", lambda out, console, seed: {n: tmp_path / f"{n}.jsonl" for n in names})
+    monkeypatch.setattr(demo, "build_models", lambda out, manifest, seed: (tmp_path / "whisper", tmp_path / "qwen3"))
+    out = tmp_path / "demo"
+    monkeypatch.setattr(run, "train", lambda cfg, console, overwrite: TrainResult(3, None, None, False, out, signal))
+    evaluated = []
+    monkeypatch.setattr("macasr.train.checkpoint.restore_model", lambda *a, **k: evaluated.append(a))
+    result = CliRunner().invoke(app, ["demo", "--out", str(out)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == code, result.output
+    assert f"{signal}: demo training stopped at step 3, before evaluation" in text
+    assert f"macasr train {out / 'config.toml'} --resume" in text and not evaluated

@@ -17,6 +17,13 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Seed for the corpus and the models.")] = 0,
 ) -> None:
     """Train and evaluate a tiny speech-LLM on a synthetic spoken corpus, on CPU, in minutes."""
-    from macasr.demo import run_demo
+    from rich.markup import escape
 
-    run_demo(out, console, steps, seed)
+    from macasr.demo import DemoStopped, run_demo
+    from macasr.train.faults import EXIT_CODES
+
+    try:
+        run_demo(out, console, steps, seed)
+    except DemoStopped as e:  # not a failure: say where training stands and exit as `macasr train` does
+        console.print(f"[yellow]{escape(str(e))}", highlight=False)
+        raise typer.Exit(EXIT_CODES.get(e.signal, 1)) from None
