@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,9 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
+from typer.testing import CliRunner
 
 import macasr
 from macasr import config as config_module
+from macasr.cli import app
 from macasr.data.collate import BadClip
 from macasr.data.loader import train_sampler
 from macasr.data.manifest import open_cuts, shar_part
@@ -325,3 +328,23 @@ def test_ranks_read_disjoint_shar_shards_that_cover_all(tmp_path: Path) -> None:
     assert parts[1][0].load_audio().shape[1] > 0  # the rank's own audio shards come with its cuts
     with pytest.raises(DataError, match="3 Shar shards cannot give each of 4 processes its own"):
         shar_part(tmp_path / "shar", 0, 4)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_stop_signal_to_the_nproc_launcher_exits_as_one_process_does(tmp_path, monkeypatch, sig, code) -> None:
+    """torchrun's agent passes the signal on to the ranks (which finish their step and write last.pt)
+    and then raises; `--nproc` ends with the exit status of a one-process stop, not a traceback."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.launcher import api
+
+    def launcher(config, entrypoint):
+        def run(*args):
+            raise SignalException(f"Process 1 got signal: {int(sig)}", sig)
+        return run
+
+    monkeypatch.setattr(api, "elastic_launch", launcher)
+    assert launch_local(2, ["train", "x.toml"]) == sig.name
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    result = CliRunner().invoke(app, ["train", str(config), "--nproc", "2"])
+    assert result.exit_code == code, result.output

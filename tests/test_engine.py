@@ -236,3 +236,11 @@ def test_a_max_duration_that_drops_every_clip_is_one_line(tiny_config, corpus, t
     assert str(error.value) == ("[data] train: none of the 32 clips of `train` is within its duration limits "
                                 "(at most 0.01 s; [datasets.train] and [data] min_duration/max_duration); "
                                 "loosen them or leave it out of [data] train")
+
+
+def test_best_pt_names_itself_as_the_best(tiny_config, corpus, tmp_path) -> None:
+    cfg = run_config(tiny_config, corpus, tmp_path, **{"data.valid": [str(corpus["valid"])], "train.max_steps": 2})
+    result = train(cfg)
+    best = torch.load(result.run_dir / "best.pt", weights_only=True)
+    assert best["metrics"]["best_step"] == best["step"] == result.best_step
+    assert best["metrics"]["best_wer"] == result.best_wer is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -79,8 +81,13 @@ def test_muon_run_resumes_and_refuses_an_adamw_state(tiny_config, corpus, tmp_pa
     cfg = config_module.replace(tiny_config, **{
         "data.train": [str(corpus["train"])], "train.output_dir": str(tmp_path), "train.name": "muon",
         "train.optimizer": "muon", "train.warmup_steps": 0, "train.max_steps": 2, "train.valid_every": 2,
+        "train.min_lr_ratio": 0.5,
     })
     train(cfg)
+    logged = [json.loads(line) for line in (tmp_path / "muon" / "metrics.jsonl").read_text().splitlines()]
+    rates = [(r["lr"], r["muon_lr"]) for r in logged if "loss" in r]
+    assert rates and all(lr > 0 and lr == pytest.approx(cfg.train.lr * 0.5) for lr, _ in rates)  # the AdamW rate, at the floor
+    assert all(muon == pytest.approx(cfg.train.muon_lr * 0.5) for _, muon in rates)
     last = torch.load(tmp_path / "muon" / "last.pt", weights_only=True)
     assert set(last["optimizer"]) == {"muon", "adamw"} and last["optimizer"]["muon"]["state"]  # momentum saved
     result = train(config_module.replace(cfg, **{"train.max_steps": 3}), resume=True)

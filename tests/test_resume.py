@@ -205,6 +205,23 @@ def test_resume_from_a_given_last_pt_continues_into_the_configs_run_folder(tiny_
     assert torch.load(target.run_dir / "last.pt", weights_only=True)["step"] == 2
     missing = runner.invoke(app, ["train", str(tmp_path / "b.toml"), "--resume-from", str(tmp_path / "gone.pt")])
     assert missing.exit_code == 1 and missing.stderr.strip() == f"error: {tmp_path / 'gone.pt'}: nothing to resume from (no such file)"
+    folder = runner.invoke(app, ["train", str(tmp_path / "b.toml"), "--resume-from", str(moved.parent)])
+    assert folder.exit_code == 1 and "is a folder, not a checkpoint file; give the last.pt in it" in folder.stderr
+    both = runner.invoke(app, ["train", str(tmp_path / "b.toml"), "--resume", "--resume-from", str(moved)])
+    assert both.exit_code == 1 and "give only one" in both.stderr
+
+
+def test_resume_from_never_mixes_two_runs_in_one_folder(tiny_config, corpus, tmp_path) -> None:
+    """The run folder already holds another run that took steps: --resume-from would overwrite its
+    last.pt and append to its metrics; refused, and the folder's own run is untouched."""
+    first = run_config(tiny_config, corpus, tmp_path, "a")
+    invoke(first, tmp_path / "a.toml")
+    other = run_config(tiny_config, corpus, tmp_path, "b")
+    invoke(other, tmp_path / "b.toml")
+    before = (other.run_dir / "last.pt").read_bytes(), (other.run_dir / "metrics.jsonl").read_text()
+    result = runner.invoke(app, ["train", str(tmp_path / "b.toml"), "--resume-from", str(first.run_dir / "last.pt")])
+    assert result.exit_code == 1 and "would mix two runs" in " ".join(result.stderr.split())
+    assert ((other.run_dir / "last.pt").read_bytes(), (other.run_dir / "metrics.jsonl").read_text()) == before
 
 
 @pytest.mark.parametrize(("key", "value", "rule"), [

@@ -25,5 +25,5 @@ def demo(
     try:
         run_demo(out, console, steps, seed)
     except DemoStopped as e:  # not a failure: say where training stands and exit as `macasr train` does
-        console.print(f"[yellow]{escape(str(e))}", highlight=False)
+        console.print(f"[yellow]{escape(str(e))}", highlight=False, soft_wrap=True)  # paths stay whole
         raise typer.Exit(EXIT_CODES.get(e.signal, 1)) from None

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from macasr.cli._common import console, handle_errors
+from macasr.cli._common import console, fail, handle_errors
 
 
 @handle_errors
@@ -29,17 +29,23 @@ def train(
     from macasr.train.faults import EXIT_CODES
     from macasr.train.run import train as run_training
 
+    if resume and resume_from is not None:
+        raise fail("--resume continues the run folder's own last.pt and --resume-from another; give only one")
     cfg = config_module.load(config)  # a bad config fails here, once, before any process starts
     if nproc > 1:
         args = ["train", str(config), *(["--resume"] * resume), *(["--resume-from", str(resume_from)] if resume_from else []),
                 *(["--overwrite"] * overwrite)]
-        launch_local(nproc, args)  # each rank prints as `macasr train` does; rank 0 the summary
+        stopped = launch_local(nproc, args)  # each rank prints as `macasr train` does; rank 0 the summary
+        if stopped is not None:  # rank 0 said where it stopped and how to resume
+            raise typer.Exit(EXIT_CODES.get(stopped, 1))
         return
     result = run_training(cfg, console, resume=resume_from or resume, overwrite=overwrite)
     main = current_world().is_main
     if result.signal is not None:
         if main:
-            console.print(f"stopped by {result.signal} at step {result.steps}; continue with: macasr train {config} --resume")
+            size = current_world().size  # the data position holds this many ranks' share
+            again = f"macasr train {config} --resume" + (f" --nproc {size}" if size > 1 else "")
+            console.print(f"stopped by {result.signal} at step {result.steps}; continue with: {again}")
         raise typer.Exit(EXIT_CODES.get(result.signal, 1))
     if not main:
         return

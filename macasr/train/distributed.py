@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -188,13 +189,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch_local(nproc: int, args: Sequence[str]) -> None:
+def launch_local(nproc: int, args: Sequence[str]) -> str | None:
     """Run `python -m macasr <args>` as `nproc` ranks on this machine with torchrun's launcher (the
     elastic agent, in this process, on a free local port, no restarts), like
     `torchrun --nproc-per-node N -m macasr <args>` with one line instead of its report on failure.
 
+    → None, or the name of the stop signal ("SIGTERM", "SIGINT") the launcher received: it passed
+    it on to the ranks, which finished their step and wrote last.pt (rank 0 said how to resume).
     MacasrError when this process is itself a rank of a distributed job, or when a rank failed
     (the rank that failed first printed its own error; the launcher stopped the others)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -210,7 +214,10 @@ def launch_local(nproc: int, args: Sequence[str]) -> None:
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0)
     try:
         elastic_launch(config, sys.executable)("-m", "macasr", *args)
+    except SignalException as e:  # pre-emption or Ctrl-C: the agent stopped the ranks with the same signal
+        return signal.Signals(e.sigval).name
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         raise MacasrError(f"--nproc {nproc}: rank {rank} of {nproc} failed first (exit status {failure.exitcode}), with its "
                           "error printed above; the other ranks were stopped") from None
+    return None

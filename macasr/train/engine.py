@@ -50,7 +50,7 @@ from macasr.model.llm import TargetTokenizer
 from macasr.model.speech_llm import SpeechLLM
 from macasr.train import checkpoint, ddp, faults, resume as resuming
 from macasr.train.distributed import RankLost, World, barrier, broadcast_decision
-from macasr.train.optim import build_optimizer
+from macasr.train.optim import build_optimizer, learning_rates
 from macasr.train.schedule import build_scheduler
 from macasr.train.curves import draw_curves
 from macasr.train.tracking import (
@@ -422,9 +422,9 @@ class Trainer:
         self.console.print(f"[yellow]{escape(line)}")
 
     def _log_window(self, window: LogWindow, metrics: MetricsLog) -> str:
-        lr = self.scheduler.get_last_lr()[0]
+        lr, muon = learning_rates(self.optimizer)
         line = window.flush(lr, self.device, self.world.size)
-        metrics.log(self.step, **line, epoch=self.epoch)
+        metrics.log(self.step, **line, **({"muon_lr": muon} if muon is not None else {}), epoch=self.epoch)
         return f"loss {line['loss']:.3f}  lr {lr:.2e}  {line['audio_seconds_per_second']:,.0f} audio s/s"
 
     # ------------------------------------------------------------------ validation and checkpoints
@@ -444,11 +444,11 @@ class Trainer:
             raise DataError(f"[data] valid: {result.problem}")
         wer = result.wer
         improved = self.best_wer is None or wer < self.best_wer
-        self.best.add(wer, self.step, self._save)  # best.pt, and best-step<N>.pt with keep_best > 1
-        if improved:
+        if improved:  # before saving, so best.pt's metrics name itself as the best
             self.best_wer, self.best_step, self.bad_validations = wer, self.step, 0
         else:
             self.bad_validations += 1
+        self.best.add(wer, self.step, self._save)  # best.pt, and best-step<N>.pt with keep_best > 1
         per_set = wer_by_dataset(by_set)
         metrics.log(self.step, valid_wer=round(wer, 5), valid_cer=round(result.cer, 5), best_wer=round(self.best_wer, 5),
                     valid_wer_by_dataset=per_set)

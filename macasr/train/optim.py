@@ -99,3 +99,12 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: 
     if not matrices:
         return adamw(rest, lr, weight_decay)
     return MuonWithAdamW(matrices, rest, muon_lr=muon_lr, lr=lr, weight_decay=weight_decay)
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> tuple[float, float | None]:
+    """(the current `[train] lr` rate, Muon's rate or None): what metrics.jsonl logs as lr and muon_lr."""
+    if isinstance(optimizer, MuonWithAdamW):
+        muon = optimizer.parts["muon"].param_groups[0]["lr"]
+        adamw = optimizer.parts.get("adamw")
+        return (adamw.param_groups[0]["lr"] if adamw else muon), muon
+    return optimizer.param_groups[0]["lr"], None

@@ -109,12 +109,19 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, source: Path | N
     """Refuse to start over an earlier run unless told to → the files that will be removed: those of
     an earlier run with `overwrite`, and those of a run that never took a step (nothing to lose).
     `source` is a last.pt given to resume from instead of the run folder's."""
+    elsewhere = resume and source is not None and source != run_dir / "last.pt"  # --resume-from another run's last.pt
     if resume and overwrite:
-        raise MacasrError("--resume continues the run in the folder and --overwrite starts it over; give only one")
-    if resume and source is not None and source != run_dir / "last.pt" and not source.is_file():
+        flag = "--resume-from" if elsewhere else "--resume"
+        raise MacasrError(f"{flag} continues a run and --overwrite starts the run folder over; give only one")
+    if elsewhere and source.is_dir():
+        raise CheckpointError(f"{source}: is a folder, not a checkpoint file; give the last.pt in it")
+    if elsewhere and not source.is_file():
         raise CheckpointError(f"{source}: nothing to resume from (no such file)")
     found = run_files(run_dir)
     names = ", ".join(str(p.relative_to(run_dir)) for p in found)
+    if elsewhere and found and _took_a_step(found):
+        raise MacasrError(f"{run_dir} already holds a run ({names}); continuing {source} there would mix two runs; "
+                          "give it a new [train] name (run folder), or continue the folder's own run with --resume")
     if found and not resume and not _took_a_step(found):
         return found  # a run that failed before its first step: nothing of value to keep
     if resume and source in (None, run_dir / "last.pt") and not (run_dir / "last.pt").is_file():

@@ -159,17 +159,18 @@ class LogWindow:
     def flush(self, lr: float, device: torch.device, world_size: int = 1) -> dict[str, Any]:
         """The metrics line of this window (see docs/training.md, "What is logged"), then a new window.
 
-        Throughput is this process's audio seconds per second of training time; the total is that
-        times `world_size` (every rank takes batches of the same seconds budget)."""
+        The audio seconds added are those of every rank (the engine sums them over ranks each
+        step), so throughput is all ranks' audio per second of training time, and per process
+        that over `world_size`."""
         elapsed = max(time.perf_counter() - self.t0 - self.paused_s, 1e-9)
         steps = max(self.steps, 1)
         loss = float(self.loss) / steps
-        per_process = self.audio_s / elapsed
+        total = self.audio_s / elapsed
         line = {
             "loss": round(loss, 5), "lr": lr, "grad_norm": round(float(self.grad_norm) / steps, 5),
             "refused_steps": self.refused,
-            "audio_seconds_per_second": round(per_process * world_size, 1),
-            "audio_seconds_per_second_per_process": round(per_process, 1),
+            "audio_seconds_per_second": round(total, 1),
+            "audio_seconds_per_second_per_process": round(total / world_size, 1),
             **peak_memory(device),
         }
         if self.steps:
