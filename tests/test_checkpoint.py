@@ -110,8 +110,11 @@ def test_missing_empty_truncated_and_foreign_files(saved, tmp_path) -> None:
     unreadable = "not a readable checkpoint, truncated or corrupted ("
     for name, content, expected in [
         ("half.pt", data[: len(data) // 2], unreadable), ("head.pt", data[:20], unreadable),
-        ("tail.pt", data[:-30], unreadable), ("text.pt", b"hello", unreadable),
-        ("noise.pt", bytes(range(256)) * 4, "refused by the safe loader"),  # byte 0 is no pickle opcode
+        ("tail.pt", data[:-30], unreadable),
+        # Neither a zip archive nor a pickle: named as such, not as unsafe or corrupted.
+        ("text.pt", b"hello", "not a checkpoint file (torch checkpoints are zip archives; this one starts with b'hell')"),
+        ("config.toml", b"[model.encoder]\n", "not a checkpoint file (torch checkpoints are zip archives"),
+        ("noise.pt", bytes(range(256)) * 4, "not a checkpoint file"),
     ]:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(CheckpointError) as error:

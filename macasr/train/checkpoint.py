@@ -169,6 +169,12 @@ def _check_path(path: Path) -> None:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes); it was not written or copied completely")
+    with path.open("rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive ("PK\x03\x04"); files of torch < 1.6 start with a pickle protocol byte.
+    if not head.startswith(b"PK") and head[:1] != b"\x80":
+        raise CheckpointError(f"{path}: not a checkpoint file (torch checkpoints are zip archives; this one starts "
+                              f"with {head!r}); give the .pt file a run wrote, such as its last.pt")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
