@@ -96,24 +96,6 @@ def no_progress_bars() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-@contextlib.contextmanager
-def threads_beside_workers(num_workers: int) -> Iterator[None]:
-    """Let torch use only the cores the DataLoader workers leave free, then restore its setting.
-
-    On the 2-core machine the demo targets, torch's default of one thread per core plus a worker
-    featurizing on one of those cores oversubscribes them; measured under load, a training step
-    then cost 4.5x the CPU time of a one-thread step (threads spin waiting for each other)."""
-    import torch
-
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(before, max(1, cpus - num_workers)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def build_models(out: Path, train_manifest: Path, seed: int) -> tuple[Path, Path]:
     """Tiny Whisper + tiny Qwen3 (tokenizer trained on the training transcripts), saved to `out`."""
     from macasr import testing
@@ -197,8 +179,7 @@ def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: in
     console.print(f"[bold]2/3[/] tiny Whisper and Qwen3 saved to {out / 'models'}; training:")
     cfg = demo_config(out, manifests, whisper, qwen, max_steps)
     t1 = time.perf_counter()
-    with threads_beside_workers(cfg.data.num_workers):
-        result = train(cfg, console, overwrite=True)
+    result = train(cfg, console, overwrite=True)  # on CPU, torch threads leave the DataLoader worker its core
     train_seconds = time.perf_counter() - t1
     if result.signal is not None:  # Ctrl-C or SIGTERM: last.pt is written; there is nothing to evaluate yet
         raise DemoStopped(result.signal, result.steps, result.run_dir)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from macasr import demo
 from macasr.cli import app
+from macasr.train.threads import threads_beside_workers
 
 
 def _install(root: Path, script: bool = True) -> Path:
@@ -124,7 +125,7 @@ def test_training_threads_leave_the_workers_their_cores(monkeypatch: pytest.Monk
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cpus)), raising=False)
     try:
         torch.set_num_threads(4)
-        with demo.threads_beside_workers(workers):
+        with threads_beside_workers(workers):
             assert torch.get_num_threads() == expected  # never more than torch had (4)
         assert torch.get_num_threads() == 4
     finally:

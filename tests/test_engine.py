@@ -244,3 +244,21 @@ def test_best_pt_names_itself_as_the_best(tiny_config, corpus, tmp_path) -> None
     best = torch.load(result.run_dir / "best.pt", weights_only=True)
     assert best["metrics"]["best_step"] == best["step"] == result.best_step
     assert best["metrics"]["best_wer"] == result.best_wer is not None
+
+
+def test_training_on_the_cpu_leaves_the_loader_workers_their_cores(tiny_config, corpus, tmp_path, monkeypatch) -> None:
+    """torch's threads plus busy workers would oversubscribe the cores (docs/performance.md)."""
+    import os
+
+    from macasr.train.engine import Trainer as EngineTrainer
+
+    seen = []
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(4)), raising=False)
+    monkeypatch.setattr(EngineTrainer, "fit", lambda self: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        train(run_config(tiny_config, corpus, tmp_path, **{"data.num_workers": 2}))
+        assert seen == [2] and torch.get_num_threads() == 4  # 4 cores - 2 workers, restored afterwards
+    finally:
+        torch.set_num_threads(before)

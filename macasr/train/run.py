@@ -28,6 +28,7 @@ from macasr.train.distributed import World, init_distributed, rank_device, teard
 from macasr.train.engine import BAD_CLIPS_FILE, Trainer, TrainResult, seed_everything
 from macasr.train.faults import RunLock, remove_stale_temporaries
 from macasr.train.memory import apply_training_options
+from macasr.train.threads import threads_beside_workers
 from macasr.train.tracking import TENSORBOARD_DIR, with_dataset
 
 
@@ -209,4 +210,6 @@ def _train(cfg: Config, console: Console, source: Path | None, stale: list[Path]
             path.unlink()
         why = "--overwrite" if overwrite else "a run that never took a step"
         console.print(f"{why}: removed {', '.join(str(p.relative_to(cfg.run_dir)) for p in stale)} of the earlier run in {cfg.run_dir}")
-    return trainer.fit()
+    # On the CPU, torch's threads leave the DataLoader workers their cores (see threads_beside_workers).
+    with threads_beside_workers(cfg.data.num_workers) if device.type == "cpu" else contextlib.nullcontext():
+        return trainer.fit()
