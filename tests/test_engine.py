@@ -175,7 +175,7 @@ def test_resume_with_a_config_that_changes_the_model_or_data_is_refused_naming_t
     with pytest.raises(CheckpointError) as error:
         train(cfg, Console(file=io.StringIO()), resume=True)
     assert str(error.value) == (
-        f"{run_copy / 'last.pt'}: the given config changes the model or the data this run was trained with "
+        f"{run_copy / 'last.pt'}: the given config changes the model, data or optimizer this run was trained with "
         "(data.spec_augment: False in the checkpoint, True given; model.connector.dropout: 0.0 in the checkpoint, 0.2 given; "
         "model.connector.hidden_dim: 64 in the checkpoint, 32 given); resume with the settings stored in it "
         "(the run folder's config.toml), or start over with --overwrite"

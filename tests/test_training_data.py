@@ -84,7 +84,7 @@ def test_resuming_with_other_batch_limits_is_refused(three_steps) -> None:
     trainer = make_trainer(config_module.replace(three_steps, **{"data.batch_size": 4, "train.max_steps": 9}))
     with pytest.raises(CheckpointError) as error:
         trainer.resume(three_steps.run_dir / "last.pt")
-    assert str(error.value) == (f"{three_steps.run_dir / 'last.pt'}: the given config changes the model or the data this "
+    assert str(error.value) == (f"{three_steps.run_dir / 'last.pt'}: the given config changes the model, data or optimizer this "
                                 "run was trained with (data.batch_size: 3 in the checkpoint, 4 given); resume with the "
                                 "settings stored in it (the run folder's config.toml), or start over with --overwrite")
 
@@ -96,7 +96,7 @@ def test_resuming_on_other_training_data_is_refused(three_steps, tmp_path: Path)
     with pytest.raises(CheckpointError) as error:
         make_trainer(other).resume(three_steps.run_dir / "last.pt")
     message = str(error.value)
-    assert len(message.splitlines()) == 1 and "the given config changes the model or the data" in message
+    assert len(message.splitlines()) == 1 and "the given config changes the model, data or optimizer" in message
     assert "data.train: [" in message and "extra.jsonl" in message and "resume with the settings stored in it" in message
 
 

@@ -459,7 +459,7 @@ class Trainer:
         patience = self.cfg.train.patience
         stop = broadcast_decision(self.world, bool(patience and self.bad_validations >= patience))  # rank 0 decides
         if stop:
-            self.console.print(f"[yellow]early stop: {patience} validations without a better WER")
+            self.console.print(f"[yellow]early stop: {patience} validation{'s' * (patience > 1)} without a better WER")
         return stop
 
     def _save(self, name: str, with_state: bool = False) -> None:

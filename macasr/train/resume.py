@@ -61,7 +61,7 @@ def split_changes(changes: list[str]) -> tuple[list[str], list[str]]:
 def refusal(path: Path, fixed: list[str]) -> str:
     """The one-line reason a resume with model or data changes is refused."""
     shown = "; ".join(fixed[:6]) + (f"; and {len(fixed) - 6} more" if len(fixed) > 6 else "")
-    return (f"{path}: the given config changes the model or the data this run was trained with ({shown}); "
+    return (f"{path}: the given config changes the model, data or optimizer this run was trained with ({shown}); "
             f"resume with the settings stored in it (the run folder's config.toml), or start over with --overwrite")
 
 
