@@ -4,8 +4,9 @@ Config flows one way: TOML → `load` → frozen dataclasses → builders. Every
 text (`option(default, help)`) that becomes the comment above it in `config init` output and in
 docs/config.md. Validation gathers *every* problem (unknown keys with a did-you-mean, wrong
 types, value and cross-field rules, keys set twice) into one `ConfigError`, one line each, with
-the file and line, in file order. `check` (for `macasr config check`) also reports the files a
-config names that do not exist; `load` does not, as each command needs only some of them.
+the file and line, in file order. `config_check.check` (for `macasr config check`) also reports
+the files a config names that do not exist; `load` does not, as each command needs only some of
+them. `config_render` writes configs back as commented TOML and docs/config.md.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-
-import tomli_w
 
 from macasr.data.augment import AugmentConfig, uses_waveform
 from macasr.errors import ConfigError, DeprecatedSetting
@@ -541,179 +540,6 @@ def load(path: str | Path) -> Config:
     return loads(_read(path), str(path))
 
 
-# ----------------------------------------------------------------------------- checking files
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckReport:
-    problems: list[str]  # one line each, `FILE:LINE: message`, in file order
-    notes: list[str]  # the same form; worth knowing, not wrong: a model path that is a hub id
-
-
-def check(path: str | Path) -> CheckReport:
-    """What `macasr config check` reports: every schema problem and every file the config names
-    that is missing, with notes; raises ConfigError only for an unreadable file or bad TOML.
-
-    Files are checked here and not in `load`, because each command needs only some of them
-    (training needs no [eval] datasets, eval needs no training manifests).
-    """
-    path = Path(path)
-    text = _read(path)
-    errors, notes = _Errors(), _Errors()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        cfg = _parse_table(Config, _migrate(_parse_toml(text, str(path)), errors), "", errors, None)
-    for warning in caught:
-        notes.add("eval.datasets", str(warning.message))
-    _check_files(cfg, errors, notes)
-    located = [_config_error(found, str(path), text).problems if found.items else [] for found in (errors, notes)]
-    return CheckReport(*located)
-
-
-def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
-    """Add a problem per missing manifest or local model folder, a note per hub id (told apart
-    from a path as loading does, by `model._hf.is_local_path`)."""
-    from macasr.model._hf import is_local_path
-
-    manifests = [(f"data.{split}", f"[data] {split}", p) for split in ("train", "valid")
-                 for p in getattr(cfg.data, split) if p not in cfg.datasets and looks_like_path(p)]
-    manifests += [(f"datasets.{name}.manifest", f"[datasets.{name}] manifest", p)
-                  for name, ds in cfg.datasets.items() for p in ds.manifest]
-    for key, label, p in manifests:
-        problem = _manifest_problem(p)
-        if problem:
-            errors.add(key, f"{label}: {problem}")
-    for key in ("noise_manifest", "rir_manifest"):
-        p = getattr(cfg.augment, key)
-        if p and not Path(p).is_file():
-            what = "is a folder; expected a manifest file" if Path(p).is_dir() else f"no such manifest{_relative_to_cwd(p)}"
-            errors.add(f"augment.{key}", f"[augment] {key}: {p!r} {what}")
-    for table, part in (("model.encoder", cfg.model.encoder), ("model.llm", cfg.model.llm)):
-        p = getattr(part, "path", "")
-        if not p or Path(p).is_dir():
-            continue
-        if Path(p).exists():
-            errors.add(f"{table}.path", f"[{table}] path: {p!r} is a file; expected a model folder or a Hugging Face id")
-        elif not is_local_path(p):
-            notes.add(f"{table}.path", f"[{table}] path: {p!r} is not a local folder{_relative_to_cwd(p)}; "
-                                       "it will be loaded as a Hugging Face hub id (from the cache or the network)")
-        else:
-            errors.add(f"{table}.path", f"[{table}] path: no such model folder {p!r}{_relative_to_cwd(p)}")
-
-
-def _relative_to_cwd(p: str) -> str:
-    return "" if Path(p).is_absolute() else f" (relative paths are read from {Path.cwd()})"
-
-
-def _manifest_problem(p: str) -> str | None:
-    if Path(p).is_dir() and not any(Path(p).glob("cuts.*.jsonl*")):
-        return f"{p!r} is a folder without Shar shards (cuts.000000.jsonl.gz ...); expected a manifest file or a Shar folder"
-    if not Path(p).exists():
-        return f"no such manifest {p!r}{_relative_to_cwd(p)}"
-    return None
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain dict of a config (what checkpoints store)."""
-    return dataclasses.asdict(cfg)
-
-
-def _inline(value: Any) -> str:
-    """A TOML value on one line (tomli_w spreads a non-empty array over several lines)."""
-    if isinstance(value, list):
-        return "[" + ", ".join(_inline(v) for v in value) + "]"
-    return tomli_w.dumps({"v": value}).strip()[4:]
-
-
-def _render(obj: Any, key: str, registry: Registry[Any] | None = None) -> list[str]:
-    lines = [f"[{key}]"]
-    nested = []
-    if registry is not None:
-        lines.append(f"# Choices: {', '.join(registry.names())}.")
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            nested.append((value, f"{key}.{f.name}", _REGISTRIES.get(f.metadata.get("registry", ""))))
-            continue
-        lines.append(f"# {f.metadata.get('help', '')}")
-        if isinstance(value, dict):
-            lines.append(f"{f.name} = {{ {', '.join(tomli_w.dumps({k: v}).strip() for k, v in value.items())} }}")
-        else:
-            lines.append(f"{f.name} = {_inline(value)}")
-    out = lines + [""] if len(lines) > 1 else []
-    for value, sub, reg in nested:
-        out += _render(value, sub, reg)
-    return out
-
-
-def _render_datasets(datasets: dict[str, DatasetConfig]) -> list[str]:
-    """One [datasets.NAME] table each; with none, a commented example of one."""
-    if datasets:
-        return [line for name, ds in datasets.items() for line in _render(ds, f"datasets.{name}")]
-    example = _render(DatasetConfig(manifest=["data/librispeech_train-clean-100.jsonl.gz"]), "datasets.NAME")
-    return ["# Named datasets: [data] train/valid and [eval] test_sets refer to them by NAME.",
-            *[line if line.startswith("#") or not line else f"# {line}" for line in "\n".join(example).splitlines()]]
-
-
-def dumps(cfg: Config) -> str:
-    """A complete TOML file: every field, its help text as a comment."""
-    header = ["# macasr configuration. Every key is shown with its default or chosen value.", ""]
-    body: list[str] = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        body += _render_datasets(value) if f.name == "datasets" else _render(value, f.name)
-    return "\n".join(header + body)
-
-
-def _reference_rows(obj: Any, key: str, heading: str | None = None) -> list[str]:
-    lines = [f"\n## {heading or f'[{key}]'}\n", "| key | default | meaning |", "| --- | --- | --- |"]
-    nested = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            nested.append((value, f"{key}.{f.name}", f.metadata.get("registry")))
-            continue
-        shown = _inline(value).replace("|", "\\|") if not isinstance(value, dict) else "{}"
-        lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('help', '')} |")
-    out = lines if len(lines) > 3 else []
-    for value, sub, registry in nested:
-        if registry:
-            reg = _REGISTRIES[registry]
-            for name in reg.names():
-                out += _reference_rows(reg.config_type(name)(), sub, f'[{sub}] with name = "{name}"')
-        else:
-            out += _reference_rows(value, sub)
-    return out
-
-
-def reference_markdown() -> str:
-    """docs/config.md: every section and key with its default and help (tests check for drift)."""
-    head = [
-        "# Configuration reference",
-        "",
-        "Generated by `macasr config docs` from the help text of each field; `macasr config init`",
-        "writes the same keys as a commented TOML file. Component tables (`[model.encoder]`,",
-        "`[model.connector]`) take `name` plus the keys of the chosen component.",
-    ]
-    body: list[str] = []
-    for f in dataclasses.fields(Config):
-        if f.name == "datasets":
-            body += _reference_rows(DatasetConfig(), "datasets.NAME", "[datasets.NAME] (one table per dataset)")
-        else:
-            body += _reference_rows(getattr(Config(), f.name), f.name)
-    return "\n".join(head + body) + "\n"
-
-
-def dump(cfg: Config, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(cfg), encoding="utf-8")
-    return path
-
-
 # ----------------------------------------------------------------------------- presets
 
 PRESET_PACKAGE = "macasr.configs"
@@ -774,3 +600,22 @@ __all__ = [
     "LoggingConfig", "ComponentConfig", "load", "loads", "from_dict", "dump", "dumps", "to_dict",
     "load_preset", "preset_names", "replace", "resolve_paths", "check", "CheckReport", "device_problem",
 ]
+
+
+# The file check (`macasr config check`) and the TOML writer live in their own modules; their
+# names stay reachable here (config.check, config.dump, ...) without importing them at start-up.
+_MOVED = {"check": "macasr.config_check", "CheckReport": "macasr.config_check", "dump": "macasr.config_render",
+          "dumps": "macasr.config_render", "to_dict": "macasr.config_render", "reference_markdown": "macasr.config_render"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if typing.TYPE_CHECKING:
+    from macasr.config_check import CheckReport, check
+    from macasr.config_render import dump, dumps, reference_markdown, to_dict
