@@ -291,25 +291,6 @@ def test_shar_input_is_cached_and_found(tmp_path, model, tiny_config, manifest) 
         torch.testing.assert_close(frames(cut), live_frames(model.encoder, cut), atol=2e-3, rtol=1e-3)
 
 
-def test_masked_frames_mask_bands_and_spans_of_cached_frames(tmp_path, model, tiny_config, manifest) -> None:
-    from macasr.data.cache import MaskedFrames
-
-    key, _ = build(tmp_path / "cache", model, tiny_config, manifest)
-    frames = FrameCache(tmp_path / "cache", key)
-    masked = pickle.loads(pickle.dumps(MaskedFrames(frames)))
-    cut = list(open_cuts(str(manifest)))[2]  # 2.3 s: 115 frames
-    clean = frames(cut)
-    torch.manual_seed(3)
-    out = masked(cut)
-    assert out.shape == clean.shape
-    changed = out != clean
-    fill = clean.mean()
-    assert changed.any() and torch.allclose(out[changed], fill.expand(int(changed.sum())))
-    channels, times = changed.all(dim=0), changed.all(dim=1)  # whole channels masked, whole frames masked
-    assert channels.any() or times.any()
-    assert torch.equal(frames(cut), clean)  # the cache itself is untouched
-
-
 def test_a_manifest_written_again_with_the_same_cuts_keeps_its_identity(tmp_path) -> None:
     from macasr.data.cache import source_identity
 

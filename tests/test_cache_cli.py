@@ -101,14 +101,13 @@ def test_frame_cache_names_a_dataset_left_out_or_built_from_other_manifests(tmp_
 
 
 def test_frames_from_config_is_none_without_a_cache_and_checked_with_one(tmp_path, cache_config) -> None:
-    from macasr.data.cache import MaskedFrames, frames_from_config
+    from macasr.data.cache import frames_from_config
 
     model = build_model(cache_config)
     assert frames_from_config(config_module.replace(cache_config, **{"data.cache": ""}), model.encoder) is None
     assert invoke(cache_config, tmp_path / "c.toml").exit_code == 0
     frames = frames_from_config(cache_config, model.encoder)
     assert isinstance(frames, FrameCache) and len(frames) == 4
-    assert isinstance(frames_from_config(cache_config, model.encoder, mask=True), MaskedFrames)
 
 
 @pytest.mark.parametrize("frame_mask", [False, True])

@@ -535,28 +535,11 @@ class FrameCache:
         return from_storage(array.load(), self.dtype)
 
 
-class MaskedFrames:
-    """A training `frames_from` that masks cached frames: SpecAugment's masks (random bands of
-    the D channels and spans of the T frames, filled with the clip's mean) on the encoder's
-    output instead of its input, the augmentation a feature cache still allows.
-
-    Uses torch's global RNG. Training masks frames through the dataset's seeded SpecAugment
-    instead ([data] frame_mask), so workers and resumes cannot shift the masks. Picklable."""
-
-    def __init__(self, frames: Callable[[Cut], torch.Tensor]) -> None:
-        self.frames = frames
-
-    def __call__(self, cut: Cut) -> torch.Tensor:
-        from macasr.data.augment import spec_augment
-
-        return spec_augment(self.frames(cut).T).T  # spec_augment masks (C, L): here (D, T)
-
-
-def frames_from_config(cfg: Config, encoder: nn.Module, *, mask: bool = False) -> Callable[[Cut], torch.Tensor] | None:
+def frames_from_config(cfg: Config, encoder: nn.Module) -> Callable[[Cut], torch.Tensor] | None:
     """The loader's `frames_from` hook for a run: None without `[data] cache`, else a FrameCache
-    checked against this config's key and its [data] train/valid datasets (wrapped in
-    MaskedFrames with `mask`, for training batches only)."""
+    checked against this config's key and its [data] train/valid datasets. ([data] frame_mask
+    masks the frames in the training dataset, with SpecAugment seeded per clip.)"""
     if not cfg.data.cache:
         return None
     frames = FrameCache(cfg.data.cache, cache_key(cfg, encoder), cache_sources(cfg, None))
-    return MaskedFrames(frames) if mask else frames
+    return frames
