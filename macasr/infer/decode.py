@@ -23,6 +23,7 @@ class Decoded:
     stop_reasons: dict[int, Stop] = dataclasses.field(default_factory=dict)  # -> "end" | "repeat" | "max_tokens"
     skipped: list[str] = dataclasses.field(default_factory=list)  # one line per clip that could not be read
     warnings: list[str] = dataclasses.field(default_factory=list)  # one line per clip read that looks wrong
+    no_speech: set[int] = dataclasses.field(default_factory=set)  # clips the VAD found no speech in (filled when it ran)
 
     def guard_stops(self) -> dict[int, Stop]:
         """The clips a guard cut (stop reason other than "end"): their transcripts may be truncated loops."""
