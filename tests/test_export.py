@@ -206,3 +206,59 @@ def test_merge_lora_needs_lora_on_the_llm(tiny_config, tmp_path) -> None:
     ckpt = save_run(tiny_config, tmp_path)
     with pytest.raises(MacasrError, match="nothing to merge"):
         export.export_bundle(ckpt, tmp_path / "b", merge_lora=True)
+
+
+def fake_hub_cache(root: Path, models: dict[str, Path]) -> dict[str, str]:
+    """A Hugging Face hub cache (refs/main → snapshots/<commit>/) holding `models` under their ids;
+    returns {id: commit}."""
+    commits = {}
+    for i, (repo_id, folder) in enumerate(models.items()):
+        repo = root / f"models--{repo_id.replace('/', '--')}"
+        commit = f"{i + 1:x}" * 40
+        shutil.copytree(folder, repo / "snapshots" / commit)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+        commits[repo_id] = commit
+    return commits
+
+
+@pytest.mark.parametrize("llm_changes", [{"model.llm.lora.enabled": True, "model.llm.lora.r": 4}, {"model.llm.train": True}],
+                         ids=["lora", "trained"])
+def test_hub_models_are_named_with_their_revision_and_copied_only_when_trained(
+    tiny_models, tiny_config, llm_changes, clips, tmp_path, monkeypatch
+) -> None:
+    from huggingface_hub import constants
+
+    commits = fake_hub_cache(tmp_path / "hub", {"tiny/whisper": tiny_models[0], "tiny/qwen3": tiny_models[1]})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = config_module.replace(tiny_config, **{"model.encoder.path": "tiny/whisper", "model.llm.path": "tiny/qwen3", **llm_changes})
+    ckpt = save_run(cfg, tmp_path)
+    folder = export.export_bundle(ckpt, tmp_path / "bundle")
+    parts = json.loads((folder / bundle.MANIFEST).read_text())["parts"]
+    assert parts["encoder"] == {"source": "tiny/whisper", "revision": commits["tiny/whisper"], "folder": None, "weights": "frozen"}
+    assert not (folder / "encoder").exists()  # a frozen hub model is named, not copied
+    trained = "model.llm.train" in llm_changes
+    assert parts["llm"]["revision"] == commits["tiny/qwen3"] and parts["llm"]["folder"] == ("llm" if trained else None)
+    assert (folder / "llm" / "tokenizer.json").is_file() == trained
+    if not trained:
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        assert (adapter["base_model_name_or_path"], adapter["revision"]) == ("tiny/qwen3", commits["tiny/qwen3"])
+    assert f"revision {commits['tiny/whisper']}" in (folder / "config.toml").read_text()
+    assert_round_trip(ckpt, folder, clips)
+
+
+def test_transcribe_eval_and_the_python_api_take_a_bundle(lora_run, lora_bundle, clips, tmp_path) -> None:
+    import macasr
+
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": str(c), "text": "hello world", "duration": sf.info(c).duration}) + "\n" for c in clips))
+    outputs = {}
+    for name, source in (("ckpt", lora_run), ("bundle", lora_bundle)):
+        said = runner.invoke(app, ["transcribe", *map(str, clips), "--ckpt", str(source), "--format", "json", "--device", "cpu"])
+        scored = runner.invoke(app, ["eval", "--ckpt", str(source), "--manifest", str(manifest), "--device", "cpu",
+                                     "--report", str(tmp_path / f"{name}.json")])
+        assert said.exit_code == 0 and scored.exit_code == 0, said.output + scored.output
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        outputs[name] = ([json.loads(line)["text"] for line in said.stdout.splitlines()], report["overall"])
+    assert outputs["bundle"] == outputs["ckpt"]
+    assert [t.text for t in macasr.load(str(lora_bundle), "cpu").transcribe(clips)] == outputs["ckpt"][0]

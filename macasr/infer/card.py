@@ -95,7 +95,12 @@ def architecture(cfg: Config, manifest: dict[str, Any], counts: dict[str, PartCo
 
 
 def _data(cfg: Config, names: list[str]) -> str:
-    return ", ".join(f"`{n}`" for n in names) or "none recorded"
+    """`train` (data/train.jsonl), for each name or manifest path."""
+    def one(name: str) -> str:
+        manifests = cfg.datasets[name].manifest if name in cfg.datasets else []
+        return f"`{name}`" + (f" ({', '.join(Path(m).name for m in manifests)})" if manifests else "")
+
+    return ", ".join(one(n) for n in names) or "none recorded"
 
 
 def model_card(cfg: Config, manifest: dict[str, Any], counts: dict[str, PartCount], report: dict[str, Any] | None,
@@ -128,7 +133,7 @@ def usage(manifest: dict[str, Any]) -> list[str]:
              "```bash", "macasr transcribe --ckpt path/to/this/folder clip.wav", "macasr eval --ckpt path/to/this/folder --manifest test.jsonl", "```"]
     llm = manifest["parts"]["llm"]
     if llm["weights"] == "lora":
-        base = f"./{llm['folder']}" if llm.get("folder") else llm["source"]
+        base = f"path/to/this/folder/{llm['folder']}" if llm.get("folder") else llm["source"]
         lines += ["", "The LLM's LoRA adapters are in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`):", "",
                   "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM", "",
                   f'llm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "path/to/this/folder")', "```"]

@@ -14,6 +14,7 @@ place, so a failed export leaves nothing half-written and DIR as it was.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -21,6 +22,8 @@ import math
 import os
 import secrets
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -246,6 +249,23 @@ def write_bundle(root: Path, restored: Restored, ckpt: Path, report: dict[str, A
     write_atomic(root / "README.md", card)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No progress bars from save_pretrained, no FutureWarnings from transformers' and peft's
+    internals while exporting: the export's own line says what was written."""
+    from transformers.utils import logging
+
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        if bars:
+            logging.enable_progress_bar()
+
+
 def pickles(folder: Path) -> list[Path]:
     """Files under `folder` whose type stores Python pickles (or may)."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in PICKLE_SUFFIXES)
@@ -305,7 +325,8 @@ def export_bundle(ckpt: str | Path, out: str | Path, *, report: str | Path | Non
     check_destination(out, [ckpt, *([report_path] if report_path else []), *local], force)
     tmp = _temporary_folder(out)
     try:
-        write_bundle(tmp, restored, ckpt, report_data, report_path, merge_lora)
+        with _quiet():
+            write_bundle(tmp, restored, ckpt, report_data, report_path, merge_lora)
         found = pickles(tmp)
         if found:
             raise CheckpointError(f"export to {out} stopped: {found[0].relative_to(tmp)} would be a pickle file; a bundle holds safetensors only")
