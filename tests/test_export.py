@@ -245,6 +245,11 @@ def test_hub_models_are_named_with_their_revision_and_copied_only_when_trained(
         assert (adapter["base_model_name_or_path"], adapter["revision"]) == ("tiny/qwen3", commits["tiny/qwen3"])
     assert f"revision {commits['tiny/whisper']}" in (folder / "config.toml").read_text()
     assert_round_trip(ckpt, folder, clips)
+    repo = tmp_path / "hub" / "models--tiny--whisper"  # the hub's main moves on after the export
+    shutil.copytree(repo / "snapshots" / commits["tiny/whisper"], repo / "snapshots" / ("f" * 40))
+    (repo / "refs" / "main").write_text("f" * 40)
+    with pytest.warns(UserWarning, match=f"encoder tiny/whisper was exported at revision {commits['tiny/whisper']}, but revision f{{40}} was loaded"):
+        checkpoint.restore_model(folder, "cpu")
 
 
 def test_transcribe_eval_and_the_python_api_take_a_bundle(lora_run, lora_bundle, clips, tmp_path) -> None:
@@ -262,3 +267,17 @@ def test_transcribe_eval_and_the_python_api_take_a_bundle(lora_run, lora_bundle,
         outputs[name] = ([json.loads(line)["text"] for line in said.stdout.splitlines()], report["overall"])
     assert outputs["bundle"] == outputs["ckpt"]
     assert [t.text for t in macasr.load(str(lora_bundle), "cpu").transcribe(clips)] == outputs["ckpt"][0]
+
+
+def test_pickled_weights_never_enter_a_bundle(lora_run, tiny_models, tmp_path, monkeypatch) -> None:
+    pickled = shutil.copytree(tiny_models[1], tmp_path / "pickled")
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    source = export.PartSource("llm", str(pickled), pickled, True, None, "frozen")
+    with pytest.raises(CheckpointError, match=r"pickled.*holds no \.safetensors weights"):
+        export.write_part(tmp_path / "part", source, None, code=False)
+    assert not (tmp_path / "part" / "pytorch_model.bin").exists()
+    write = export.write_bundle
+    monkeypatch.setattr(export, "write_bundle", lambda root, *a: (write(root, *a), (root / "llm" / "extra.bin").write_bytes(b"x")))
+    with pytest.raises(CheckpointError, match=r"llm/extra.bin would be a pickle file"):
+        export.export_bundle(lora_run, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part", "pickled"]

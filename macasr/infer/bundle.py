@@ -22,6 +22,7 @@ bundle's folders) and loading the trained weights from the files above, checked 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,26 @@ def from_peft_name(key: str, part: str) -> str:
     if at is not None:
         pieces.insert(at + 1, ADAPTER_NAME)
     return HF_MODULE[part] + ".".join(pieces)
+
+
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The hub cache's folder of the revision `main` points to (named after its commit), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def warn_on_new_revisions(folder: Path, manifest: dict[str, Any]) -> None:
+    """Warn when a hub model the bundle names was exported at another revision than the one just
+    loaded: its frozen weights are then not those the connector and adapters were trained with."""
+    for part, info in manifest.get("parts", {}).items():
+        if info.get("folder") or not info.get("revision"):
+            continue
+        loaded = hub_snapshot(info["source"])
+        if loaded is not None and loaded.name != info["revision"]:
+            warnings.warn(f"{folder}: its {part} {info['source']} was exported at revision {info['revision']}, but revision "
+                          f"{loaded.name} was loaded; transcripts may differ from the exported model's", stacklevel=3)
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -152,6 +173,7 @@ def restore_bundle(path: str | Path, device: str = "auto", precision: str | None
     model = build_model(cfg, dev, precision)
     state = trained_state(folder, cfg, model)
     load_trainable(model, state, folder, f"its {CONFIG}")
+    warn_on_new_revisions(folder, manifest)
     model.eval()
     data = {"config": _plain(cfg), "model": state, "step": manifest.get("step", 0), "metrics": manifest.get("metrics", {}), "bundle": manifest}
     return Restored(model, cfg, dev, precision, data)

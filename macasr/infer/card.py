@@ -57,7 +57,7 @@ def report_table(report: dict[str, Any]) -> list[str]:
     numeric = [k for row in rows.values() if isinstance(row, dict) for k, v in row.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) or (k in REPORT_COLUMNS and v is None)]
     keys = [k for k in REPORT_COLUMNS if k in numeric] + sorted(set(numeric) - set(REPORT_COLUMNS))
-    header = ["Dataset", *(REPORT_COLUMNS.get(k, k) for k in keys)]
+    header = ["Dataset", *(REPORT_COLUMNS.get(k, k.replace("_", " ")) for k in keys)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         row = row if isinstance(row, dict) else {}

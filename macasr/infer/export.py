@@ -72,16 +72,8 @@ def part_source(cfg: Config, part: str) -> PartSource:
     folder = Path(part_cfg.path).expanduser()
     if folder.is_dir():
         return PartSource(part, part_cfg.path, folder.resolve(), True, None, weights)
-    snapshot = hub_snapshot(part_cfg.path)
+    snapshot = bundle.hub_snapshot(part_cfg.path)
     return PartSource(part, part_cfg.path, snapshot, False, snapshot.name if snapshot else None, weights)
-
-
-def hub_snapshot(repo_id: str) -> Path | None:
-    """The hub cache's folder of the revision `main` points to (named after its commit), or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "config.json")
-    return Path(found).parent if isinstance(found, str) else None
 
 
 # ----------------------------------------------------------------------------- checks before any work
