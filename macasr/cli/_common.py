@@ -67,6 +67,6 @@ def check_device(value: str) -> str:
     return value
 
 
-CheckpointOpt = Annotated[Path, typer.Option("--ckpt", help="Training checkpoint (best.pt, last.pt).", show_default=False)]
+CheckpointOpt = Annotated[Path, typer.Option("--ckpt", help="Training checkpoint (best.pt, last.pt), or a bundle folder written by `macasr export`.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps, xpu.", callback=check_device)]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Clips decoded together (default: [eval] batch_size).", min=1, show_default=False)]

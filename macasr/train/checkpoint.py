@@ -248,7 +248,11 @@ class Restored:
 
 def restore_model(path: str | Path, device: str = "auto", precision: str | None = None) -> Restored:
     """Rebuild the model a checkpoint was trained as (frozen parts from their ids or folders,
-    trained weights from the file), in eval mode."""
+    trained weights from the file), in eval mode. A folder is read as a bundle of `macasr export`."""
+    if Path(path).is_dir():
+        from macasr.infer.bundle import restore_bundle
+
+        return restore_bundle(path, device, precision)
     from macasr import config as config_module
     from macasr.errors import ConfigError
     from macasr.model.build import build_model, resolve_device, resolve_precision
