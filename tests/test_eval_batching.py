@@ -4,6 +4,7 @@ on how clips are batched (greedy and beam)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,24 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def lively(tiny_config):
-    """The tiny model with livelier random LM weights, so each clip gets its own transcript."""
+def lively_config(tiny_config, tmp_path_factory):
+    """The tiny config with an LLM of livelier random weights, saved as a model folder (so that a
+    checkpoint restores it too): each clip gets its own transcript."""
+    folder = tmp_path_factory.mktemp("lively") / "llm"
+    shutil.copytree(tiny_config.model.llm.path, folder)  # its tokenizer; the weights are replaced
     torch.manual_seed(0)
-    model = build_model(tiny_config).eval()
+    llm = build_model(tiny_config).llm
     with torch.no_grad():
-        for weight in (p for p in model.llm.parameters() if p.dim() == 2):
+        for weight in (p for p in llm.parameters() if p.dim() == 2):
             weight.normal_(0.0, WEIGHT_STD)
-    return model
+    llm.save_pretrained(folder)
+    return config_module.replace(tiny_config, **{"model.llm.path": str(folder)})
+
+
+@pytest.fixture(scope="module")
+def lively(lively_config):
+    torch.manual_seed(0)
+    return build_model(lively_config).eval()
 
 
 def _cuts(durations: list[float]) -> list:
@@ -48,11 +59,11 @@ def test_batch_seconds_bounds_the_padded_audio_of_each_batch() -> None:
 
 
 @pytest.mark.parametrize("beams", [1, 3])
-def test_results_are_the_same_for_any_batching(lively, tiny_config, corpus, beams: int) -> None:
+def test_results_are_the_same_for_any_batching(lively, lively_config, corpus, beams: int) -> None:
     cuts = list(open_cuts(corpus["test"]))
     runs = []
     for batching in ({"eval.batch_size": 1}, {"eval.batch_size": 3}, {"eval.batch_size": 1, "eval.batch_seconds": 4.0}):
-        cfg = config_module.replace(tiny_config, **{**batching, "eval.num_beams": beams})
+        cfg = config_module.replace(lively_config, **{**batching, "eval.num_beams": beams})
         runs.append(evaluate_cuts(lively, cuts, "test", cfg, torch.device("cpu"), "fp32"))
     hypotheses = [[u.hypothesis for u in s.per_utterance] for s in runs]
     assert len(set(hypotheses[0])) > 1  # the clips get different transcripts: a mix-up would show
@@ -62,8 +73,8 @@ def test_results_are_the_same_for_any_batching(lively, tiny_config, corpus, beam
 
 
 @pytest.fixture(scope="module")
-def lively_ckpt(lively, tiny_config, tmp_path_factory) -> Path:
-    return checkpoint.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", checkpoint.model_payload(lively, tiny_config))
+def lively_ckpt(lively, lively_config, tmp_path_factory) -> Path:
+    return checkpoint.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", checkpoint.model_payload(lively, lively_config))
 
 
 def test_num_beams_and_batch_seconds_options(lively_ckpt: Path, corpus, tmp_path: Path) -> None:
@@ -76,6 +87,7 @@ def test_num_beams_and_batch_seconds_options(lively_ckpt: Path, corpus, tmp_path
     assert reports["greedy"]["decoding"]["num_beams"] == 1 and reports["beam"]["decoding"]["num_beams"] == 3
     hyps = {name: [json.loads(line)["hypothesis"] for line in (tmp_path / f"{name}.utterances.jsonl").read_text().splitlines()]
             for name in reports}
+    assert len(set(hyps["greedy"])) > 1  # the checkpoint restores the lively LLM
     assert hyps["beam"] != hyps["greedy"]  # the option reached the decoder
 
 
