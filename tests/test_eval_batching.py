@@ -83,7 +83,9 @@ def test_num_beams_and_batch_seconds_options(lively_ckpt: Path, corpus, tmp_path
         result = runner.invoke(app, ["eval", "--ckpt", str(lively_ckpt), "--manifest", str(corpus["test"]),
                                      "--report", str(tmp_path / f"{name}.json"), *args])
         assert result.exit_code == 0, result.output
+        assert "Loops %" in result.stdout and "RTFx" in result.stdout  # the rates table
         reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        assert reports[name]["datasets"]["test"]["rtfx"] > 0 and reports[name]["overall"]["decode_seconds"] > 0
     assert reports["greedy"]["decoding"]["num_beams"] == 1 and reports["beam"]["decoding"]["num_beams"] == 3
     hyps = {name: [json.loads(line)["hypothesis"] for line in (tmp_path / f"{name}.utterances.jsonl").read_text().splitlines()]
             for name in reports}
