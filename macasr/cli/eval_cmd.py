@@ -14,13 +14,18 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from macasr.cli._common import BatchSizeOpt, DeviceOpt, console, err_console, fail, handle_errors
+from macasr.errors import MacasrError
+
+if TYPE_CHECKING:  # the CLI imports nothing heavy before a command runs
+    from macasr.config import Config
+    from macasr.evaluate.wer import DatasetScore
 
 
 @contextmanager
@@ -66,6 +71,27 @@ def _decoding_overrides(num_beams: int | None, batch_size: int | None, batch_sec
     return overrides
 
 
+def _print_and_write(scores: list[DatasetScore], cfg: Config, ckpt: Path, report: Path | None) -> None:
+    """Rank 0's part: the clip lines, both tables, the report; exit status 1 for a dataset without WER."""
+    from macasr.evaluate.report import rates_table, wer_table, write_report
+    from macasr.evaluate.run import decoding_options
+
+    for s in scores:
+        for line in s.skipped:
+            err_console.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)
+        for line in s.warnings:
+            err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+    console.print(wer_table(scores, cfg.eval.normalizer, title=f"WER of {ckpt}"))
+    console.print(rates_table(scores))
+    if report:
+        extra = {"checkpoint": str(ckpt), "decoding": dataclasses.asdict(decoding_options(cfg))}  # how it was decoded
+        json_path, jsonl_path = write_report(report, scores, cfg.eval.normalizer, extra=extra)
+        console.print(f"report: {json_path} (per utterance: {jsonl_path})")
+    problems = [f"{s.name}: {s.problem}" for s in scores if s.problem]
+    if problems:
+        raise fail("\n".join(problems))
+
+
 @handle_errors
 def evaluate(
     ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint to score (default: best.pt of --config's run folder).", show_default=False)] = None,
@@ -91,8 +117,8 @@ def evaluate(
             raise fail(f"--compare reads two reports and decodes nothing: drop {', '.join(given)}")
         return _print_comparison(compare)
     from macasr import config as config_module
-    from macasr.evaluate.report import check_report_path, rates_table, wer_table, write_report
-    from macasr.evaluate.run import decoding_options, evaluate_sets, named_sets
+    from macasr.evaluate.report import check_report_path
+    from macasr.evaluate.run import evaluate_sets, named_sets
     from macasr.model.build import resolve_device
     from macasr.train.checkpoint import restore_model
     from macasr.train.ddp import RankShare
@@ -121,21 +147,11 @@ def evaluate(
         with dataset_progress() if world.is_main else contextlib.nullcontext(None) as progress:
             scores = evaluate_sets(restored.model, cfg, sets, restored.device, restored.precision,
                                    progress if world.is_main else None, share=RankShare(world) if world.distributed else None)
-    finally:
-        teardown()
+    except MacasrError as e:  # raised without leaving the group, as training does (NCCL's teardown may wait on the others)
+        if world.distributed and not str(e).startswith("rank "):  # which of the ranks printing it failed
+            e.args = (f"rank {world.rank} of {world.size}: {e}",)
+        raise
+    teardown()
     if not world.is_main:  # rank 0 prints and writes the whole datasets' scores
         raise typer.Exit(1 if any(s.problem for s in scores) else 0)
-    for s in scores:
-        for line in s.skipped:
-            err_console.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)
-        for line in s.warnings:
-            err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
-    console.print(wer_table(scores, cfg.eval.normalizer, title=f"WER of {ckpt}"))
-    console.print(rates_table(scores))
-    if report:
-        extra = {"checkpoint": str(ckpt), "decoding": dataclasses.asdict(decoding_options(cfg))}  # how it was decoded
-        json_path, jsonl_path = write_report(report, scores, cfg.eval.normalizer, extra=extra)
-        console.print(f"report: {json_path} (per utterance: {jsonl_path})")
-    problems = [f"{s.name}: {s.problem}" for s in scores if s.problem]
-    if problems:
-        raise fail("\n".join(problems))
+    _print_and_write(scores, cfg, ckpt, report)

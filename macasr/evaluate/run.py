@@ -153,6 +153,6 @@ def evaluate_sets(
     scores = []
     for name, parts in opened.items():
         cuts = _unique_ids([list(part) for part in parts], [Path(p) for p in sets[name]])
-        on_batch = progress(name, len(cuts)) if progress else None
+        on_batch = progress(name, len(share.mine(cuts) if share else cuts)) if progress else None  # this rank's clips
         scores.append(evaluate_cuts(model, cuts, name, cfg, device, precision, on_batch=on_batch, share=share))
     return scores
