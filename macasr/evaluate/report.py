@@ -96,21 +96,20 @@ def wer_table(scores: Sequence[DatasetScore], normalizer: str, title: str = "WER
     return table
 
 
-RATES_CAPTION = (
-    f"Loops: hypotheses repeating a unit of 1-{LOOP_MAX_WORDS} words {LOOP_MIN_REPEATS} times in a row (not so in the reference) or cut by "
-    "the repeat guard · Empty out: empty hypotheses of non-empty references · No-speech out: non-empty "
-    "hypotheses on clips the VAD found no speech in (n/a: none found, or no VAD) · Hyp/Ref: hypothesis "
-    "words per reference word · RTFx: audio seconds per wall second of decoding"
+RATES_CAPTION = (  # the definitions are in docs/evaluation.md
+    f"Loops: a unit of 1-{LOOP_MAX_WORDS} words {LOOP_MIN_REPEATS}× in a row, or a repeat-guard stop · Empty out: no "
+    "words for a non-empty reference · No-speech out: words on clips the VAD found silent (n/a: none, or no VAD) · "
+    "Hyp/Ref: words · RTFx: audio s per decoding s"
 )
 
 
-def rates_table(scores: Sequence[DatasetScore], title: str = "Why") -> Table:
+def rates_table(scores: Sequence[DatasetScore], title: str = "Degenerate outputs and speed") -> Table:
     """The rates that tell why a WER is bad, one row per dataset (plus "overall" when several);
     "n/a" where a rate has no denominator. Separate from `wer_table` so both fit 80 columns."""
     rows = list(scores)
     if len(rows) > 1:
         rows.append(overall(rows))
-    table = Table(title=title, caption=Text(RATES_CAPTION))
+    table = Table(title=title, caption=Text(RATES_CAPTION), caption_justify="left")
     table.add_column("Dataset", overflow="fold")
     for header in ("Loops %", "Empty out %", "No-speech out %", "Hyp/Ref", "RTFx"):
         table.add_column(header, justify="right")
