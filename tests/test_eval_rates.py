@@ -13,6 +13,7 @@ from rich.console import Console
 from macasr.evaluate.loops import is_loop, looping_units
 from macasr.evaluate.report import rates_table, report_dict, write_report
 from macasr.evaluate.wer import ErrorSpan, overall, score
+from tests.test_eval_runs import _manifest, ckpt  # noqa: F401 (a fixture)
 
 
 def _render(renderable: object) -> str:
@@ -116,3 +117,28 @@ def test_each_utterance_carries_its_aligned_errors(tmp_path: Path) -> None:
 def test_an_empty_hypothesis_of_an_empty_reference_is_no_empty_output() -> None:
     s = score("d", ["a", "b"], ["", "[noise]"], ["", ""], [1.0, 1.0], "english")
     assert s.empty_outputs == 0 and s.empty_output_rate is None  # no reference to miss
+
+
+def test_clips_the_vad_found_silent_are_counted_from_decoded_no_speech(ckpt: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from macasr.cli import app
+    from macasr.evaluate import run as run_module
+
+    manifest = _manifest(tmp_path / "m.jsonl", {"a.wav": True, "b.wav": True, "c.wav": True})
+    real = run_module.decode_loader
+
+    def with_vad(*args: object, **kwargs: object):
+        decoded = real(*args, **kwargs)
+        decoded.no_speech = {0, 2}  # as the VAD helper fills it: dataset indices
+        decoded.hypotheses[2] = ""  # nothing said on one of them
+        return decoded
+
+    monkeypatch.setattr(run_module, "decode_loader", with_vad)
+    result = CliRunner().invoke(app, ["eval", "--ckpt", str(ckpt), "--manifest", str(manifest), "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((tmp_path / "r.json").read_text())["datasets"]["m"]
+    assert (entry["no_speech_clips"], entry["no_speech_outputs"], entry["no_speech_output_rate"]) == (2, 1, 0.5)
+    lines = [json.loads(line) for line in (tmp_path / "r.utterances.jsonl").read_text().splitlines()]
+    assert [line["no_speech"] for line in lines] == [True, False, True]
