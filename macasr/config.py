@@ -214,6 +214,7 @@ class TrainConfig:
 class EvalConfig:
     normalizer: Literal["whisper", "english", "basic", "none"] = option("whisper", "Text normalization before WER: whisper (as published), english (whisper without its punctuation quirks), basic, none.")
     batch_size: int = option(16, "Utterances decoded together.")
+    batch_seconds: float = option(0.0, "Decode batches of up to this many seconds of padded audio (clips x the longest) instead of batch_size clips (0 = use batch_size).")
     max_tokens_per_second: float = option(10.0, "Token cap per second of audio, a backstop for loops (stop: max_tokens).")
     max_tokens_base: int = option(16, "Tokens allowed on top of the per-second cap.")
     num_beams: int = option(1, "Beam width (1 = greedy search).")
@@ -226,6 +227,8 @@ class EvalConfig:
         problems = []
         if self.batch_size < 1:
             problems.append("[eval] batch_size: must be at least 1")
+        if not self.batch_seconds >= 0 or self.batch_seconds == float("inf"):
+            problems.append(f"[eval] batch_seconds: must be 0 (use batch_size) or a positive number of seconds, got {self.batch_seconds}")
         if self.max_tokens_per_second <= 0 or self.max_tokens_base < 1:
             problems.append("[eval] max_tokens_per_second and max_tokens_base: must be positive")
         if self.num_beams < 1:

@@ -177,6 +177,17 @@ def test_report_dict() -> None:
         "deletions",
         "insertions",
         "ref_words",
+        "hyp_words",
+        "length_ratio",
+        "loops",
+        "loop_rate",
+        "empty_outputs",
+        "empty_output_rate",
+        "no_speech_clips",
+        "no_speech_outputs",
+        "no_speech_output_rate",
+        "decode_seconds",
+        "rtfx",
     }
     assert set(rep["overall"]) == keys
     assert set(rep["datasets"]["other"]) == keys | {"skipped_clips", "warnings"}
@@ -205,7 +216,10 @@ def test_write_report_round_trip(tmp_path: Path) -> None:
         "ref_norm": "on the mat",
         "hyp_norm": "on mat",
         "errors": 1,
+        "alignment": [{"type": "delete", "ref": "the", "hyp": "", "position": 1}],
         "stop": "end",
+        "loop": False,
+        "no_speech": False,
     }
     assert sorted(p.name for p in json_path.parent.iterdir()) == [
         "eval.json",

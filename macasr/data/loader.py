@@ -425,10 +425,20 @@ def indexed(cuts: Iterable[Cut]) -> Iterator[Cut]:
         yield fastcopy(cut, custom={**(cut.custom or {}), "index": i})
 
 
-def eval_sampler(cuts: Sequence[Cut], batch_size: int) -> SimpleCutSampler:
-    """Batches of up to `batch_size` cuts, longest first (memory peaks at once); one process."""
-    ordered = CutSet.from_cuts(sorted(cuts, key=lambda c: -c.duration))
-    return SimpleCutSampler(ordered, max_cuts=batch_size, shuffle=False, rank=0, world_size=1)
+def eval_sampler(cuts: Sequence[Cut], batch_size: int, batch_seconds: float = 0.0) -> Iterable[CutSet]:
+    """Batches longest first (memory peaks at once); one process. Each holds up to `batch_size`
+    cuts or, with `batch_seconds` > 0, as many as keep the padded audio (cuts × the longest, what
+    memory holds, as lhotse's max_duration counts it) within `batch_seconds`; a longer cut goes alone."""
+    ordered = sorted(cuts, key=lambda c: -c.duration)
+    if batch_seconds <= 0:
+        return SimpleCutSampler(CutSet.from_cuts(ordered), max_cuts=batch_size, shuffle=False, rank=0, world_size=1)
+    batches: list[list[Cut]] = []
+    for cut in ordered:
+        if batches and (len(batches[-1]) + 1) * batches[-1][0].duration <= batch_seconds:
+            batches[-1].append(cut)
+        else:
+            batches.append([cut])
+    return [CutSet.from_cuts(batch) for batch in batches]
 
 
 def check_bad_clips(batch: Batch, on_bad_clip: str) -> None:

@@ -8,11 +8,13 @@ always has its complete JSONL beside it.
 A report must never be lost after hours of decoding: `check_report_path` is meant to run before
 decoding starts, and writing never fails on a value that JSON cannot hold (a non-finite number
 becomes null, a lone surrogate in a transcript is written as its JSON escape).
-A dataset without a WER (see `DatasetScore.problem`) shows "n/a" in tables and null in JSON.
+A dataset without a WER (see `DatasetScore.problem`) shows "n/a" in tables and null in JSON; so
+does a rate without a denominator (`rates_table`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from macasr.errors import MacasrError
+from macasr.evaluate.loops import LOOP_MAX_WORDS, LOOP_MIN_REPEATS
 from macasr.evaluate.wer import DatasetScore, overall
 from macasr.fileio import write_atomic
 
@@ -34,6 +37,14 @@ MISSING = "n/a"  # shown for a rate that does not exist (no utterance, no refere
 def _rate(s: DatasetScore, rate: float) -> str:
     """A percentage, or n/a when the dataset has no WER (never 0.00 % over nothing)."""
     return MISSING if s.problem else f"{100.0 * rate:.2f}"
+
+
+def _percent(rate: float | None) -> str:
+    return MISSING if rate is None else f"{100.0 * rate:.2f}"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return MISSING if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def _hours(hours: float) -> str:
@@ -85,8 +96,35 @@ def wer_table(scores: Sequence[DatasetScore], normalizer: str, title: str = "WER
     return table
 
 
+RATES_CAPTION = (  # the definitions are in docs/evaluation.md
+    f"Loops: a unit of 1-{LOOP_MAX_WORDS} words {LOOP_MIN_REPEATS}× in a row, or a repeat-guard stop · Empty out: no "
+    "words for a non-empty reference · No-speech out: words on clips the VAD found silent (n/a: none, or no VAD) · "
+    "Hyp/Ref: words · RTFx: audio s per decoding s"
+)
+
+
+def rates_table(scores: Sequence[DatasetScore], title: str = "Degenerate outputs and speed") -> Table:
+    """The rates that tell why a WER is bad, one row per dataset (plus "overall" when several);
+    "n/a" where a rate has no denominator. Separate from `wer_table` so both fit 80 columns."""
+    rows = list(scores)
+    if len(rows) > 1:
+        rows.append(overall(rows))
+    table = Table(title=title, caption=Text(RATES_CAPTION), caption_justify="left")
+    table.add_column("Dataset", overflow="fold")
+    for header in ("Loops %", "Empty out %", "No-speech out %", "Hyp/Ref", "RTFx"):
+        table.add_column(header, justify="right")
+    for index, s in enumerate(rows):
+        table.add_row(
+            Text(s.name), _percent(s.loop_rate), _percent(s.empty_output_rate), _percent(s.no_speech_output_rate),
+            _number(s.length_ratio, 3), _number(s.rtfx, 1), end_section=len(rows) > 1 and index == len(rows) - 2,
+        )
+    return table
+
+
 def _summary(s: DatasetScore) -> dict[str, Any]:
-    """Rates are null when the dataset has no WER; `skipped` counts clips that were not scored."""
+    """Rates are null when the dataset has no WER (or, for the others, no denominator); `skipped`
+    counts clips that were not scored. `decode_seconds` and `rtfx` are measurements that differ
+    from run to run; everything else is a result."""
     c = s.counts
     return {
         "wer": None if s.problem else s.wer,
@@ -100,6 +138,17 @@ def _summary(s: DatasetScore) -> dict[str, Any]:
         "deletions": c.deletions,
         "insertions": c.insertions,
         "ref_words": c.ref_words,
+        "hyp_words": c.hyp_words,
+        "length_ratio": s.length_ratio,
+        "loops": s.loops,
+        "loop_rate": s.loop_rate,
+        "empty_outputs": s.empty_outputs,
+        "empty_output_rate": s.empty_output_rate,
+        "no_speech_clips": s.no_speech_clips,
+        "no_speech_outputs": s.no_speech_outputs,
+        "no_speech_output_rate": s.no_speech_output_rate,
+        "decode_seconds": s.decode_seconds,
+        "rtfx": s.rtfx,
     }
 
 
@@ -162,7 +211,10 @@ def _utterance_lines(scores: Iterable[DatasetScore]) -> str:
                 "ref_norm": u.ref_norm,
                 "hyp_norm": u.hyp_norm,
                 "errors": u.errors,
+                "alignment": [dataclasses.asdict(span) for span in u.alignment],
                 "stop": u.stop,
+                "loop": u.loop,
+                "no_speech": u.no_speech,
             }
         )
         for s in scores

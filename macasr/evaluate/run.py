@@ -1,10 +1,13 @@
 """Score a model on sets of cuts: decode, normalize, count errors.
 
-Cuts are decoded longest first in batches of [eval] batch_size; each result is put back at its
-cut's position in the set, so scores and per-utterance lines are the same for any batch size.
+Cuts are decoded longest first in batches of [eval] batch_size clips (or batch_seconds of
+audio); each result is put back at its cut's position in the set, so scores and per-utterance
+lines are the same for any batch size, and for any number of ranks (each decoding a share).
 """
 
 from __future__ import annotations
+
+import time
 
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -54,16 +57,21 @@ def evaluate_cuts(
     cuts = list(indexed(cuts))
     mine = share.mine(cuts) if share is not None else cuts
     decoded = Decoded()
+    started = time.perf_counter()
     if mine:  # a rank may get no clip of a validation set smaller than the number of ranks
-        loader = build_loader(CutDataset(model.encoder.featurizer), eval_sampler(mine, cfg.eval.batch_size), num_workers)
+        sampler = eval_sampler(mine, cfg.eval.batch_size, cfg.eval.batch_seconds)
+        loader = build_loader(CutDataset(model.encoder.featurizer), sampler, num_workers)
         decoded = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch, cfg.data.on_bad_clip)
     if share is not None:
         decoded = share.merge(decoded)
+    seconds = time.perf_counter() - started  # wall time of the decoding (of every rank, once merged)
     kept = [i for i in range(len(cuts)) if i in decoded.hypotheses]
     return score(
         name, [cuts[i].id for i in kept], [transcript(cuts[i]) for i in kept],
         [decoded.hypotheses[i] for i in kept], [cuts[i].duration for i in kept], cfg.eval.normalizer,
-        skipped=decoded.skipped, warnings=decoded.warnings, stops=[decoded.stop_reasons[i] for i in kept],
+        # sorted: the lines come in decoding order, which depends on batching and ranks
+        skipped=sorted(decoded.skipped), warnings=sorted(decoded.warnings), stops=[decoded.stop_reasons[i] for i in kept],
+        no_speech=[i in decoded.no_speech for i in kept], decode_seconds=seconds,
     )
 
 
@@ -131,18 +139,20 @@ def _unique_ids(parts: list[list[Cut]], paths: list[Path]) -> list[Cut]:
 
 def evaluate_sets(
     model: SpeechLLM, cfg: Config, sets: dict[str, list[str]], device: torch.device, precision: str,
-    progress: Callable[[str, int], Callable[[Batch], None]] | None = None,
+    progress: Callable[[str, int], Callable[[Batch], None]] | None = None, share: Share | None = None,
 ) -> list[DatasetScore]:
     """Score each named set of manifests → scores in order (each with its skipped clips).
 
     Every manifest is opened (and checked) before any decoding, so a bad line in the last one
     costs nothing. `progress(name, n_utterances)` may return a per-batch callback (for a progress bar).
+    With `share` (`macasr.train.ddp.RankShare`, several ranks), each rank decodes its share of
+    every set and every rank gets the scores of the whole sets.
     """
     allow = cfg.data.allow_commands
     opened = {name: [open_cuts(path, allow_commands=allow) for path in paths] for name, paths in sets.items()}
     scores = []
     for name, parts in opened.items():
         cuts = _unique_ids([list(part) for part in parts], [Path(p) for p in sets[name]])
-        on_batch = progress(name, len(cuts)) if progress else None
-        scores.append(evaluate_cuts(model, cuts, name, cfg, device, precision, on_batch=on_batch))
+        on_batch = progress(name, len(share.mine(cuts) if share else cuts)) if progress else None  # this rank's clips
+        scores.append(evaluate_cuts(model, cuts, name, cfg, device, precision, on_batch=on_batch, share=share))
     return scores

@@ -11,6 +11,12 @@ empty hypothesis is k deletions. Characters are counted the jiwer way: after whi
 collapsed, the single space between two words is a character too. Every normalizer is treated
 alike here: a reference that is empty after normalization is counted in `empty_references`.
 
+Beside the error counts, a score holds what tells *why* a WER is bad (rates as properties, None
+where the denominator is 0): hypotheses that loop (`loops.is_loop`), empty outputs for a
+non-empty reference, outputs on clips a voice activity detector found no speech in, the
+hypothesis/reference length ratio (words, pooled) and RTFx (audio seconds decoded per wall
+second of decoding; a measurement, not a result: it differs between runs).
+
 A dataset can have no WER at all: when none of its clips could be read (0 utterances) or when
 every reference is empty after normalization (0 reference words). `DatasetScore.problem` then
 says which, and reports show the rate as missing rather than as 0.00 % or a made-up number.
@@ -23,6 +29,7 @@ from dataclasses import dataclass, fields
 
 import jiwer
 
+from macasr.evaluate.loops import is_loop
 from macasr.evaluate.normalize import get_normalizer
 
 
@@ -37,6 +44,11 @@ class ErrorCounts:
     ref_words: int = 0
     char_errors: int = 0
     ref_chars: int = 0
+
+    @property
+    def hyp_words(self) -> int:
+        """Words of the (normalized) hypotheses: every one is a hit, a substitution or an insertion."""
+        return self.hits + self.substitutions + self.insertions
 
     @property
     def word_errors(self) -> int:
@@ -62,8 +74,18 @@ class ErrorCounts:
 
 
 @dataclass(frozen=True)
+class ErrorSpan:
+    """One aligned error of an utterance (a jiwer alignment chunk other than "equal"), in normalized words."""
+
+    type: str  # "substitute", "delete" or "insert"
+    ref: str  # the reference words it concerns ("" for an insertion)
+    hyp: str  # the hypothesis words ("" for a deletion)
+    position: int  # index of its first reference word (an insertion: of the reference word it precedes)
+
+
+@dataclass(frozen=True)
 class UtteranceResult:
-    """One scored utterance: raw and normalized text, and its word errors (S + D + I)."""
+    """One scored utterance: raw and normalized text, its word errors (S + D + I) and where they are."""
 
     id: str
     reference: str
@@ -72,6 +94,9 @@ class UtteranceResult:
     hyp_norm: str
     errors: int
     stop: str = "end"  # why decoding stopped: "end", or the guard that cut it ("repeat", "max_tokens")
+    alignment: tuple[ErrorSpan, ...] = ()  # the errors, in reference order
+    loop: bool = False  # the hypothesis loops (`loops.is_loop`)
+    no_speech: bool = False  # a voice activity detector found no speech in the clip
 
 
 @dataclass(frozen=True)
@@ -81,6 +106,10 @@ class DatasetScore:
     `utterances` counts the scored ones; `skipped` holds one line per clip that could not be
     read (not scored), `warnings` one line per clip that was read but looks wrong, `guard_stops`
     counts hypotheses a decoding guard cut (a loop or the token cap) instead of the end token.
+    `loops` counts looping hypotheses, `empty_outputs` empty hypotheses of non-empty references,
+    `no_speech_clips` the clips the VAD found no speech in and `no_speech_outputs` those of them
+    with a non-empty hypothesis; `decode_seconds` is the wall time decoding took (None: not timed).
+    Text counts are of normalized text.
     """
 
     name: str
@@ -92,6 +121,11 @@ class DatasetScore:
     skipped: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     guard_stops: int = 0
+    loops: int = 0
+    empty_outputs: int = 0
+    no_speech_clips: int = 0
+    no_speech_outputs: int = 0
+    decode_seconds: float | None = None
 
     @property
     def wer(self) -> float:
@@ -103,6 +137,33 @@ class DatasetScore:
         return self.counts.cer
 
     @property
+    def loop_rate(self) -> float | None:
+        """Looping hypotheses per scored utterance."""
+        return _ratio(self.loops, self.utterances)
+
+    @property
+    def empty_output_rate(self) -> float | None:
+        """Empty hypotheses per utterance whose reference is not empty (after normalization)."""
+        return _ratio(self.empty_outputs, self.utterances - self.empty_references)
+
+    @property
+    def no_speech_output_rate(self) -> float | None:
+        """Non-empty hypotheses per clip the VAD found no speech in (None: no such clip, or no VAD)."""
+        return _ratio(self.no_speech_outputs, self.no_speech_clips)
+
+    @property
+    def length_ratio(self) -> float | None:
+        """Hypothesis words over reference words, pooled: > 1 inserts (loops), < 1 drops (early stops)."""
+        return _ratio(self.counts.hyp_words, self.counts.ref_words)
+
+    @property
+    def rtfx(self) -> float | None:
+        """Seconds of audio decoded per wall second of decoding (None: not timed, or nothing decoded)."""
+        if self.decode_seconds is None or self.decode_seconds <= 0 or self.utterances == 0:
+            return None
+        return self.hours * 3600.0 / self.decode_seconds
+
+    @property
     def problem(self) -> str | None:
         """Why this dataset has no WER (one line), or None when it has one."""
         if self.utterances == 0:
@@ -110,6 +171,11 @@ class DatasetScore:
         if self.counts.ref_words == 0:
             return f"every reference is empty after normalization ({_plural(self.utterances, 'utterance')})"
         return None
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    """numerator / denominator, or None for 0/0-like cases (shown as n/a, never as 0)."""
+    return numerator / denominator if denominator > 0 else None
 
 
 def _plural(n: int, word: str) -> str:
@@ -129,8 +195,9 @@ def _check_lengths(**sequences: Sequence[object]) -> None:
         raise ValueError(f"sequences to score differ in length: {detail}")
 
 
-def _empty_pair_counts(ref: str, hyp: str) -> tuple[ErrorCounts, int]:
-    """Counts for a pair where at least one side is empty (both already collapsed)."""
+def _empty_pair_counts(ref: str, hyp: str) -> tuple[ErrorCounts, tuple[ErrorSpan, ...]]:
+    """Counts and errors of a pair where at least one side is empty (both already collapsed):
+    the whole reference deleted, or the whole hypothesis inserted."""
     ref_words, hyp_words = len(ref.split()), len(hyp.split())
     counts = ErrorCounts(
         deletions=ref_words,
@@ -139,24 +206,31 @@ def _empty_pair_counts(ref: str, hyp: str) -> tuple[ErrorCounts, int]:
         char_errors=len(ref) + len(hyp),
         ref_chars=len(ref),
     )
-    return counts, ref_words + hyp_words
+    span = ErrorSpan("delete", ref, "", 0) if ref else ErrorSpan("insert", "", hyp, 0)
+    return counts, (span,) if ref or hyp else ()
 
 
-def _chunk_errors(alignment: Sequence[jiwer.AlignmentChunk]) -> int:
-    """Word errors of one aligned pair: each non-equal chunk costs its longer side."""
-    return sum(
-        max(c.ref_end_idx - c.ref_start_idx, c.hyp_end_idx - c.hyp_start_idx)
+def _spans(alignment: Sequence[jiwer.AlignmentChunk], ref: Sequence[str], hyp: Sequence[str]) -> tuple[ErrorSpan, ...]:
+    """The non-equal chunks of one aligned pair, with their words."""
+    return tuple(
+        ErrorSpan(c.type, " ".join(ref[c.ref_start_idx:c.ref_end_idx]), " ".join(hyp[c.hyp_start_idx:c.hyp_end_idx]),
+                  c.ref_start_idx)
         for c in alignment
         if c.type != "equal"
     )
 
 
-def _align(refs: Sequence[str], hyps: Sequence[str]) -> tuple[ErrorCounts, list[int]]:
-    """Total counts and per-utterance word errors; one jiwer call for all non-empty pairs."""
+def _span_errors(spans: Sequence[ErrorSpan]) -> int:
+    """Word errors of one pair: each error span costs its longer side."""
+    return sum(max(len(s.ref.split()), len(s.hyp.split())) for s in spans)
+
+
+def _align(refs: Sequence[str], hyps: Sequence[str]) -> tuple[ErrorCounts, list[tuple[ErrorSpan, ...]]]:
+    """Total counts and each pair's aligned errors; one jiwer call for all non-empty pairs."""
     _check_lengths(refs=refs, hyps=hyps)
     refs = [_collapse(r) for r in refs]
     hyps = [_collapse(h) for h in hyps]
-    per_utt = [0] * len(refs)
+    per_utt: list[tuple[ErrorSpan, ...]] = [()] * len(refs)
     total = ErrorCounts()
     both = [i for i, (r, h) in enumerate(zip(refs, hyps, strict=True)) if r and h]
     for i in sorted(set(range(len(refs))) - set(both)):
@@ -168,7 +242,7 @@ def _align(refs: Sequence[str], hyps: Sequence[str]) -> tuple[ErrorCounts, list[
     words = jiwer.process_words(ref_sub, hyp_sub)
     chars = jiwer.process_characters(ref_sub, hyp_sub)
     for i, alignment in zip(both, words.alignments, strict=True):
-        per_utt[i] = _chunk_errors(alignment)
+        per_utt[i] = _spans(alignment, refs[i].split(), hyps[i].split())
     char_errors = chars.substitutions + chars.deletions + chars.insertions
     total += ErrorCounts(
         substitutions=words.substitutions,
@@ -197,33 +271,47 @@ def score(
     skipped: Sequence[str] = (),
     warnings: Sequence[str] = (),
     stops: Sequence[str] | None = None,
+    no_speech: Sequence[bool] | None = None,
+    decode_seconds: float | None = None,
 ) -> DatasetScore:
     """Normalize with `normalizer`, then score one dataset; `durations` are in seconds.
 
     `skipped` and `warnings` (one line per clip) are kept on the result for tables and reports;
-    `stops` gives each hypothesis's stop reason (default: all "end").
+    `stops` gives each hypothesis's stop reason (default: all "end"); `no_speech` flags the
+    clips a voice activity detector found no speech in (default: none); `decode_seconds` is the
+    wall time their decoding took (for RTFx).
     """
     stops = ["end"] * len(ids) if stops is None else stops
-    _check_lengths(ids=ids, refs=refs, hyps=hyps, durations=durations, stops=stops)
+    no_speech = [False] * len(ids) if no_speech is None else no_speech
+    _check_lengths(ids=ids, refs=refs, hyps=hyps, durations=durations, stops=stops, no_speech=no_speech)
     normalize = get_normalizer(normalizer)
     ref_norm = [normalize(r) for r in refs]
     hyp_norm = [normalize(h) for h in hyps]
-    counts, errors = _align(ref_norm, hyp_norm)
+    counts, spans = _align(ref_norm, hyp_norm)
     per_utterance = tuple(
-        UtteranceResult(str(i), r, h, rn, hn, e, stop)
-        for i, r, h, rn, hn, e, stop in zip(ids, refs, hyps, ref_norm, hyp_norm, errors, stops, strict=True)
+        UtteranceResult(str(i), r, h, rn, hn, _span_errors(a), stop, a, is_loop(hn, rn, stop), bool(silent))
+        for i, r, h, rn, hn, a, stop, silent in zip(ids, refs, hyps, ref_norm, hyp_norm, spans, stops, no_speech, strict=True)
     )
-    hours = float(sum(durations)) / 3600.0
-    empty = sum(1 for r in ref_norm if not r)
-    guarded = sum(1 for stop in stops if stop != "end")
-    return DatasetScore(name, len(ids), hours, counts, per_utterance, empty, tuple(skipped), tuple(warnings), guarded)
+    return DatasetScore(
+        name, len(ids), float(sum(durations)) / 3600.0, counts, per_utterance,
+        empty_references=sum(1 for r in ref_norm if not r),
+        skipped=tuple(skipped), warnings=tuple(warnings),
+        guard_stops=sum(1 for stop in stops if stop != "end"),
+        loops=sum(u.loop for u in per_utterance),
+        empty_outputs=sum(1 for u in per_utterance if u.ref_norm and not u.hyp_norm),
+        no_speech_clips=sum(u.no_speech for u in per_utterance),
+        no_speech_outputs=sum(1 for u in per_utterance if u.no_speech and u.hyp_norm),
+        decode_seconds=decode_seconds,
+    )
 
 
 def overall(scores: Sequence[DatasetScore]) -> DatasetScore:
-    """Pool several datasets by summing counts (a micro-average); no per-utterance detail."""
+    """Pool several datasets by summing counts (a micro-average); no per-utterance detail.
+    The decode time is pooled only when every dataset's was measured."""
     counts = ErrorCounts()
     for s in scores:
         counts += s.counts
+    seconds = [s.decode_seconds for s in scores]
     return DatasetScore(
         name="overall",
         utterances=sum(s.utterances for s in scores),
@@ -233,4 +321,9 @@ def overall(scores: Sequence[DatasetScore]) -> DatasetScore:
         skipped=tuple(line for s in scores for line in s.skipped),
         warnings=tuple(line for s in scores for line in s.warnings),
         guard_stops=sum(s.guard_stops for s in scores),
+        loops=sum(s.loops for s in scores),
+        empty_outputs=sum(s.empty_outputs for s in scores),
+        no_speech_clips=sum(s.no_speech_clips for s in scores),
+        no_speech_outputs=sum(s.no_speech_outputs for s in scores),
+        decode_seconds=None if not seconds or None in seconds else float(sum(seconds)),  # type: ignore[arg-type]
     )
