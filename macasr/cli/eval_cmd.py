@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from macasr.cli._common import BatchSizeOpt, DeviceOpt, console, err_console, fail, handle_errors
+from macasr.cli._common import BatchSizeOpt, DeviceOpt, VadOpt, console, err_console, fail, handle_errors, vad_override
 
 
 @contextmanager
@@ -27,7 +27,7 @@ def dataset_progress() -> Iterator[Callable[[str, int], Callable[[Any], None]]]:
 
         def start(name: str, total: int) -> Callable[[Any], None]:
             task = progress.add_task(escape(name), total=total)
-            return lambda batch: progress.advance(task, len(batch) + len(batch.skipped))
+            return lambda batch: progress.advance(task, len(batch) + len(batch.skipped) + len(batch.no_speech))
 
         yield start
 
@@ -42,6 +42,7 @@ def evaluate(
     normalizer: Annotated[str | None, typer.Option("--normalizer", help="whisper, english, basic or none (default: [eval] normalizer).", show_default=False)] = None,
     on_bad_clip: Annotated[str | None, typer.Option("--on-bad-clip", help="An unreadable clip: skip (and count it) or error (stop) (default: [data] on_bad_clip).", show_default=False)] = None,
     batch_size: BatchSizeOpt = None,
+    vad: VadOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Decode test sets and print a WER table per dataset and overall."""
@@ -62,6 +63,7 @@ def evaluate(
         overrides["eval.normalizer"] = normalizer
     if batch_size:
         overrides["eval.batch_size"] = batch_size
+    overrides |= vad_override(vad)
     # Re-validate so a bad --normalizer or --on-bad-clip is reported like a bad config key.
     cfg = config_module.from_dict(config_module.to_dict(config_module.replace(restored.config, **overrides)), "command line")
     sets = named_sets(cfg, [str(m) for m in manifest or []], dataset or [])

@@ -33,7 +33,7 @@ from lhotse.utils import fastcopy
 from torch.utils.data import DataLoader, Dataset
 
 from macasr.audio import SAMPLE_RATE, _check_finite
-from macasr.data.collate import BadClip, Batch, Example, collate
+from macasr.data.collate import BadClip, Batch, Example, NoSpeech, collate
 from macasr.data.kaldi import read_sphere_with_soundfile
 from macasr.data.manifest import DURATION_TOLERANCE
 from macasr.errors import DataError
@@ -68,6 +68,10 @@ def bad_clip(cut: Cut, why: str) -> BadClip:
 
 class ClipProblem(Exception):
     """Why one clip cannot be used (a sentence without the file name, which BadClip adds)."""
+
+
+class _Silent(Exception):
+    """The speech gate found no speech in a clip."""
 
 
 def _fit_to_file(cut: Cut) -> Cut:
@@ -145,26 +149,30 @@ class CutDataset(Dataset):
     cached frames as (D, T) (SpecAugment, seeded per clip and epoch).
     The index is a CutSet, or (CutSet, epoch) from `WithEpoch`: augment gets that epoch plus the
     cut's pass in an endless mixture (custom["pass"]).
+    `speech_gate(samples) -> bool` (16 kHz mono float32; `macasr.infer.segment.SpeechGate`) leaves
+    out clips without speech as `NoSpeech` (not featurized, not decoded).
     """
 
     def __init__(
         self, featurizer: Callable[[Any], torch.Tensor], tokenize: Callable[[str], list[int]] | None = None, *,
         augment: Callable[[Cut, int], Cut] | None = None, frames_from: Callable[[Cut], torch.Tensor] | None = None,
         feature_augment: Callable[[torch.Tensor, str, int], torch.Tensor] | None = None,
+        speech_gate: Callable[[np.ndarray], bool] | None = None,
     ) -> None:
         self.featurizer = featurizer
         self.tokenize = tokenize
         self.augment = augment
         self.frames_from = frames_from
         self.feature_augment = feature_augment
+        self.speech_gate = speech_gate
         self.min_samples = int(getattr(featurizer, "n_fft", 0))
 
     def __getitem__(self, index: CutSet | tuple[CutSet, int]) -> Batch:
         cuts, epoch = index if isinstance(index, tuple) else (index, 0)
         return collate([self.example(cut, position, epoch) for position, cut in enumerate(cuts)])
 
-    def example(self, cut: Cut, position: int = 0, epoch: int = 0) -> Example | BadClip:
-        """One cut → an Example, or the BadClip saying why it cannot be used."""
+    def example(self, cut: Cut, position: int = 0, epoch: int = 0) -> Example | BadClip | NoSpeech:
+        """One cut → an Example, the BadClip saying why it cannot be used, or NoSpeech."""
         custom = cut.custom or {}
         if custom.get("problem"):
             return bad_clip(cut, str(custom["problem"]))
@@ -172,6 +180,8 @@ class CutDataset(Dataset):
             features, seconds, encoded = self._features(cut, epoch)
         except ClipProblem as e:
             return bad_clip(cut, str(e))
+        except _Silent:
+            return NoSpeech(int(custom.get("index", position)))
         text = transcript(cut)
         return Example(
             index=int(custom.get("index", position)), id=cut.id, text=text, duration=seconds, features=features,
@@ -193,6 +203,8 @@ class CutDataset(Dataset):
         if self.augment is not None:  # a new draw for each epoch, and each pass of an endless mixture
             cut = self.augment(cut, epoch)
         wave = read_wave(cut, self.min_samples)
+        if self.speech_gate is not None and not self.speech_gate(wave):
+            raise _Silent
         features = self.featurizer(wave)
         if not torch.isfinite(features).all():  # finite audio can still overflow (power spectrum)
             raise ClipProblem(f"its features are not finite (samples peak at {float(np.abs(wave).max()):.3g}); "

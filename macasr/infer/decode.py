@@ -37,7 +37,8 @@ def decode_loader(
 ) -> Decoded:
     """Decode every batch → `Decoded` (transcripts and stop reasons by the cuts' index, and the
     lines for clips skipped or warned about); with on_bad_clip = "error", DataError at the first
-    clip that cannot be read."""
+    clip that cannot be read. Clips the dataset's speech gate found silent get "" (stop "end",
+    nothing was cut) and are listed in `no_speech`."""
     was_training = model.training
     model.eval()
     decoded = Decoded()
@@ -46,6 +47,9 @@ def decode_loader(
             check_bad_clips(batch, on_bad_clip)
             decoded.skipped += batch.skipped
             decoded.warnings += batch.warnings
+            decoded.no_speech.update(batch.no_speech)  # not decoded: an empty transcript
+            decoded.hypotheses.update(dict.fromkeys(batch.no_speech, ""))
+            decoded.stop_reasons.update(dict.fromkeys(batch.no_speech, STOP_END))
             if len(batch):
                 with autocast(device, precision):
                     generated = model.generate_with_stops(batch.to(device), options)

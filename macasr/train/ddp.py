@@ -111,6 +111,7 @@ class RankShare:
             merged.stop_reasons.update(part.stop_reasons)
             merged.skipped += part.skipped
             merged.warnings += part.warnings
+            merged.no_speech |= part.no_speech
         return merged
 
 
