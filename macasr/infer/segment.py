@@ -149,7 +149,8 @@ class Scanner:
     def __init__(self, vad: SileroVAD | None) -> None:
         self.vad = vad
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.carry = np.zeros(0, dtype=np.float32)  # samples not yet in a whole frame
+        self.carry = np.zeros(0, dtype=np.float32)  # samples not yet in a whole VAD frame
+        self.energy_carry = np.zeros(0, dtype=np.float32)  # samples not yet in a whole energy frame
         self.context = np.zeros(CONTEXT, dtype=np.float32)  # the last CONTEXT samples fed to the VAD
         self.probs: list[np.ndarray] = []
         self.rms: list[np.ndarray] = []
@@ -157,20 +158,21 @@ class Scanner:
 
     @torch.no_grad()
     def feed(self, samples: np.ndarray, last: bool = False) -> None:
-        """Add samples; with `last`, the final incomplete frame is zero-padded (as Silero does)."""
+        """Add samples; with `last`, the final incomplete frames count too (the VAD's zero-padded,
+        as Silero does; the energy's over the samples there are)."""
+        samples = samples.astype(np.float32, copy=False)
         self.num_samples += len(samples)
-        buffer = np.concatenate([self.carry, samples.astype(np.float32, copy=False)])
-        whole = len(buffer) // FRAME * FRAME
-        if last and whole < len(buffer):
-            real = len(buffer)
+        energy = np.concatenate([self.energy_carry, samples])
+        whole = len(energy) if last else len(energy) // ENERGY_FRAME * ENERGY_FRAME
+        self.rms.append(_frame_rms(energy[:whole]))
+        self.energy_carry = energy[whole:]
+        buffer = np.concatenate([self.carry, samples])
+        if last and len(buffer) % FRAME:
             buffer = np.pad(buffer, (0, FRAME - len(buffer) % FRAME))
-            whole = len(buffer)
-            self.rms.append(_frame_rms(buffer[:real]))
-        else:
-            self.rms.append(_frame_rms(buffer[:whole]))
+        whole = len(buffer) // FRAME * FRAME
         if whole and self.vad is not None:
             with_context = torch.from_numpy(np.concatenate([self.context, buffer[:whole]]))
-            windows = with_context.unfold(0, CONTEXT + FRAME, FRAME)  # (frames, 576), window k = frame k and the 64 samples before it
+            windows = with_context.unfold(0, CONTEXT + FRAME, FRAME)  # (frames, 576): frame k and the 64 samples before it
             probs, self.state = self.vad(windows, self.state)
             self.probs.append(probs.numpy())
         if whole:
@@ -184,7 +186,7 @@ class Scanner:
 
 
 def _frame_rms(samples: np.ndarray) -> np.ndarray:
-    """RMS of each ENERGY_FRAME samples (a last partial frame on its own); `samples` starts on a frame edge."""
+    """RMS of each ENERGY_FRAME samples (a last partial frame over its own samples); `samples` starts on a frame edge."""
     n = len(samples)
     padded = np.pad(samples, (0, -n % ENERGY_FRAME)).reshape(-1, ENERGY_FRAME)
     counts = np.full(len(padded), ENERGY_FRAME, dtype=np.float32)
@@ -193,8 +195,9 @@ def _frame_rms(samples: np.ndarray) -> np.ndarray:
     return np.sqrt((padded.astype(np.float64) ** 2).sum(axis=1) / counts).astype(np.float32)
 
 
-def pieces(cut: Cut, seconds: float = PIECE_SECONDS) -> Iterator[Cut]:
-    """`cut` as consecutive cuts of at most `seconds` (the last shorter), to read one at a time."""
+def pieces(cut: Cut, seconds: float | None = None) -> Iterator[Cut]:
+    """`cut` as consecutive cuts of at most `seconds` (PIECE_SECONDS by default; the last shorter), to read one at a time."""
+    seconds = seconds or PIECE_SECONDS
     offset = 0.0
     while offset < cut.duration - 1e-9:
         length = min(seconds, cut.duration - offset)

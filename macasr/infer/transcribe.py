@@ -96,7 +96,8 @@ class Transcriber:
             group.append(self._plan(source))
             if not group[-1].spans and on_progress is not None:
                 on_progress(source.duration)  # nothing to decode: done
-            if sum(len(p.spans) for p in group) >= size:
+            segments = sum(len(p.spans) for p in group)
+            if segments >= size or segments == 0:  # a batch's worth, or only inputs with nothing to decode
                 yield from self._decode(group, size, on_progress)
                 group = []
         yield from self._decode(group, size, on_progress)
