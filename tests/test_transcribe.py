@@ -18,7 +18,7 @@ from macasr import config as config_module
 from macasr.audio import SAMPLE_RATE
 from macasr.cli import app
 from macasr.infer import transcribe as transcribe_module
-from macasr.infer.inputs import Source, expand, output_names
+from macasr.infer.inputs import Source, output_names
 from macasr.infer.transcribe import Transcriber
 from macasr.model.build import build_model
 from macasr.train import checkpoint
