@@ -3,6 +3,7 @@ loader, and the plan that splits long audio at pauses."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -190,3 +191,25 @@ def test_max_segment_seconds_must_be_positive(tiny_config) -> None:
 
     with pytest.raises(ConfigError, match=r"\[eval\] max_segment_seconds: must be positive, got 0"):
         config_module.from_dict({"eval": {"max_segment_seconds": 0}}, "test")
+
+
+def test_eval_vad_option(tiny_config, spoken: list[np.ndarray], tmp_path: Path) -> None:
+    """`macasr eval --vad on|off`: silence scored as an empty hypothesis, or decoded."""
+    from typer.testing import CliRunner
+
+    from macasr.cli import app
+    from macasr.model.build import build_model
+    from macasr.train import checkpoint
+
+    ckpt = checkpoint.save_checkpoint(tmp_path / "best.pt", checkpoint.model_payload(build_model(tiny_config), tiny_config))
+    sf.write(tmp_path / "silence.wav", np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text('{"audio": "silence.wav", "text": "hello", "duration": 1.0}\n')
+    hypotheses = {}
+    for vad in ("on", "off"):
+        report = tmp_path / f"{vad}.json"
+        result = CliRunner().invoke(app, ["eval", "--ckpt", str(ckpt), "--manifest", str(manifest), "--vad", vad, "--report", str(report)])
+        assert result.exit_code == 0, result.output
+        (row,) = [json.loads(line) for line in report.with_name(f"{vad}.utterances.jsonl").read_text().splitlines()]
+        hypotheses[vad] = row["hypothesis"]
+    assert hypotheses["on"] == "" and hypotheses["off"] != ""
