@@ -222,6 +222,8 @@ class EvalConfig:
     repeat_ngram_stop: int = option(8, "Repeat guard: end a loop of a 1..n-token unit, once repeated over n tokens and twice (stop: repeat; 0 = off).")
     valid_max_utterances: int = option(0, "Decode at most this many validation utterances (0 = all).")
     test_sets: list[str] = option([], "Datasets (names from [datasets.*]) that `macasr eval` scores when given no --dataset or --manifest.")
+    vad: bool = option(True, "Voice activity detection (Silero VAD): a clip without speech gets an empty transcript instead of being decoded (eval, validation, transcribe).")
+    max_segment_seconds: float = option(30.0, "transcribe: longer audio is decoded in speech segments of at most this many seconds, split at pauses.")
 
     def validate(self) -> list[str]:
         problems = []
@@ -235,6 +237,8 @@ class EvalConfig:
             problems.append(f"[eval] num_beams: must be at least 1, got {self.num_beams}")
         if self.repeat_ngram_stop < 0:
             problems.append(f"[eval] repeat_ngram_stop: must be 0 (off) or positive, got {self.repeat_ngram_stop}")
+        if not self.max_segment_seconds > 0:
+            problems.append(f"[eval] max_segment_seconds: must be positive, got {self.max_segment_seconds}")
         return problems
 
 

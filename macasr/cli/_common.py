@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -67,6 +68,17 @@ def check_device(value: str) -> str:
     return value
 
 
+class OnOff(str, Enum):
+    on = "on"
+    off = "off"
+
+
+def vad_override(vad: OnOff | None) -> dict[str, bool]:
+    """`--vad on|off` as a config override ({} when not given)."""
+    return {} if vad is None else {"eval.vad": vad is OnOff.on}
+
+
 CheckpointOpt = Annotated[Path, typer.Option("--ckpt", help="Training checkpoint (best.pt, last.pt), or a bundle folder written by `macasr export`.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps, xpu.", callback=check_device)]
+VadOpt = Annotated[OnOff | None, typer.Option("--vad", help="Voice activity detection: on (audio without speech gets an empty transcript, undecoded) or off (default: [eval] vad).", show_default=False)]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Clips decoded together (default: [eval] batch_size).", min=1, show_default=False)]

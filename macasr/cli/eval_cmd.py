@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from macasr.cli._common import BatchSizeOpt, DeviceOpt, console, err_console, fail, handle_errors
+from macasr.cli._common import BatchSizeOpt, DeviceOpt, VadOpt, console, err_console, fail, handle_errors, vad_override
 from macasr.errors import MacasrError
 
 if TYPE_CHECKING:  # the CLI imports nothing heavy before a command runs
@@ -36,7 +36,7 @@ def dataset_progress() -> Iterator[Callable[[str, int], Callable[[Any], None]]]:
 
         def start(name: str, total: int) -> Callable[[Any], None]:
             task = progress.add_task(escape(name), total=total)
-            return lambda batch: progress.advance(task, len(batch) + len(batch.skipped))
+            return lambda batch: progress.advance(task, len(batch) + len(batch.skipped) + len(batch.no_speech))
 
         yield start
 
@@ -105,6 +105,7 @@ def evaluate(
     batch_size: BatchSizeOpt = None,
     batch_seconds: Annotated[float | None, typer.Option("--batch-seconds", help="Batch by audio: up to this many seconds of padded audio per batch, instead of --batch-size clips (default: [eval] batch_seconds; 0 = by clips).", show_default=False)] = None,
     compare: Annotated[tuple[Path, Path] | None, typer.Option("--compare", metavar="A.json B.json", help="Compare two --report files (A.json B.json): WER change per dataset and the utterances that changed most; decodes nothing.", show_default=False)] = None,
+    vad: VadOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Decode test sets and print a WER table per dataset and overall."""
@@ -136,6 +137,7 @@ def evaluate(
     if normalizer:
         overrides["eval.normalizer"] = normalizer
     overrides |= _decoding_overrides(num_beams, batch_size, batch_seconds)
+    overrides |= vad_override(vad)
     # Re-validate so a bad --normalizer or --on-bad-clip is reported like a bad config key.
     cfg = config_module.from_dict(config_module.to_dict(config_module.replace(restored.config, **overrides)), "command line")
     sets = named_sets(cfg, [str(m) for m in manifest or []], dataset or [])

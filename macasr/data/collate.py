@@ -25,6 +25,7 @@ class Example:
     targets: list[int]  # transcript ids ending in the end token (empty at inference)
     warnings: list[str] = dataclasses.field(default_factory=list)  # one line per doubt about a clip that is used
     encoded: bool = False
+    no_speech: bool = False  # the VAD found no speech, and the clip is decoded all the same (eval with vad off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,14 @@ class BadClip:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class NoSpeech:
+    """A clip read fine in which the voice activity detector found no speech: it is not decoded
+    and its transcript is empty (`CutDataset(speech_gate=...)`)."""
+
+    index: int
+
+
 @dataclasses.dataclass
 class Batch:
     indices: list[int]
@@ -64,6 +73,7 @@ class Batch:
     bad_clips: list[BadClip] = dataclasses.field(default_factory=list)  # clips left out of the batch
     warnings: list[str] = dataclasses.field(default_factory=list)  # one line per used clip that looks wrong
     encoded: bool = False  # features are cached encoder frames: the model skips its encoder
+    no_speech: list[int] = dataclasses.field(default_factory=list)  # indices of clips the VAD found no speech in (left out, or decoded when flagged)
 
     @property
     def skipped(self) -> list[str]:
@@ -82,9 +92,9 @@ class Batch:
         return dataclasses.replace(self, **pinned)
 
 
-def collate(items: list[Example | BadClip]) -> Batch:
-    """Pad examples into a Batch; BadClips are clips that could not be used; the examples'
-    warnings are gathered on Batch.warnings."""
+def collate(items: list[Example | BadClip | NoSpeech]) -> Batch:
+    """Pad examples into a Batch; BadClips are clips that could not be used, NoSpeech ones clips
+    without speech (their indices on Batch.no_speech); the examples' warnings are gathered on Batch.warnings."""
     examples = [x for x in items if isinstance(x, Example)]
     features = [x.features.T for x in examples]  # (L, C) each, for pad_sequence
     targets = [torch.tensor(x.targets, dtype=torch.long) for x in examples]
@@ -101,4 +111,5 @@ def collate(items: list[Example | BadClip]) -> Batch:
         bad_clips=[x for x in items if isinstance(x, BadClip)],
         warnings=[w for x in examples for w in x.warnings],
         encoded=any(x.encoded for x in examples),
+        no_speech=[x.index for x in items if isinstance(x, NoSpeech) or (isinstance(x, Example) and x.no_speech)],
     )

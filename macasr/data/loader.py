@@ -33,7 +33,7 @@ from lhotse.utils import fastcopy
 from torch.utils.data import DataLoader, Dataset
 
 from macasr.audio import SAMPLE_RATE, _check_finite
-from macasr.data.collate import BadClip, Batch, Example, collate
+from macasr.data.collate import BadClip, Batch, Example, NoSpeech, collate
 from macasr.data.kaldi import read_sphere_with_soundfile
 from macasr.data.manifest import DURATION_TOLERANCE
 from macasr.errors import DataError
@@ -145,41 +145,52 @@ class CutDataset(Dataset):
     cached frames as (D, T) (SpecAugment, seeded per clip and epoch).
     The index is a CutSet, or (CutSet, epoch) from `WithEpoch`: augment gets that epoch plus the
     cut's pass in an endless mixture (custom["pass"]).
+    `speech_gate(samples) -> bool` (16 kHz mono float32; `macasr.infer.segment.SpeechGate`) leaves
+    out clips without speech as `NoSpeech` (not featurized, not decoded); with
+    `decode_without_speech` they are decoded all the same and only flagged (`Example.no_speech`),
+    so eval can count what a model says on them.
     """
 
     def __init__(
         self, featurizer: Callable[[Any], torch.Tensor], tokenize: Callable[[str], list[int]] | None = None, *,
         augment: Callable[[Cut, int], Cut] | None = None, frames_from: Callable[[Cut], torch.Tensor] | None = None,
         feature_augment: Callable[[torch.Tensor, str, int], torch.Tensor] | None = None,
+        speech_gate: Callable[[np.ndarray], bool] | None = None, decode_without_speech: bool = False,
     ) -> None:
         self.featurizer = featurizer
         self.tokenize = tokenize
         self.augment = augment
         self.frames_from = frames_from
         self.feature_augment = feature_augment
+        self.speech_gate = speech_gate
+        self.decode_without_speech = decode_without_speech
         self.min_samples = int(getattr(featurizer, "n_fft", 0))
 
     def __getitem__(self, index: CutSet | tuple[CutSet, int]) -> Batch:
         cuts, epoch = index if isinstance(index, tuple) else (index, 0)
         return collate([self.example(cut, position, epoch) for position, cut in enumerate(cuts)])
 
-    def example(self, cut: Cut, position: int = 0, epoch: int = 0) -> Example | BadClip:
-        """One cut → an Example, or the BadClip saying why it cannot be used."""
+    def example(self, cut: Cut, position: int = 0, epoch: int = 0) -> Example | BadClip | NoSpeech:
+        """One cut → an Example, the BadClip saying why it cannot be used, or NoSpeech."""
         custom = cut.custom or {}
         if custom.get("problem"):
             return bad_clip(cut, str(custom["problem"]))
         try:
-            features, seconds, encoded = self._features(cut, epoch)
+            features, seconds, encoded, speech = self._features(cut, epoch)
         except ClipProblem as e:
             return bad_clip(cut, str(e))
+        if not speech and not self.decode_without_speech:
+            return NoSpeech(int(custom.get("index", position)))
         text = transcript(cut)
         return Example(
             index=int(custom.get("index", position)), id=cut.id, text=text, duration=seconds, features=features,
-            targets=self.tokenize(text) if self.tokenize else [], encoded=encoded,
+            targets=self.tokenize(text) if self.tokenize else [], encoded=encoded, no_speech=not speech,
         )
 
-    def _features(self, cut: Cut, epoch: int) -> tuple[torch.Tensor, float, bool]:
-        """→ (features (C, L), seconds, encoded); ClipProblem when the clip is unusable."""
+    def _features(self, cut: Cut, epoch: int) -> tuple[torch.Tensor, float, bool, bool]:
+        """→ (features (C, L), seconds, encoded, speech: False when the speech gate found none);
+        ClipProblem when the clip is unusable. Without speech (and not `decode_without_speech`)
+        the features are not computed: an empty tensor."""
         cut_id, epoch = cut.id, epoch + int((cut.custom or {}).get("pass", 0))
         if self.frames_from is not None:
             try:
@@ -188,18 +199,21 @@ class CutDataset(Dataset):
                 raise ClipProblem(str(e)) from None
             if self.feature_augment is not None:  # [data] frame_mask: SpecAugment's masks on the frames
                 frames = self.feature_augment(frames, cut_id, epoch)
-            return frames, cut.duration, True
+            return frames, cut.duration, True, True
         cut = _fit_to_file(cut)
         if self.augment is not None:  # a new draw for each epoch, and each pass of an endless mixture
             cut = self.augment(cut, epoch)
         wave = read_wave(cut, self.min_samples)
+        speech = self.speech_gate is None or self.speech_gate(wave)
+        if not speech and not self.decode_without_speech:
+            return torch.zeros(0, 0), len(wave) / SAMPLE_RATE, False, False
         features = self.featurizer(wave)
         if not torch.isfinite(features).all():  # finite audio can still overflow (power spectrum)
             raise ClipProblem(f"its features are not finite (samples peak at {float(np.abs(wave).max()):.3g}); "
                               "expected samples of about -1 to 1")
         if self.feature_augment is not None:
             features = self.feature_augment(features, cut_id, epoch)
-        return features, len(wave) / SAMPLE_RATE, False
+        return features, len(wave) / SAMPLE_RATE, False, speech
 
 
 class WithEpoch:

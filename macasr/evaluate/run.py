@@ -24,6 +24,7 @@ from macasr.data.manifest import manifest_stem, open_cuts
 from macasr.errors import ConfigError
 from macasr.evaluate.wer import DatasetScore, score
 from macasr.infer.decode import Decoded, decode_loader
+from macasr.infer.segment import SpeechGate
 from macasr.model.decoding import DecodingOptions
 from macasr.model.speech_llm import SpeechLLM
 
@@ -51,7 +52,8 @@ def evaluate_cuts(
     """Decode and score one dataset. The score carries the lines of clips that could not be read
     and were left out (`skipped`) and of clips that were read but look wrong (`warnings`);
     `[data] on_bad_clip = "error"` stops at the first unreadable clip instead (DataError).
-    Results are in the order of `cuts`, whatever the batching. With `share` (training on several
+    Results are in the order of `cuts`, whatever the batching. With `[eval] vad`, clips the VAD
+    finds no speech in are not decoded (empty hypothesis, listed in `Decoded.no_speech`). With `share` (training on several
     ranks), this process decodes `share.mine(cuts)` and scores the whole set from `share.merge`.
     """
     cuts = list(indexed(cuts))
@@ -60,7 +62,10 @@ def evaluate_cuts(
     started = time.perf_counter()
     if mine:  # a rank may get no clip of a validation set smaller than the number of ranks
         sampler = eval_sampler(mine, cfg.eval.batch_size, cfg.eval.batch_seconds)
-        loader = build_loader(CutDataset(model.encoder.featurizer), sampler, num_workers)
+        # The VAD always runs: with [eval] vad off it only flags clips without speech, which are
+        # decoded all the same, so the report says what the model invents on them.
+        dataset = CutDataset(model.encoder.featurizer, speech_gate=SpeechGate(), decode_without_speech=not cfg.eval.vad)
+        loader = build_loader(dataset, sampler, num_workers)
         decoded = decode_loader(model, loader, decoding_options(cfg), device, precision, on_batch, cfg.data.on_bad_clip)
     if share is not None:
         decoded = share.merge(decoded)

@@ -37,7 +37,9 @@ def decode_loader(
 ) -> Decoded:
     """Decode every batch → `Decoded` (transcripts and stop reasons by the cuts' index, and the
     lines for clips skipped or warned about); with on_bad_clip = "error", DataError at the first
-    clip that cannot be read."""
+    clip that cannot be read. Clips the dataset's speech gate found silent are listed in
+    `no_speech`; those it left out get "" (stop "end", nothing was cut), those it flagged
+    (`decode_without_speech`) are decoded like any other."""
     was_training = model.training
     model.eval()
     decoded = Decoded()
@@ -46,6 +48,10 @@ def decode_loader(
             check_bad_clips(batch, on_bad_clip)
             decoded.skipped += batch.skipped
             decoded.warnings += batch.warnings
+            decoded.no_speech.update(batch.no_speech)
+            left_out = set(batch.no_speech) - set(batch.indices)  # not decoded: an empty transcript
+            decoded.hypotheses.update(dict.fromkeys(left_out, ""))
+            decoded.stop_reasons.update(dict.fromkeys(left_out, STOP_END))
             if len(batch):
                 with autocast(device, precision):
                     generated = model.generate_with_stops(batch.to(device), options)
