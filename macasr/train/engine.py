@@ -39,8 +39,8 @@ from lhotse.cut import Cut
 
 from macasr.data.collate import BadClip, Batch
 from macasr.data.loader import (
-    CutDataset, NothingToSample, TokenLimit, WithEpoch, build_loader, check_bad_clips, mix_streams, restore_sampler, sampler_state, source_stream,
-    train_sampler,
+    CutDataset, NothingToSample, TokenLimit, WithEpoch, build_loader, check_bad_clips, mix_streams, own_part, restore_sampler,
+    sampler_state, source_stream, train_sampler,
 )
 from macasr.data.manifest import manifest_kind
 from macasr.errors import CheckpointError, DataError, MacasrError
@@ -104,6 +104,11 @@ def _sources(described: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + (f"; {extra}" if extra else "")
 
 
+def _processes(count: int, own_data: bool) -> str:
+    """'2 processes each reading its own part of the data', '1 process'."""
+    return f"{count} process{'es' if count > 1 else ''}" + (" each reading its own part of the data" if own_data else "")
+
+
 class Trainer:
     """Train `model` on `train` (pairs of a `DataSource` and its lazy CutSet), validating on `valid`
     (cuts, at most [eval] valid_max_utterances of them are decoded). `augment(cut, epoch)` and
@@ -121,18 +126,23 @@ class Trainer:
         self.valid = list(valid[: cfg.eval.valid_max_utterances or None])
         t, d = cfg.train, cfg.data
         tokenize = TargetTokenizer(model.tokenizer, model.prompt.end_id)
-        self.endless = len(train) > 1  # a mixture repeats each source without end
+        # Several ranks with a Shar folder: each rank's streams are its own part of the data (run.training_sets),
+        # endless and sampled as one process's; else every rank reads it all and keeps every world.size-th batch.
+        self.own_data = own_part([p for source, _ in train for p in source.manifests], world.rank, world.size)[1] > 1
+        self.positions = [(0, 0)] * world.size  # with own_data: every rank's (epoch, batches_in_epoch) after the last step
+        self.endless = len(train) > 1 or self.own_data  # a mixture repeats each source without end
         # What the data position in last.pt means: the same position in other data is another batch.
         self.data_sources = [dataclasses.asdict(source) for source, _ in train] + [{"min_duration": d.min_duration,
                                                                                      "max_duration": d.max_duration}]
         self.dropped: set[str] = set()  # cuts left out because their target is too long (reported once)
         limit = TokenLimit(lambda text: len(tokenize(text)), decoding_options(cfg), self._too_long)
         streams = [source_stream(cuts, source, d.min_duration, d.max_duration).filter(limit) for source, cuts in train]
-        stream = mix_streams(streams, [source.weight for source, _ in train], t.seed)
+        stream = mix_streams(streams, [source.weight for source, _ in train], t.seed, endless=self.own_data)
+        rank, ranks = (0, 1) if self.own_data else (world.rank, world.size)
         try:
             self.sampler = train_sampler(
                 stream, max_batch_seconds=d.max_batch_seconds, batch_size=d.batch_size, num_buckets=d.num_buckets,
-                quadratic_duration=d.quadratic_duration, seed=t.seed, rank=world.rank, world_size=world.size,
+                quadratic_duration=d.quadratic_duration, seed=t.seed, rank=rank, world_size=ranks,
                 audio_inside=any(manifest_kind(p) == "shar" for source, _ in train for p in source.manifests),
             )
         except NothingToSample:
@@ -242,9 +252,12 @@ class Trainer:
             return
         self.dropped.add(key)
         where = f" ({origin})" if origin else ""
-        self.console.print(f"dropped clip: {cut.id}{where}: its target has {tokens} tokens, more than the {cap} that "
-                           f"{cut.duration:.2f} s allow ([eval] max_tokens_per_second, max_tokens_base); "
-                           f"{len(self.dropped):,} dropped so far", style="yellow", markup=False)
+        line = (f"{cut.id}{where}: its target has {tokens} tokens, more than the {cap} that {cut.duration:.2f} s allow "
+                f"([eval] max_tokens_per_second, max_tokens_base); {len(self.dropped):,} dropped so far")
+        if self.own_data:  # this rank alone reads the clip: rank 0 prints it for all
+            self._report_once("dropped clip", [line])
+        else:
+            self.console.print(f"dropped clip: {line}", style="yellow", markup=False)
 
     # ------------------------------------------------------------------ loop
 
@@ -263,7 +276,7 @@ class Trainer:
                 stopped_early = self._loop(self.metrics)
                 if self._stop_now():
                     self.console.print(f"[yellow]{escape(self.stop.received or 'another rank was stopped')}: "
-                                       f"{escape(self._keep_progress())}")
+                                       f"{escape(self._keep_progress(together=True))}")
             summary = RunSummary.of(self.window, self.step, first_step, self.best_wer, self.best_step, self.run_dir)
         finally:
             faults.close_workers(self.loader)
@@ -319,17 +332,18 @@ class Trainer:
                 if self.step % t.valid_every == 0 or self.step == t.max_steps:
                     with window.paused():  # audio s/s measures training, not validation
                         stopped_early = self._validate(metrics)
-                        self._save("last.pt", with_state=True)
+                        self._save("last.pt", with_state=True, together=True)
                     if stopped_early:
                         return True
                 elif t.save_every and self.step % t.save_every == 0:
-                    self._save("last.pt", with_state=True)
+                    self._save("last.pt", with_state=True, together=True)
         return False
 
-    def _keep_progress(self) -> str:
-        """Save last.pt when steps were taken since the last one → what a stop keeps, for its message."""
+    def _keep_progress(self, together: bool = False) -> str:
+        """Save last.pt when steps were taken since the last one → what a stop keeps, for its message.
+        `together`: every rank calls this at the same point (a stop signal), not one rank that failed."""
         if self.step and self.saved_step != self.step:
-            self._save("last.pt", with_state=True)
+            self._save("last.pt", with_state=True, together=together)
         if self.saved_step is None:
             return "no step was taken yet"
         return f"training stopped at step {self.step}, resumable from {self.run_dir / 'last.pt'} (step {self.saved_step})"
@@ -369,6 +383,8 @@ class Trainer:
         mean_loss, audio_s, shared, self.stopping = ddp.step_totals(self.world, torch.stack(losses).mean(), audio_s,
                                                                     self.pending_bad_clips, bool(self.stop.received))
         self._write_shared_bad_clips(shared)
+        if self.own_data:  # where each rank's own data stands, for rank 0's last.pt
+            self.positions = ddp.data_positions(self.world, (self.epoch, self.batches_in_epoch), mean_loss.device)
         self.grad_norm = norm
         # The one host sync per optimizer step: a step on a NaN/inf loss or gradient would turn
         # every trained weight (and the AdamW moments) into NaN for good.
@@ -462,7 +478,11 @@ class Trainer:
             self.console.print(f"[yellow]early stop: {patience} validation{'s' * (patience > 1)} without a better WER")
         return stop
 
-    def _save(self, name: str, with_state: bool = False) -> None:
+    def _save(self, name: str, with_state: bool = False, together: bool = False) -> None:
+        """Write `name` (rank 0); `with_state`: the training state too (last.pt). `together`: every rank
+        calls this at the same point, so ranks that read their own data can send rank 0 their RNG state
+        (their dropout draws are their own); a rank that failed alone saves without them."""
+        rngs = ddp.gather_lists(self.world, [checkpoint.rng_state()]) if with_state and together and self.own_data else []
         if not self.world.is_main:  # rank 0 alone writes checkpoints; the others only note the step
             self.saved_step = self.step if with_state else self.saved_step
             return
@@ -476,6 +496,9 @@ class Trainer:
                 sampler=sampler_state(self.sampler, epoch, consumed), data_sources=self.data_sources,
                 bad_validations=self.bad_validations, best_kept=self.best.state(),
             )
+            if self.own_data:  # each rank restores its own ("sampler" is rank 0's)
+                payload.update(rank_samplers=[sampler_state(self.sampler, *p) for p in self.positions],
+                               rank_positions=[list(p) for p in self.positions], **({"rank_rng": rngs} if rngs else {}))
         checkpoint.save_checkpoint(self.run_dir / name, payload)
         if with_state:
             self.saved_step = self.step
@@ -526,8 +549,19 @@ class Trainer:
             raise CheckpointError(f"{path}: its data position was saved for other training data ({_sources(data['data_sources'])}; "
                                   f"this config gives {_sources(self.data_sources)}); resume with the [data] train datasets "
                                   "and duration limits it was saved with, or start over with --overwrite")
+        saved = len(data["rank_samplers"]) if "rank_samplers" in data else int(data["sampler"].get("world_size") or 1)
+        if (self.own_data or "rank_samplers" in data) and (saved, "rank_samplers" in data) != (self.world.size, self.own_data):
+            raise CheckpointError(f"{path}: its data position was saved by {_processes(saved, 'rank_samplers' in data)}; "
+                                  f"this run has {_processes(self.world.size, self.own_data)}; resume with the number of "
+                                  f"processes it was saved with (--nproc {saved}), or start over with --overwrite")
+        state = data["sampler"]
+        if self.own_data:
+            state, self.positions = data["rank_samplers"][self.world.rank], [(int(e), int(n)) for e, n in data["rank_positions"]]
+            self.epoch, self.batches_in_epoch = self.step_position = self.positions[self.world.rank]
+            if "rank_rng" in data:  # else (last.pt written after a rank failed) every rank goes on from rank 0's RNG
+                checkpoint.set_rng_state(data["rank_rng"][self.world.rank])
         try:
-            restore_sampler(self.sampler, data["sampler"])
+            restore_sampler(self.sampler, state)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{path}: {e}; resume with the [train] seed, [data] batch limits and number of "
                                   "processes it was saved with, or start over with --overwrite") from None
