@@ -14,6 +14,8 @@ draws the batch, the augmentation and the dropout the uninterrupted run would ha
 Data: each training source's cuts (target text normalized, duration limits applied) are mixed by
 weight into one stream (endless with several sources), clips whose target has more tokens than
 the decoder may emit are dropped and reported, and lhotse's DynamicBucketingSampler batches them.
+With several ranks and a Shar folder among the sources, each rank's stream is its own part of the
+data (loader.own_part), endless, and last.pt holds every rank's data position and RNG state.
 Bad clips are printed once and written once to bad_clips.jsonl in the run folder
 (`[data] on_bad_clip = "skip"`), or stop the run naming the file (`"error"`).
 """
@@ -164,6 +166,7 @@ class Trainer:
         self.best = resuming.BestCheckpoints(self.run_dir, t.keep_best)
         self.stop = faults.StopSignals(self._stopping)
         self.stopping = False  # a stop signal reached this rank, or any rank (they stop after the same step)
+        self.alone = False  # this rank failed, or lost another: no more collectives (for last.pt)
         self.bad_steps = 0  # optimizer steps refused in a row (non-finite loss or gradient)
         self.saved_step: int | None = None  # step of the newest last.pt, the checkpoint a stop keeps
         self.step_position = (0, 0)  # (epoch, batches_in_epoch) after the last optimizer step
@@ -276,7 +279,7 @@ class Trainer:
                 stopped_early = self._loop(self.metrics)
                 if self._stop_now():
                     self.console.print(f"[yellow]{escape(self.stop.received or 'another rank was stopped')}: "
-                                       f"{escape(self._keep_progress(together=True))}")
+                                       f"{escape(self._keep_progress())}")
             summary = RunSummary.of(self.window, self.step, first_step, self.best_wer, self.best_step, self.run_dir)
         finally:
             faults.close_workers(self.loader)
@@ -308,6 +311,7 @@ class Trainer:
         try:
             return self._steps(metrics)
         except (DataError, RankLost) as e:  # RankLost: another rank failed; rank 0 still keeps what was trained
+            self.alone = True
             raise type(e)(f"{e}; {self._keep_progress()}") from None
 
     def _steps(self, metrics: MetricsLog) -> bool:
@@ -332,18 +336,17 @@ class Trainer:
                 if self.step % t.valid_every == 0 or self.step == t.max_steps:
                     with window.paused():  # audio s/s measures training, not validation
                         stopped_early = self._validate(metrics)
-                        self._save("last.pt", with_state=True, together=True)
+                        self._save("last.pt", with_state=True)
                     if stopped_early:
                         return True
                 elif t.save_every and self.step % t.save_every == 0:
-                    self._save("last.pt", with_state=True, together=True)
+                    self._save("last.pt", with_state=True)
         return False
 
-    def _keep_progress(self, together: bool = False) -> str:
-        """Save last.pt when steps were taken since the last one → what a stop keeps, for its message.
-        `together`: every rank calls this at the same point (a stop signal), not one rank that failed."""
+    def _keep_progress(self) -> str:
+        """Save last.pt when steps were taken since the last one → what a stop keeps, for its message."""
         if self.step and self.saved_step != self.step:
-            self._save("last.pt", with_state=True, together=together)
+            self._save("last.pt", with_state=True)
         if self.saved_step is None:
             return "no step was taken yet"
         return f"training stopped at step {self.step}, resumable from {self.run_dir / 'last.pt'} (step {self.saved_step})"
@@ -407,6 +410,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.log(self.step + 1, out_of_memory_seconds=round(seconds, 2))
         if self.cfg.train.on_oom == "stop" or self.world.distributed:  # a rank that skipped would leave the others waiting
+            self.alone = True
             why = "[train] on_oom = \"stop\"" if self.cfg.train.on_oom == "stop" else "several processes cannot skip a step one of them lost"
             line = faults.out_of_memory_line(self.step + 1, seconds, batch.ids, f"stopped ({why})")
             raise MacasrError(f"{line}; {self._keep_progress()}; lower [data] max_batch_seconds or batch_size")
@@ -478,11 +482,10 @@ class Trainer:
             self.console.print(f"[yellow]early stop: {patience} validation{'s' * (patience > 1)} without a better WER")
         return stop
 
-    def _save(self, name: str, with_state: bool = False, together: bool = False) -> None:
-        """Write `name` (rank 0); `with_state`: the training state too (last.pt). `together`: every rank
-        calls this at the same point, so ranks that read their own data can send rank 0 their RNG state
-        (their dropout draws are their own); a rank that failed alone saves without them."""
-        rngs = ddp.gather_lists(self.world, [checkpoint.rng_state()]) if with_state and together and self.own_data else []
+    def _save(self, name: str, with_state: bool = False) -> None:
+        """Write `name` (rank 0); `with_state`: the training state too (last.pt). Ranks that read their own
+        data send rank 0 their RNG state (their dropout draws are their own), unless one failed (`alone`)."""
+        rngs = ddp.gather_lists(self.world, [checkpoint.rng_state()]) if with_state and self.own_data and not self.alone else []
         if not self.world.is_main:  # rank 0 alone writes checkpoints; the others only note the step
             self.saved_step = self.step if with_state else self.saved_step
             return
