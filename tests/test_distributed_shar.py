@@ -85,7 +85,7 @@ def few_cuts_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
 def rank_trainers(cfg, ranks: int = 2) -> list[Trainer]:
     """The Trainer of each of `ranks` ranks, with the training data that rank opens."""
     return [Trainer(cfg, build_model(cfg), *training_sets(cfg, World(r, r, ranks)), torch.device("cpu"), "fp32",
-                    Console(file=io.StringIO()), world=World(r, r, ranks)) for r in range(ranks)]
+                    Console(file=io.StringIO(), width=400), world=World(r, r, ranks)) for r in range(ranks)]
 
 
 def drawn(trainer: Trainer, batches: int) -> list[str]:
@@ -130,6 +130,19 @@ def test_each_rank_trains_on_its_own_shards_endlessly_and_together_on_all(tiny_c
         assert set(drawn(trainer, 10)) <= own
         passes.append(own)
     assert passes[0] | passes[1] == shard_ids(shar, [0, 1, 2, 3]) and not passes[0] & passes[1]
+
+
+def test_a_clip_dropped_for_its_long_target_on_another_rank_is_printed_by_rank_zero(tiny_config, corpus, tmp_path: Path,
+                                                                                   process_group, few_cuts_sampled) -> None:
+    write_shar(corpus["train"], tmp_path / "shar", shard_size=8)
+    cfg = config_module.replace(tiny_config, **{"data.train": [str(tmp_path / "shar")], "train.output_dir": str(tmp_path)})
+    first, second = rank_trainers(cfg)
+    [cut] = islice(second.sampler.cuts[0], 1)
+    second._too_long(cut, 50, 10)  # rank 1 alone reads this clip, and prints nothing
+    [(label, line)] = second.pending_bad_clips
+    assert label == "dropped clip" and line.startswith(f"{cut.id} (") and "its target has 50 tokens, more than the 10" in line
+    first._write_shared_bad_clips(second.pending_bad_clips)
+    assert first.console.file.getvalue().startswith(f"dropped clip: {cut.id} (")
 
 
 def test_without_shar_or_with_one_process_the_ranks_sample_as_before(tiny_config, corpus, tmp_path: Path,
