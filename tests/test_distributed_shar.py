@@ -2,8 +2,8 @@
 of every other manifest), its stream is endless, and last.pt holds every rank's data position.
 
 Two ranks run in this process (a one-process gloo group, so that DDP can be built) to look at
-what each rank's sampler draws; one real two-process run (`macasr train --nproc 2`, gloo on CPU)
-checks that stopping and resuming continues bit for bit.
+what each rank's sampler draws; two real processes (ranks 0 and 1 of a gloo group on CPU, as
+torchrun starts them) check that stopping and resuming continues bit for bit.
 """
 
 from __future__ import annotations
@@ -199,9 +199,10 @@ RANK_SCRIPT = textwrap.dedent("""
     from macasr.data import loader
     from macasr.train import run
     loader.BINS_ESTIMATE_CUTS = loader.SHAR_BUFFER_CUTS = 64  # as few_cuts_sampled does
-    run.teardown = lambda: None  # one process group for all the runs (its start-up is most of the time)
+    leave, run.teardown = run.teardown, lambda: None  # one process group for all the runs (starting is most of the time)
     for toml, how in zip(sys.argv[1::2], sys.argv[2::2]):
         run.train(config.load(toml), resume=how == "resume")
+    leave()
 """)
 
 
