@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from macasr.audio import SAMPLE_RATE, _check_finite
 from macasr.data.collate import BadClip, Batch, Example, NoSpeech, collate
 from macasr.data.kaldi import read_sphere_with_soundfile
-from macasr.data.manifest import DURATION_TOLERANCE
+from macasr.data.manifest import DURATION_TOLERANCE, manifest_kind
 from macasr.errors import DataError
 from macasr.model.decoding import DecodingOptions
 
@@ -341,13 +341,27 @@ class Endless:
                 return
 
 
-def mix_streams(streams: Sequence[CutSet], weights: Sequence[float], seed: int) -> CutSet:
+def mix_streams(streams: Sequence[CutSet], weights: Sequence[float], seed: int, endless: bool = False) -> CutSet:
     """One stream from several: each next cut comes from stream i with probability
     weights[i] / sum(weights) (`CutSet.mux`, seeded); each stream repeats without end (`Endless`),
-    so the mixture is endless (training counts optimizer steps). A single stream is returned as is."""
+    so the mixture is endless (training counts optimizer steps). A single stream is returned as is,
+    or repeated without end when `endless`."""
     if len(streams) == 1:
-        return streams[0]
+        return CutSet(Endless(streams[0])) if endless else streams[0]
     return CutSet.mux(*(CutSet(Endless(s)) for s in streams), weights=list(weights), seed=seed)
+
+
+def own_part(manifests: Iterable[str | Path], rank: int, size: int) -> tuple[int, int]:
+    """The share of the training manifests rank `rank` of `size` reads: (rank, size) when there are
+    several ranks and a Shar folder among them (each rank reads its own shards, and every size-th
+    cut of the other manifests: `open_cuts(part=...)`), else (0, 1): every rank reads all of it
+    and the sampler keeps every size-th batch (`train_sampler(rank=, world_size=)`).
+
+    With its own part a rank's stream is endless (`mix_streams(endless=True)`) and sampled as one
+    process's: the ranks' parts end at different places, and training counts optimizer steps."""
+    if size > 1 and any(manifest_kind(p) == "shar" for p in manifests):
+        return rank, size
+    return 0, 1
 
 
 class NothingToSample(DataError):

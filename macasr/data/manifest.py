@@ -25,6 +25,7 @@ import hashlib
 import json
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -334,14 +335,28 @@ def utterance_cut(u: Utterance, origin: str) -> MonoCut:
 
 
 class JsonlCuts:
-    """A macasr JSONL manifest as an iterable of cuts, re-read on every pass (lazy, picklable)."""
+    """A macasr JSONL manifest as an iterable of cuts, re-read on every pass (lazy, picklable).
+    `part` = (rank, size): only the usable rows at positions rank, rank + size, ... become cuts
+    (the others' audio headers are never opened)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, part: tuple[int, int] = (0, 1)) -> None:
+        self.path, self.part = path, part
 
     def __iter__(self) -> Iterator[MonoCut]:
-        for number, u in _entries(self.path):
-            yield utterance_cut(u, f"{self.path}:{number}")
+        rank, size = self.part
+        for position, (number, u) in enumerate(_entries(self.path)):
+            if position % size == rank:
+                yield utterance_cut(u, f"{self.path}:{number}")
+
+
+class EveryNth:
+    """The cuts of `cuts` at positions rank, rank + size, ... (lazy, picklable; nothing else is read)."""
+
+    def __init__(self, cuts: Iterable[Cut], rank: int, size: int) -> None:
+        self.cuts, self.rank, self.size = cuts, rank, size
+
+    def __iter__(self) -> Iterator[Cut]:
+        return islice(self.cuts, self.rank, None, self.size)
 
 
 def with_one_supervision(cut: Cut, origin: str, allow_commands: bool = False) -> Cut:
@@ -398,9 +413,10 @@ def shar_part(folder: Path, rank: int, size: int) -> dict[str, list[str]]:
 def _raw_cuts(path: Path, kind: Kind, shuffle_shards: bool = False, seed: int = 0, audio: bool = True,
               part: tuple[int, int] = (0, 1)) -> CutSet:
     if kind == "macasr":
-        return CutSet(JsonlCuts(path))
+        return CutSet(JsonlCuts(path, part))
     if kind == "lhotse":
-        return CutSet.from_jsonl_lazy(path)
+        cuts = CutSet.from_jsonl_lazy(path)
+        return cuts if part[1] == 1 else CutSet(EveryNth(cuts, *part))
     if not audio:  # the cuts' metadata alone, without reading the audio tar files
         return CutSet.from_shar(fields={"cuts": [str(p) for p in _shar_shards(path)]})
     if part[1] > 1:
@@ -414,13 +430,18 @@ def open_cuts(path: str | Path, *, shuffle_shards: bool = False, seed: int = 0, 
     supervision each, after one streaming check of every row (`check_manifest`).
 
     `shuffle_shards` (Shar only) reads the shards in an order drawn from `seed` (and the epoch).
-    `part` = (rank, size) (Shar only) reads only that rank's shards (`shar_part`); other kinds are read whole.
+    `part` = (rank, size) reads only that rank's share, disjoint from the other ranks' and together
+    all of it: its own Shar shards (`shar_part`), or every size-th cut of another kind from
+    position rank. DataError when there are fewer shards (cuts) than ranks: a rank would read nothing.
     Cuts whose audio a shell command produces (lhotse "command" sources, Kaldi pipes) are bad clips
     unless `allow_commands`: a shared manifest must not run code on the reader's machine unasked.
     Raises DataError naming the file (and lines) when it is missing, of no known kind, or bad.
     """
     path = Path(path)
     kind = check_manifest(path)
+    if kind != "shar" and (count := manifest_summary(path, kind).cuts) < part[1]:
+        raise DataError(f"{path}: {count} clip{'s' if count != 1 else ''} cannot give each of {part[1]} processes "
+                        "its own; give it more clips, or train with fewer processes")
     cuts = _raw_cuts(path, kind, shuffle_shards, seed, part=part)
     if kind == "macasr":
         return cuts

@@ -85,6 +85,15 @@ def step_totals(world: World, mean_loss: torch.Tensor, audio_s: float, pending: 
     return (summed[0] / world.size).to(mean_loss.dtype), audio_total, shared, stopping_total > 0
 
 
+def data_positions(world: World, mine: tuple[int, int], device: torch.device) -> list[tuple[int, int]]:
+    """Every rank's data position (epoch, batches drawn in it), in rank order, from one small
+    all-reduce on `device` (each rank fills its own row); [mine] in one process. Ranks that read
+    their own parts of the data are at different positions, and rank 0 writes them all to last.pt."""
+    table = torch.zeros(world.size, 2, dtype=torch.int64, device=device)
+    table[world.rank] = torch.tensor(mine, dtype=torch.int64)
+    return [(int(epoch), int(drawn)) for epoch, drawn in distributed.sum_tensor_over_ranks(world, table).tolist()]
+
+
 def gather_lists(world: World, mine: list[T]) -> list[T]:
     """Every rank's list, joined in rank order (a collective; `mine` in one process)."""
     return [item for items in all_gather_object(world, mine) for item in items] if world.distributed else mine

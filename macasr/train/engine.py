@@ -14,6 +14,8 @@ draws the batch, the augmentation and the dropout the uninterrupted run would ha
 Data: each training source's cuts (target text normalized, duration limits applied) are mixed by
 weight into one stream (endless with several sources), clips whose target has more tokens than
 the decoder may emit are dropped and reported, and lhotse's DynamicBucketingSampler batches them.
+With several ranks and a Shar folder among the sources, each rank's stream is its own part of the
+data (loader.own_part), endless, and last.pt holds every rank's data position and RNG state.
 Bad clips are printed once and written once to bad_clips.jsonl in the run folder
 (`[data] on_bad_clip = "skip"`), or stop the run naming the file (`"error"`).
 """
@@ -39,8 +41,8 @@ from lhotse.cut import Cut
 
 from macasr.data.collate import BadClip, Batch
 from macasr.data.loader import (
-    CutDataset, NothingToSample, TokenLimit, WithEpoch, build_loader, check_bad_clips, mix_streams, restore_sampler, sampler_state, source_stream,
-    train_sampler,
+    CutDataset, NothingToSample, TokenLimit, WithEpoch, build_loader, check_bad_clips, mix_streams, own_part, restore_sampler,
+    sampler_state, source_stream, train_sampler,
 )
 from macasr.data.manifest import manifest_kind
 from macasr.errors import CheckpointError, DataError, MacasrError
@@ -104,6 +106,11 @@ def _sources(described: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + (f"; {extra}" if extra else "")
 
 
+def _processes(count: int, own_data: bool) -> str:
+    """'2 processes each reading its own part of the data', '1 process'."""
+    return f"{count} process{'es' if count > 1 else ''}" + (" each reading its own part of the data" if own_data else "")
+
+
 class Trainer:
     """Train `model` on `train` (pairs of a `DataSource` and its lazy CutSet), validating on `valid`
     (cuts, at most [eval] valid_max_utterances of them are decoded). `augment(cut, epoch)` and
@@ -121,18 +128,23 @@ class Trainer:
         self.valid = list(valid[: cfg.eval.valid_max_utterances or None])
         t, d = cfg.train, cfg.data
         tokenize = TargetTokenizer(model.tokenizer, model.prompt.end_id)
-        self.endless = len(train) > 1  # a mixture repeats each source without end
+        # Several ranks with a Shar folder: each rank's streams are its own part of the data (run.training_sets),
+        # endless and sampled as one process's; else every rank reads it all and keeps every world.size-th batch.
+        self.own_data = own_part([p for source, _ in train for p in source.manifests], world.rank, world.size)[1] > 1
+        self.positions = [(0, 0)] * world.size  # with own_data: every rank's (epoch, batches_in_epoch) after the last step
+        self.endless = len(train) > 1 or self.own_data  # a mixture repeats each source without end
         # What the data position in last.pt means: the same position in other data is another batch.
         self.data_sources = [dataclasses.asdict(source) for source, _ in train] + [{"min_duration": d.min_duration,
                                                                                      "max_duration": d.max_duration}]
         self.dropped: set[str] = set()  # cuts left out because their target is too long (reported once)
         limit = TokenLimit(lambda text: len(tokenize(text)), decoding_options(cfg), self._too_long)
         streams = [source_stream(cuts, source, d.min_duration, d.max_duration).filter(limit) for source, cuts in train]
-        stream = mix_streams(streams, [source.weight for source, _ in train], t.seed)
+        stream = mix_streams(streams, [source.weight for source, _ in train], t.seed, endless=self.own_data)
+        rank, ranks = (0, 1) if self.own_data else (world.rank, world.size)
         try:
             self.sampler = train_sampler(
                 stream, max_batch_seconds=d.max_batch_seconds, batch_size=d.batch_size, num_buckets=d.num_buckets,
-                quadratic_duration=d.quadratic_duration, seed=t.seed, rank=world.rank, world_size=world.size,
+                quadratic_duration=d.quadratic_duration, seed=t.seed, rank=rank, world_size=ranks,
                 audio_inside=any(manifest_kind(p) == "shar" for source, _ in train for p in source.manifests),
             )
         except NothingToSample:
@@ -154,6 +166,7 @@ class Trainer:
         self.best = resuming.BestCheckpoints(self.run_dir, t.keep_best)
         self.stop = faults.StopSignals(self._stopping)
         self.stopping = False  # a stop signal reached this rank, or any rank (they stop after the same step)
+        self.alone = False  # this rank failed, or lost another: no more collectives (for last.pt)
         self.bad_steps = 0  # optimizer steps refused in a row (non-finite loss or gradient)
         self.saved_step: int | None = None  # step of the newest last.pt, the checkpoint a stop keeps
         self.step_position = (0, 0)  # (epoch, batches_in_epoch) after the last optimizer step
@@ -242,9 +255,12 @@ class Trainer:
             return
         self.dropped.add(key)
         where = f" ({origin})" if origin else ""
-        self.console.print(f"dropped clip: {cut.id}{where}: its target has {tokens} tokens, more than the {cap} that "
-                           f"{cut.duration:.2f} s allow ([eval] max_tokens_per_second, max_tokens_base); "
-                           f"{len(self.dropped):,} dropped so far", style="yellow", markup=False)
+        line = (f"{cut.id}{where}: its target has {tokens} tokens, more than the {cap} that {cut.duration:.2f} s allow "
+                f"([eval] max_tokens_per_second, max_tokens_base); {len(self.dropped):,} dropped so far")
+        if self.own_data:  # this rank alone reads the clip: rank 0 prints it for all
+            self._report_once("dropped clip", [line])
+        else:
+            self.console.print(f"dropped clip: {line}", style="yellow", markup=False)
 
     # ------------------------------------------------------------------ loop
 
@@ -295,6 +311,7 @@ class Trainer:
         try:
             return self._steps(metrics)
         except (DataError, RankLost) as e:  # RankLost: another rank failed; rank 0 still keeps what was trained
+            self.alone = True
             raise type(e)(f"{e}; {self._keep_progress()}") from None
 
     def _steps(self, metrics: MetricsLog) -> bool:
@@ -369,6 +386,8 @@ class Trainer:
         mean_loss, audio_s, shared, self.stopping = ddp.step_totals(self.world, torch.stack(losses).mean(), audio_s,
                                                                     self.pending_bad_clips, bool(self.stop.received))
         self._write_shared_bad_clips(shared)
+        if self.own_data:  # where each rank's own data stands, for rank 0's last.pt
+            self.positions = ddp.data_positions(self.world, (self.epoch, self.batches_in_epoch), mean_loss.device)
         self.grad_norm = norm
         # The one host sync per optimizer step: a step on a NaN/inf loss or gradient would turn
         # every trained weight (and the AdamW moments) into NaN for good.
@@ -391,6 +410,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.log(self.step + 1, out_of_memory_seconds=round(seconds, 2))
         if self.cfg.train.on_oom == "stop" or self.world.distributed:  # a rank that skipped would leave the others waiting
+            self.alone = True
             why = "[train] on_oom = \"stop\"" if self.cfg.train.on_oom == "stop" else "several processes cannot skip a step one of them lost"
             line = faults.out_of_memory_line(self.step + 1, seconds, batch.ids, f"stopped ({why})")
             raise MacasrError(f"{line}; {self._keep_progress()}; lower [data] max_batch_seconds or batch_size")
@@ -463,6 +483,9 @@ class Trainer:
         return stop
 
     def _save(self, name: str, with_state: bool = False) -> None:
+        """Write `name` (rank 0); `with_state`: the training state too (last.pt). Ranks that read their own
+        data send rank 0 their RNG state (their dropout draws are their own), unless one failed (`alone`)."""
+        rngs = ddp.gather_lists(self.world, [checkpoint.rng_state()]) if with_state and self.own_data and not self.alone else []
         if not self.world.is_main:  # rank 0 alone writes checkpoints; the others only note the step
             self.saved_step = self.step if with_state else self.saved_step
             return
@@ -476,6 +499,9 @@ class Trainer:
                 sampler=sampler_state(self.sampler, epoch, consumed), data_sources=self.data_sources,
                 bad_validations=self.bad_validations, best_kept=self.best.state(),
             )
+            if self.own_data:  # each rank restores its own ("sampler" is rank 0's)
+                payload.update(rank_samplers=[sampler_state(self.sampler, *p) for p in self.positions],
+                               rank_positions=[list(p) for p in self.positions], **({"rank_rng": rngs} if rngs else {}))
         checkpoint.save_checkpoint(self.run_dir / name, payload)
         if with_state:
             self.saved_step = self.step
@@ -526,8 +552,19 @@ class Trainer:
             raise CheckpointError(f"{path}: its data position was saved for other training data ({_sources(data['data_sources'])}; "
                                   f"this config gives {_sources(self.data_sources)}); resume with the [data] train datasets "
                                   "and duration limits it was saved with, or start over with --overwrite")
+        saved = len(data["rank_samplers"]) if "rank_samplers" in data else int(data["sampler"].get("world_size") or 1)
+        if (self.own_data or "rank_samplers" in data) and (saved, "rank_samplers" in data) != (self.world.size, self.own_data):
+            raise CheckpointError(f"{path}: its data position was saved by {_processes(saved, 'rank_samplers' in data)}; "
+                                  f"this run has {_processes(self.world.size, self.own_data)}; resume with the number of "
+                                  f"processes it was saved with (--nproc {saved}), or start over with --overwrite")
+        state = data["sampler"]
+        if self.own_data:
+            state, self.positions = data["rank_samplers"][self.world.rank], [(int(e), int(n)) for e, n in data["rank_positions"]]
+            self.epoch, self.batches_in_epoch = self.step_position = self.positions[self.world.rank]
+            if "rank_rng" in data:  # else (last.pt written after a rank failed) every rank goes on from rank 0's RNG
+                checkpoint.set_rng_state(data["rank_rng"][self.world.rank])
         try:
-            restore_sampler(self.sampler, data["sampler"])
+            restore_sampler(self.sampler, state)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{path}: {e}; resume with the [train] seed, [data] batch limits and number of "
                                   "processes it was saved with, or start over with --overwrite") from None

@@ -18,7 +18,7 @@ from macasr import config as config_module
 from macasr.config import Config
 from macasr.data.augment import build_augmenter
 from macasr.data.cache import frames_from_config
-from macasr.data.loader import chain, duration_range, target_text
+from macasr.data.loader import chain, duration_range, own_part, target_text
 from macasr.data.manifest import dataset_sources, manifest_summary, open_cuts
 from macasr.errors import CheckpointError, ConfigError, DataError, MacasrError
 from macasr.model.build import build_model, parameter_counts, resolve_device, resolve_precision
@@ -47,17 +47,20 @@ def parameter_table(model: SpeechLLM) -> Table:
     return table
 
 
-def training_sets(cfg: Config) -> tuple[list[tuple[Any, CutSet]], list[Cut]]:
+def training_sets(cfg: Config, world: World = World()) -> tuple[list[tuple[Any, CutSet]], list[Cut]]:
     """→ (each [data] train source with its lazy cuts, the validation cuts with their sources'
     target text and name (custom["dataset"], for WER per dataset), at most [eval]
     valid_max_utterances of them). Every manifest is opened (and checked) here, before any
-    model is built."""
+    model is built. With several ranks and a Shar folder among the training manifests, each rank
+    opens only its own part of each (`own_part`; the Trainer then samples it as one process's)."""
     if not cfg.data.train:
         raise ConfigError("[data] train: no training data given")
     seed = cfg.train.seed  # Shar shards are read in a seeded random order
     allow = cfg.data.allow_commands
-    train = [(source, chain([open_cuts(p, shuffle_shards=True, seed=seed, allow_commands=allow) for p in source.manifests]))
-             for source in dataset_sources(cfg, "train")]
+    sources = dataset_sources(cfg, "train")
+    part = own_part([p for source in sources for p in source.manifests], world.rank, world.size)
+    train = [(source, chain([open_cuts(p, shuffle_shards=True, seed=seed, allow_commands=allow, part=part)
+                             for p in source.manifests])) for source in sources]
     valid = [target_text(chain([open_cuts(p, allow_commands=allow) for p in source.manifests]), source)
              .map(partial(with_dataset, source.name)) for source in (dataset_sources(cfg, "valid") if cfg.data.valid else [])]
     cap = cfg.eval.valid_max_utterances or None
@@ -188,7 +191,7 @@ def _locked(cfg: Config, console: Console, resume: bool | str | Path, overwrite:
 def _train(cfg: Config, console: Console, source: Path | None, stale: list[Path], overwrite: bool, world: World,
            device: torch.device) -> TrainResult:
     """`train` once the run folder is checked and locked."""
-    train_set, valid_set = training_sets(cfg)
+    train_set, valid_set = training_sets(cfg, world)
     seed_everything(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision, device)
     model = build_model(cfg, device, precision)
