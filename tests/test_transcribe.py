@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import torch
 from typer.testing import CliRunner
 
 from conftest import noise
@@ -90,6 +91,18 @@ def test_the_python_api_takes_arrays_and_says_no_speech(transcriber: Transcriber
     assert silent.text == "" and silent.segments == () and silent.error is None
     assert empty.text is None and "expected samples as a non-empty" in empty.error and empty.error.startswith("<array 4>")
     assert missing.text is None and missing.error == "nothing.wav: no such audio file"
+
+
+def test_the_python_api_takes_channels_first_arrays_and_one_path_alone(transcriber: Transcriber, spoken: list[np.ndarray],
+                                                                       files: dict[str, Path]) -> None:
+    """(channels, samples) as torchaudio gives is read like (samples, channels); a str is one input."""
+    stereo = np.stack([spoken[0]] * 2, axis=1)  # (samples, 2)
+    as_soundfile, as_torchaudio, odd = transcriber.transcribe([(stereo, SAMPLE_RATE), (torch.from_numpy(stereo.T.copy()), SAMPLE_RATE),
+                                                               (np.zeros((3, 3, 3)), SAMPLE_RATE)])
+    assert as_soundfile.text and as_torchaudio.text == as_soundfile.text and as_torchaudio.error is None
+    assert odd.text is None and odd.error.startswith("<array 2>: ")  # returned, not raised
+    (alone,) = transcriber.transcribe(str(files["speech"]))
+    assert alone.path == str(files["speech"]) and alone.text == as_soundfile.text
 
 
 # ---------------------------------------------------------------- long audio

@@ -63,7 +63,8 @@ def file_cut(path: str, index: int) -> MonoCut:
 
 
 def array_cut(samples: Any, rate: Any, index: int) -> MonoCut:
-    """In-memory audio (1-D samples, or 2-D (samples, channels) as soundfile gives) at `rate` Hz →
+    """In-memory audio (1-D samples, or 2-D (samples, channels) as soundfile gives, or (channels,
+    samples) as torchaudio gives: a 2-D array is read with its longer side as time) at `rate` Hz →
     a cut over it (kept as float32 WAV bytes; read, mixed and resampled as files are).
     DataError naming "<array N>" when the array or rate is not usable."""
     name = f"<array {index}>"
@@ -75,8 +76,14 @@ def array_cut(samples: Any, rate: Any, index: int) -> MonoCut:
     if array.ndim not in (1, 2) or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.number):
         raise DataError(f"{name}: got a {array.dtype} array of shape {array.shape}; expected samples as a non-empty "
                         "1-D array or 2-D (samples, channels)")
+    if array.ndim == 2 and array.shape[1] > array.shape[0]:  # (channels, samples): no clip has more channels than samples
+        array = array.T
     buffer = io.BytesIO()
-    sf.write(buffer, array.astype(np.float32), int(rate), format="WAV", subtype="FLOAT")
+    try:
+        sf.write(buffer, array.astype(np.float32), int(rate), format="WAV", subtype="FLOAT")
+    except (sf.LibsndfileError, ValueError, TypeError) as e:
+        raise DataError(f"{name}: cannot be stored as audio ({' '.join(str(e).split())[:200]}): a {array.dtype} array of "
+                        f"shape {array.shape} at {rate} Hz") from None
     return _whole(Recording.from_bytes(buffer.getvalue(), recording_id=str(index)), name, index)
 
 
@@ -142,8 +149,11 @@ def expand(inputs: Sequence[str | Path], allow_commands: bool = False) -> list[S
     return sources
 
 
-def api_sources(inputs: Sequence[str | Path | tuple[Any, int]]) -> list[Source]:
-    """The Python API's inputs: file paths (one audio file each) or (samples, sample rate) pairs."""
+def api_sources(inputs: str | Path | Sequence[str | Path | tuple[Any, int]]) -> list[Source]:
+    """The Python API's inputs: file paths (one audio file each) or (samples, sample rate) pairs;
+    one path alone (a str or Path, not in a list) is one input, not a sequence of characters."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
     sources = []
     for i, given in enumerate(inputs):
         if isinstance(given, (str, Path)):

@@ -34,7 +34,8 @@ CONTEXT = 64  # samples of the previous frame each window also sees (Silero's co
 ENERGY_FRAME = 160  # samples per RMS value (10 ms), where a segment that must be cut is cut
 CUT_SMOOTHING = 10  # energy frames averaged (100 ms) so a cut lands in a pause, not a plosive's closure
 PIECE_SECONDS = 64.0  # audio read at a time by `scan` (a multiple of both frames: 64 s = 2,000 VAD frames)
-SEGMENT_PAD = 0.5  # seconds of pause kept either side of a segment (at most half the pause)
+SEGMENT_PAD = 0.2  # seconds of pause kept either side of a segment (at most half the pause): enough for a
+# word's soft edges (Silero itself pads 30 ms); more silence than this misleads models trained on trimmed clips
 JOIN_PAUSE = 2.0  # a pause longer than this always ends a segment (no decoding of long silence)
 WEIGHTS = "silero_vad_16k.safetensors"
 

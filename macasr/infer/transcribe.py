@@ -80,19 +80,25 @@ class Transcriber:
         restored = restore_model(path, device)
         return cls(restored.model, restored.config, restored.device, restored.precision)
 
-    def transcribe(self, inputs: Sequence[str | Path | tuple[Any, int]], batch_size: int | None = None) -> list[Transcript]:
+    def transcribe(self, inputs: str | Path | Sequence[str | Path | tuple[Any, int]], batch_size: int | None = None) -> list[Transcript]:
         """One Transcript per input, in order: an audio file path, or a (samples, sample rate) pair
-        (samples 1-D, or 2-D (samples, channels); any rate). Errors are reported per input, never raised."""
+        (samples 1-D, or 2-D (samples, channels) or (channels, samples); any rate); one path alone
+        is one input. Errors are reported per input, never raised."""
         return list(self.stream(api_sources(inputs), batch_size))
 
     def stream(self, sources: Iterable[Source], batch_size: int | None = None,
                on_progress: Callable[[float], None] | None = None) -> Iterator[Transcript]:
         """One Transcript per source, in order, each as soon as its segments are decoded: inputs
         are gathered until they hold a batch of segments, which is then decoded.
-        `on_progress(seconds)` is told the seconds of input audio dealt with, as they are."""
+        `on_progress(seconds)` is told the seconds of input audio dealt with, as they are.
+        `sources` come from `macasr.infer.inputs` (`expand` for CLI inputs, `api_sources` for
+        paths and arrays); TypeError for anything else."""
         size = batch_size or self.cfg.eval.batch_size
         group: list[_Planned] = []
         for source in sources:
+            if not isinstance(source, Source):
+                raise TypeError(f"Transcriber.stream takes Source objects (macasr.infer.inputs.api_sources(paths or "
+                                f"arrays) makes them), got {type(source).__name__}; Transcriber.transcribe takes paths")
             group.append(self._plan(source))
             if not group[-1].spans and on_progress is not None:
                 on_progress(source.duration)  # nothing to decode: done
