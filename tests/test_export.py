@@ -4,6 +4,7 @@ trained parts), holds no pickle, its adapters load with peft's own loader, and b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -134,12 +135,20 @@ def test_peft_loads_the_adapter_and_the_merged_llm_matches(lora_run, lora_bundle
 
 def test_the_model_card_names_the_architecture_and_the_reports_wer(lora_run, tmp_path) -> None:
     report = tmp_path / "report.json"
-    entry = {"wer": 0.1234, "cer": 0.05, "utterances": 20, "hours": 0.01, "substitutions": 3, "deletions": 1, "insertions": 0}
-    report.write_text(json.dumps({"normalizer": "basic", "datasets": {"dev-clean": entry}, "overall": {**entry, "wer": 0.1111}}))
+    entry = {"wer": 0.1234, "cer": 0.05, "utterances": 20, "hours": 0.01, "substitutions": 3, "deletions": 1, "insertions": 0,
+             "loop_rate": 0.05, "decode_seconds": 3.2, "rtfx": 11.5}
+    report.write_text(json.dumps({"normalizer": "basic", "checkpoint": str(lora_run), "decoding": {"num_beams": 4},
+                                  "datasets": {"dev-clean": entry}, "overall": {**entry, "wer": 0.1111}}))
     result = runner.invoke(app, ["export", str(lora_run), "--out", str(tmp_path / "b"), "--report", str(report)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
     card = (tmp_path / "b" / "README.md").read_text()
-    assert "| dev-clean | 20 |" in card and "12.34 %" in card and "11.11 %" in card and "basic" in card
+    assert "| Dataset | Utterances | Hours | WER % | CER % | Sub | Del | Ins | Loops % |" in card  # no timings: they describe a machine
+    assert "| dev-clean | 20 | 0.01 | 12.34 | 5.00 | 3 | 1 | 0 | 5.00 |" in card and "| **overall** | 20 | 0.01 | 11.11 |" in card
+    assert f"checkpoint `{lora_run}`" in card and "normalizer `basic`" in card and "beam search, 4 beams" in card
+    elsewhere = tmp_path / "other.json"
+    elsewhere.write_text(report.read_text().replace(str(lora_run), "runs/other/last.pt"))
+    other = runner.invoke(app, ["export", str(lora_run), "--out", str(tmp_path / "c"), "--report", str(elsewhere)])
+    assert other.exit_code == 0 and "the report scored runs/other/last.pt" in other.output  # a warning, not a refusal
     assert "frozen + LoRA adapters, r = 4" in card and "Steps: 7" in card
     total = sum(p.numel() for p in checkpoint.restore_model(lora_run, "cpu").model.parameters())
     assert f"{total:,}" in card
@@ -159,6 +168,7 @@ def test_bad_inputs_are_one_line(lora_run, lora_bundle, tiny_config, clips, tmp_
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
     assert "not empty" in one_line_failure(["export", str(lora_run), "--out", str(busy)])
+    assert "not a bundle" in one_line_failure(["export", str(lora_run), "--out", str(busy), "--force"])  # --force replaces bundles only
     assert (busy / "keep.txt").read_text() == "mine"
     message = one_line_failure(["export", str(lora_run), "--out", str(lora_run.parent), "--force"])
     assert "which this export reads" in message and lora_run.is_file()
@@ -182,6 +192,7 @@ def test_a_non_bundle_folder_and_a_damaged_bundle_are_refused(lora_bundle, tmp_p
 def test_a_failed_export_leaves_nothing_and_force_replaces_only_on_success(lora_run, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
     out.mkdir()
+    (out / bundle.MANIFEST).write_text("{}")  # an earlier bundle, which --force may replace
     (out / "old.txt").write_text("old")
 
     def broken(*args, **kwargs):
@@ -190,10 +201,14 @@ def test_a_failed_export_leaves_nothing_and_force_replaces_only_on_success(lora_
     monkeypatch.setattr("macasr.infer.card.model_card", broken)
     with pytest.raises(OSError, match="disk full"):
         export.export_bundle(lora_run, out, force=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and sorted(p.name for p in out.iterdir()) == [bundle.MANIFEST, "old.txt"]
     monkeypatch.undo()
     export.export_bundle(lora_run, out, force=True)
     assert not (out / "old.txt").exists() and bundle.is_bundle(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert modes[bundle.CONNECTOR] == 0o666 & ~umask and set(modes.values()) == {0o666 & ~umask}  # safetensors writes 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old folder left
 
 

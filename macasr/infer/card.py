@@ -18,11 +18,13 @@ if TYPE_CHECKING:
     from macasr.config import Config
     from macasr.model.build import PartCount
 
-# Report columns in this order first (rates as percentages); any other number a report holds per
-# dataset (rates eval may add) follows under its own key.
-REPORT_COLUMNS = {"utterances": "Utterances", "hours": "Hours", "wer": "WER", "cer": "CER", "substitutions": "Sub",
-                  "deletions": "Del", "insertions": "Ins"}
-PERCENT = {"wer", "cer"}
+# The card's evaluation columns: what a reader compares with published tables, then the rates
+# that say why a WER is bad. Timings (decode seconds, RTFx) are left out: they describe the
+# machine that decoded, not the model.
+REPORT_COLUMNS = {"utterances": "Utterances", "hours": "Hours", "wer": "WER %", "cer": "CER %", "substitutions": "Sub",
+                  "deletions": "Del", "insertions": "Ins", "loop_rate": "Loops %", "empty_output_rate": "Empty out %",
+                  "no_speech_output_rate": "No-speech out %", "length_ratio": "Hyp/Ref"}
+PERCENT = {"wer", "cer", "loop_rate", "empty_output_rate", "no_speech_output_rate"}
 WEIGHTS = {"frozen": "frozen", "trained": "fully trained", "lora": "frozen + LoRA adapters"}
 
 
@@ -45,25 +47,52 @@ def _number(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     if key in PERCENT:
-        return f"{100 * value:.2f} %"
+        return f"{100 * value:.2f}"
+    if key == "hours":
+        return f"{value:.2f}"
     if isinstance(value, float):
-        return f"{value:.4g}" if key.endswith(("rate", "ratio", "rtfx")) or abs(value) < 100 else f"{value:,.1f}"
+        return f"{value:.2f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _metric(key: str, value: Any) -> str:
+    """'best validation WER: 4.69 %' for the checkpoint's metrics, other keys as they are."""
+    if key == "best_wer" and isinstance(value, (int, float)):
+        return f"best validation WER: {100 * value:.2f} %"
+    if key == "best_step" and isinstance(value, int):
+        return f"best validation step: {value:,}"
+    return f"{key}: {value}"
+
+
 def report_table(report: dict[str, Any]) -> list[str]:
-    """The report's datasets and overall as a Markdown table."""
+    """The report's datasets and overall as a Markdown table (REPORT_COLUMNS that it holds)."""
     rows = {**report["datasets"], "overall": report["overall"]}
-    numeric = [k for row in rows.values() if isinstance(row, dict) for k, v in row.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) or (k in REPORT_COLUMNS and v is None)]
-    keys = [k for k in REPORT_COLUMNS if k in numeric] + sorted(set(numeric) - set(REPORT_COLUMNS))
-    header = ["Dataset", *(REPORT_COLUMNS.get(k, k.replace("_", " ")) for k in keys)]
+    keys = [k for k in REPORT_COLUMNS if any(isinstance(row, dict) and k in row for row in rows.values())]
+    header = ["Dataset", *(REPORT_COLUMNS[k] for k in keys)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         row = row if isinstance(row, dict) else {}
         cells = [f"**{name}**" if name == "overall" else name, *(_number(k, row.get(k)) for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def report_source(report: dict[str, Any], report_name: str | None) -> str:
+    """'From `test.json` (checkpoint `runs/x/best.pt`; normalizer whisper; greedy search):'."""
+    decoding = report.get("decoding") or {}
+    beams = decoding.get("num_beams")
+    search = f"beam search, {beams} beams" if isinstance(beams, int) and beams > 1 else "greedy search" if beams else None
+    facts = [f"checkpoint `{report['checkpoint']}`" if report.get("checkpoint") else "checkpoint not recorded",
+             f"normalizer `{report.get('normalizer', 'unknown')}`", *([search] if search else [])]
+    return f"From `{report_name}` ({'; '.join(facts)}), WER and CER in %:"
+
+
+def scored_elsewhere(report: dict[str, Any], ckpt: Path) -> str | None:
+    """A warning line when the report names a checkpoint other than `ckpt`, else None."""
+    scored = report.get("checkpoint")
+    if not scored or Path(scored).resolve() == ckpt.resolve():
+        return None
+    return f"the report scored {scored}, not {ckpt}: its table describes another checkpoint"
 
 
 def _source(info: dict[str, Any]) -> str:
@@ -118,12 +147,12 @@ def model_card(cfg: Config, manifest: dict[str, Any], counts: dict[str, PartCoun
              f"- Steps: {manifest['step']:,}",
              f"- Training data: {_data(cfg, cfg.data.train)}",
              f"- Validation data: {_data(cfg, cfg.data.valid)}"]
-    lines += [f"- {k}: {v}" for k, v in manifest.get("metrics", {}).items()]
+    lines += [f"- {_metric(k, v)}" for k, v in manifest.get("metrics", {}).items()]
     lines += ["", "## Evaluation", ""]
     if report is None:
         lines.append("No evaluation report was given at export (`macasr export --report report.json`).")
     else:
-        lines += [f"From `{report_name}`, text normalizer `{report.get('normalizer', 'unknown')}`:", "", *report_table(report)]
+        lines += [report_source(report, report_name), "", *report_table(report)]
     return "\n".join([*lines, "", *usage(manifest), ""])
 
 

@@ -88,8 +88,12 @@ def check_destination(out: Path, inputs: list[Path], force: bool) -> None:
     for p in inputs:
         if p.exists() and (p.resolve() == target or target in p.resolve().parents):
             raise MacasrError(f"--out {out}: holds {p}, which this export reads; give a folder outside it")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise MacasrError(f"--out {out}: the folder is not empty; give a new or empty folder, or --force to replace its contents")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise MacasrError(f"--out {out}: the folder is not empty; give a new or empty folder, or --force to replace the bundle in it")
+        if not (out / MANIFEST).is_file():  # --force replaces a bundle, never a folder of other files
+            raise MacasrError(f"--out {out}: holds files but no {MANIFEST}, so it is not a bundle; --force replaces only "
+                              "an earlier bundle: give a new or empty folder")
 
 
 def classify(state: dict[str, torch.Tensor], sources: dict[str, PartSource]) -> dict[str, dict[str, torch.Tensor]]:
@@ -278,6 +282,16 @@ def _temporary_folder(out: Path) -> Path:
             continue
 
 
+def _umask_modes(folder: Path) -> None:
+    """Give every file under `folder` the mode the umask gives new files (0644 under umask 022):
+    safetensors writes its files 0600, which would keep a bundle from others on a shared machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Rename `tmp` to `out`; an existing `out` is moved aside first and deleted only after."""
     old = out.with_name(f".{out.name}.{secrets.token_hex(6)}.old") if out.exists() else None
@@ -322,6 +336,7 @@ def export_bundle(ckpt: str | Path, out: str | Path, *, report: str | Path | Non
         found = pickles(tmp)
         if found:
             raise CheckpointError(f"export to {out} stopped: {found[0].relative_to(tmp)} would be a pickle file; a bundle holds safetensors only")
+        _umask_modes(tmp)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
