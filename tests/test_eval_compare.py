@@ -58,12 +58,16 @@ def test_compare_says_what_cannot_be_compared(tmp_path: Path) -> None:
     a = _report(tmp_path / "a.json", ["the cat sat on the mat", "hello"], extra_set=True)
     b = _report(tmp_path / "b.json", ["the cat sat on the mat", "hello world", "x"], normalizer="english", ids=["u0", "u1", "new"])
     comparison = compare_reports(load_report(a), load_report(b))
-    assert [d.name for d in comparison.datasets] == ["clean"]
+    (clean,) = comparison.datasets
+    assert clean.name == "clean (2 common)"  # b scored one more utterance: a changed test set is no changed model
+    common_b = score("clean", ["u0", "u1"], REFS[:2], ["the cat sat on the mat", "hello world"], [1.0, 1.0], "english")
+    assert clean.wer_a == load_report(a).datasets["clean"]["wer"] and clean.wer_b == pytest.approx(common_b.wer)
+    assert clean.wer_b != load_report(b).datasets["clean"]["wer"]
     assert [c.id for c in comparison.changed["clean"]] == ["u1"]
     assert comparison.notes == [
         f"normalizers differ: {a} used `basic`, {b} `english`; their WERs are not comparable",
         f"only in {a}: other (not compared)",
-        f"clean: 0 utterance(s) only in {a}, 1 only in {b} (not compared)",
+        f"clean: the reports scored different utterances (0 only in {a}, 1 only in {b}); its WERs are over the 2 both scored",
     ]
     result = _compare(a, b)
     assert result.exit_code == 0, result.output

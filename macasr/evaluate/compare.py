@@ -143,14 +143,42 @@ def load_report(path: str | Path) -> LoadedReport:
     return LoadedReport(path, data["normalizer"], datasets, _read_utterances(path))
 
 
-def _pooled(a: LoadedReport, b: LoadedReport, names: list[str]) -> DatasetChange:
-    def wer(report: LoadedReport) -> float | None:
-        entries = [report.datasets[n] for n in names]
-        ref_words = sum(e["ref_words"] for e in entries)
-        errors = sum(e["substitutions"] + e["deletions"] + e["insertions"] for e in entries)
-        return errors / ref_words if ref_words else None
+Counts = tuple[int, int]  # (word errors, reference words)
 
-    return DatasetChange("overall", wer(a), wer(b))
+
+def _summary_counts(entry: dict[str, Any]) -> Counts:
+    return entry["substitutions"] + entry["deletions"] + entry["insertions"], entry["ref_words"]
+
+
+def _utterance_counts(report: LoadedReport, keys: list[tuple[str, str]]) -> Counts:
+    """Word errors and reference words summed over some utterances of a report's JSONL."""
+    lines = [report.utterances[key] for key in keys] if report.utterances is not None else []
+    return sum(int(u["errors"]) for u in lines), sum(len(str(u.get("ref_norm", "")).split()) for u in lines)
+
+
+def _wer(counts: Counts) -> float | None:
+    return counts[0] / counts[1] if counts[1] else None
+
+
+def _dataset_counts(a: LoadedReport, b: LoadedReport, name: str, notes: list[str]) -> tuple[Counts, Counts, str]:
+    """(counts a, counts b, row name) for a dataset of both reports. When they scored different
+    utterances, the WERs are taken over the utterances both scored (from the JSONLs), so a changed
+    test set never shows as a changed model; without the JSONLs such a dataset is not compared."""
+    count_a, count_b = a.datasets[name]["utterances"], b.datasets[name]["utterances"]
+    if a.utterances is not None and b.utterances is not None:
+        keys_a = [key for key in a.utterances if key[0] == name]
+        keys_b = {key for key in b.utterances if key[0] == name}
+        if set(keys_a) == keys_b:
+            return _summary_counts(a.datasets[name]), _summary_counts(b.datasets[name]), name
+        common = [key for key in keys_a if key in keys_b]
+        notes.append(f"{name}: the reports scored different utterances ({len(set(keys_a) - keys_b)} only in {a.path}, "
+                     f"{len(keys_b - set(keys_a))} only in {b.path}); its WERs are over the {len(common)} both scored")
+        return _utterance_counts(a, common), _utterance_counts(b, common), f"{name} ({len(common)} common)"
+    if count_a != count_b:
+        notes.append(f"{name}: {count_a} utterances in {a.path} against {count_b} in {b.path}, and without both "
+                     "per-utterance files the common ones are unknown: not compared")
+        return (0, 0), (0, 0), f"{name} (different utterances)"
+    return _summary_counts(a.datasets[name]), _summary_counts(b.datasets[name]), name
 
 
 def _utterance_changes(a: LoadedReport, b: LoadedReport, names: list[str], top: int,
@@ -165,9 +193,6 @@ def _utterance_changes(a: LoadedReport, b: LoadedReport, names: list[str], top: 
     for name in names:
         ids_a = [key for key in a.utterances if key[0] == name]
         ids_b = {key for key in b.utterances if key[0] == name}
-        only_a, only_b = len(set(ids_a) - ids_b), len(ids_b - set(ids_a))
-        if only_a or only_b:
-            notes.append(f"{name}: {only_a} utterance(s) only in {a.path}, {only_b} only in {b.path} (not compared)")
         pairs = [(a.utterances[key], b.utterances[key]) for key in ids_a if key in ids_b]
         changes = [UtteranceChange(name, ua["id"], ua["errors"], ub["errors"], str(ua.get("ref_norm", "")),
                                    str(ua.get("hyp_norm", "")), str(ub.get("hyp_norm", ""))) for ua, ub in pairs]
@@ -190,9 +215,12 @@ def compare_reports(a: LoadedReport, b: LoadedReport, top: int = TOP_CHANGES) ->
     if not common:
         raise MacasrError(f"reports {a.path} and {b.path} share no dataset ({a.path}: {', '.join(a.datasets) or 'none'}; "
                           f"{b.path}: {', '.join(b.datasets) or 'none'})")
-    datasets = [DatasetChange(name, a.datasets[name]["wer"], b.datasets[name]["wer"]) for name in common]
+    counted = [_dataset_counts(a, b, name, notes) for name in common]
+    datasets = [DatasetChange(row, _wer(ca), _wer(cb)) for ca, cb, row in counted]
+    pooled = DatasetChange("overall", _wer(tuple(map(sum, zip(*(ca for ca, _, _ in counted))))),  # type: ignore[arg-type]
+                           _wer(tuple(map(sum, zip(*(cb for _, cb, _ in counted))))))  # type: ignore[arg-type]
     changed = _utterance_changes(a, b, common, top, notes)
-    return Comparison(a, b, datasets, _pooled(a, b, common), changed, notes)
+    return Comparison(a, b, datasets, pooled, changed, notes)
 
 
 def _percent(rate: float | None, sign: bool = False) -> str:
