@@ -79,7 +79,7 @@ def lively_ckpt(lively, lively_config, tmp_path_factory) -> Path:
 
 def test_num_beams_and_batch_seconds_options(lively_ckpt: Path, corpus, tmp_path: Path) -> None:
     reports = {}
-    for name, args in {"greedy": ["--batch-size", "2"], "beam": ["--num-beams", "3", "--batch-seconds", "3.5"]}.items():
+    for name, args in {"greedy": ["--batch-size", "2"], "beam": ["--num-beams", "3", "--batch-seconds", "3.5", "--repeat-ngram-stop", "2"]}.items():
         result = runner.invoke(app, ["eval", "--ckpt", str(lively_ckpt), "--manifest", str(corpus["test"]),
                                      "--report", str(tmp_path / f"{name}.json"), *args])
         assert result.exit_code == 0, result.output
@@ -87,6 +87,7 @@ def test_num_beams_and_batch_seconds_options(lively_ckpt: Path, corpus, tmp_path
         reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
         assert reports[name]["datasets"]["test"]["rtfx"] > 0 and reports[name]["overall"]["decode_seconds"] > 0
     assert reports["greedy"]["decoding"]["num_beams"] == 1 and reports["beam"]["decoding"]["num_beams"] == 3
+    assert reports["greedy"]["decoding"]["repeat_ngram_stop"] == 8 and reports["beam"]["decoding"]["repeat_ngram_stop"] == 2
     hyps = {name: [json.loads(line)["hypothesis"] for line in (tmp_path / f"{name}.utterances.jsonl").read_text().splitlines()]
             for name in reports}
     assert len(set(hyps["greedy"])) > 1  # the checkpoint restores the lively LLM

@@ -81,4 +81,6 @@ def vad_override(vad: OnOff | None) -> dict[str, bool]:
 CheckpointOpt = Annotated[Path, typer.Option("--ckpt", help="Training checkpoint (best.pt, last.pt), or a bundle folder written by `macasr export`.", show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps, xpu.", callback=check_device)]
 VadOpt = Annotated[OnOff | None, typer.Option("--vad", help="Voice activity detection: on (audio without speech gets an empty transcript, undecoded) or off (default: [eval] vad).", show_default=False)]
+NumBeamsOpt = Annotated[int | None, typer.Option("--num-beams", help="Beam width, 1 = greedy (default: [eval] num_beams).", min=1, show_default=False)]
+RepeatNgramOpt = Annotated[int | None, typer.Option("--repeat-ngram-stop", help="Repeat guard's n, 0 = off (default: [eval] repeat_ngram_stop).", min=0, show_default=False)]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Clips decoded together (default: [eval] batch_size).", min=1, show_default=False)]

@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from macasr.cli._common import BatchSizeOpt, DeviceOpt, VadOpt, console, err_console, fail, handle_errors, vad_override
+from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, DeviceOpt, VadOpt, console, err_console, fail, handle_errors, vad_override
 from macasr.errors import MacasrError
 
 if TYPE_CHECKING:  # the CLI imports nothing heavy before a command runs
@@ -56,13 +56,16 @@ def _print_comparison(paths: tuple[Path, Path]) -> None:
             console.print(f"{escape(name)}: no utterance's word errors changed")
 
 
-def _decoding_overrides(num_beams: int | None, batch_size: int | None, batch_seconds: float | None) -> dict[str, Any]:
+def _decoding_overrides(num_beams: int | None, repeat_ngram_stop: int | None, batch_size: int | None,
+                        batch_seconds: float | None) -> dict[str, Any]:
     """[eval] keys the decoding options replace: --batch-size means clips per batch (batch_seconds 0)."""
     if batch_size and batch_seconds is not None:
         raise fail("give --batch-size (clips per batch) or --batch-seconds (audio seconds per batch), not both")
     overrides: dict[str, Any] = {}
     if num_beams:
         overrides["eval.num_beams"] = num_beams
+    if repeat_ngram_stop is not None:
+        overrides["eval.repeat_ngram_stop"] = repeat_ngram_stop
     if batch_size:
         overrides["eval.batch_size"] = batch_size
         overrides["eval.batch_seconds"] = 0.0
@@ -101,7 +104,8 @@ def evaluate(
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here (+ .utterances.jsonl beside it).", show_default=False)] = None,
     normalizer: Annotated[str | None, typer.Option("--normalizer", help="whisper, english, basic or none (default: [eval] normalizer).", show_default=False)] = None,
     on_bad_clip: Annotated[str | None, typer.Option("--on-bad-clip", help="An unreadable clip: skip (and count it) or error (stop) (default: [data] on_bad_clip).", show_default=False)] = None,
-    num_beams: Annotated[int | None, typer.Option("--num-beams", help="Beam width, 1 = greedy (default: [eval] num_beams).", min=1, show_default=False)] = None,
+    num_beams: NumBeamsOpt = None,
+    repeat_ngram_stop: RepeatNgramOpt = None,
     batch_size: BatchSizeOpt = None,
     batch_seconds: Annotated[float | None, typer.Option("--batch-seconds", help="Batch by audio: up to this many seconds of padded audio per batch, instead of --batch-size clips (default: [eval] batch_seconds; 0 = by clips).", show_default=False)] = None,
     compare: Annotated[tuple[Path, Path] | None, typer.Option("--compare", metavar="A.json B.json", help="Compare two --report files (A.json B.json): WER change per dataset and the utterances that changed most; decodes nothing.", show_default=False)] = None,
@@ -112,7 +116,7 @@ def evaluate(
     if compare:
         given = [flag for flag, value in (("--ckpt", ckpt), ("--manifest", manifest), ("--dataset", dataset), ("--config", config),
                                           ("--report", report), ("--normalizer", normalizer), ("--on-bad-clip", on_bad_clip),
-                                          ("--num-beams", num_beams), ("--batch-size", batch_size),
+                                          ("--num-beams", num_beams), ("--repeat-ngram-stop", repeat_ngram_stop), ("--batch-size", batch_size),
                                           ("--batch-seconds", batch_seconds)) if value not in (None, [], ())]
         if given:
             raise fail(f"--compare reads two reports and decodes nothing: drop {', '.join(given)}")
@@ -136,7 +140,7 @@ def evaluate(
     overrides = {"eval": base.eval, "datasets": base.datasets, "data.on_bad_clip": on_bad_clip or base.data.on_bad_clip}
     if normalizer:
         overrides["eval.normalizer"] = normalizer
-    overrides |= _decoding_overrides(num_beams, batch_size, batch_seconds)
+    overrides |= _decoding_overrides(num_beams, repeat_ngram_stop, batch_size, batch_seconds)
     overrides |= vad_override(vad)
     # Re-validate so a bad --normalizer or --on-bad-clip is reported like a bad config key.
     cfg = config_module.from_dict(config_module.to_dict(config_module.replace(restored.config, **overrides)), "command line")

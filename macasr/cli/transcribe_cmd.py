@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from macasr.cli._common import BatchSizeOpt, CheckpointOpt, DeviceOpt, VadOpt, err_console, fail, handle_errors, vad_override
+from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, CheckpointOpt, DeviceOpt, VadOpt, err_console, fail, handle_errors, vad_override
 
 if TYPE_CHECKING:
     from macasr.infer.inputs import Source
@@ -77,8 +77,8 @@ def transcribe(
     output_format: Annotated[Format, typer.Option("--format", help="txt: the transcript (path<TAB>text for several inputs), with a note on stderr for one a guard cut; json: one object per input (JSON Lines) with `stop` (why decoding stopped: end, repeat, max_tokens) and `segments` (start, end seconds, text), or `error` for an input that failed; srt, vtt: subtitles, one cue per segment.")] = Format.txt,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Write one file per input here, named after it (talk.wav → talk.txt; folders are added to tell apart inputs of the same name), instead of to stdout.", show_default=False)] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Config whose [eval] settings (decoding, vad, batch size, segment length) and [data] allow_commands to use (default: the checkpoint's).", show_default=False)] = None,
-    num_beams: Annotated[int | None, typer.Option("--num-beams", help="Beam width, 1 = greedy (default: [eval] num_beams).", min=1, show_default=False)] = None,
-    repeat_ngram_stop: Annotated[int | None, typer.Option("--repeat-ngram-stop", help="Repeat guard's n, 0 = off (default: [eval] repeat_ngram_stop).", min=0, show_default=False)] = None,
+    num_beams: NumBeamsOpt = None,
+    repeat_ngram_stop: RepeatNgramOpt = None,
     vad: VadOpt = None,
     max_segment_seconds: Annotated[float | None, typer.Option("--max-segment-seconds", help="Longer audio is decoded in speech segments of at most this many seconds, split at pauses (default: [eval] max_segment_seconds).", show_default=False)] = None,
     batch_size: BatchSizeOpt = None,
