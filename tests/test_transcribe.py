@@ -178,6 +178,8 @@ def test_folders_globs_and_manifests(ckpt: Path, files: dict[str, Path], tmp_pat
                                           str(files["speech"])]
     assert rows[3]["id"] == "part" and rows[3]["duration"] == 1.2 and "id" not in rows[0]
     assert rows[0]["text"] == rows[1]["text"] != ""  # the FLAC copy reads like the WAV
+    listed = invoke(files["speech"], manifest, "--ckpt", ckpt)  # txt: a manifest row is named by its id, not its file
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == [str(files["speech"]), "part"]
 
 
 def test_inputs_that_match_nothing_are_one_line_each(ckpt: Path, files: dict[str, Path], tmp_path: Path) -> None:

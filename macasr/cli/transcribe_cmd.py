@@ -62,8 +62,8 @@ def _write(source: Source, t: Transcript, fmt: Format, several: bool, out: Path 
     text = render(t, fmt.value, source.id)
     if out is not None:
         out.write_text(text, encoding="utf-8")
-    elif fmt is Format.txt and several:
-        typer.echo(f"{t.path}\t{t.text}")
+    elif fmt is Format.txt and several:  # a manifest row by its id: rows may share one file
+        typer.echo(f"{source.id if source.id is not None else t.path}\t{t.text}")
     else:
         typer.echo(text, nl=False)
     if fmt is Format.txt and t.guard_note is not None:
