@@ -91,3 +91,27 @@ cls = config.{registry}.component("{name}")
 print("IMPORTED=" + json.dumps({{"status": cls.__module__, "heavy": ["torch" in sys.modules]}}))
 """
     assert imported(code, []) == {"status": module, "heavy": [True]}
+
+
+def test_a_registry_declares_configs_apart_from_classes() -> None:
+    from macasr.registry import ComponentConfig, Registry
+
+    class Base(ComponentConfig):
+        pass
+
+    class Other(Base):
+        pass
+
+    registry: Registry = Registry("widget", Base, module="json")  # a module that registers nothing
+    registry.declare("plain", Base)
+    assert registry.names() == ["plain"] and registry.config_type("plain") is Base
+    with pytest.raises(KeyError, match="'plain' has a config but no registered class"):
+        registry.component("plain")
+    with pytest.raises(ValueError, match="already declared with Base"):
+        registry.register("plain", Other)
+    cls = registry.register("plain", Base)(type("Plain", (), {}))
+    assert registry.component("plain") is cls
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("plain", Base)(type("Again", (), {}))
+    with pytest.raises(KeyError, match="unknown widget 'nope'; choose one of: plain"):
+        registry.config_type("nope")
