@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from macasr.data.augment import AugmentConfig, uses_waveform
 from macasr.errors import ConfigError, DeprecatedSetting
-from macasr.model.connectors import CONNECTORS, ConnectorConfig, MLPConnectorConfig
-from macasr.model.encoders import ENCODERS, EncoderConfig, WhisperEncoderConfig
+from macasr.model.connector_config import CONNECTORS, ConnectorConfig, MLPConnectorConfig
+from macasr.model.encoder_config import ENCODERS, EncoderConfig, WhisperEncoderConfig
 from macasr.model.lora import LoraConfig
 from macasr.registry import ComponentConfig, Registry, option
 

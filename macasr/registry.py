@@ -8,6 +8,7 @@ here and validates the table against the registered config type.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -34,39 +35,58 @@ class ComponentConfig:
 
 
 class Registry(Generic[T]):
-    """Components of one kind (encoder, connector, ...) keyed by the name used in TOML."""
+    """Components of one kind (encoder, connector, ...) keyed by the name used in TOML.
 
-    def __init__(self, kind: str, base_config: type[ComponentConfig]) -> None:
+    Config types and component classes are kept apart so reading a config never imports torch:
+    the built-in components' configs are `declare`d in a torch-free module, their classes are
+    `register`ed where they are defined (`module`, imported on the first `component` call).
+    """
+
+    def __init__(self, kind: str, base_config: type[ComponentConfig], module: str | None = None) -> None:
         self.kind = kind
         self.base_config = base_config
-        self._entries: dict[str, tuple[type[T], type[ComponentConfig]]] = {}
+        self.module = module  # where the declared components' classes are registered
+        self._configs: dict[str, type[ComponentConfig]] = {}
+        self._components: dict[str, type[T]] = {}
+
+    def declare(self, name: str, config_cls: type[ComponentConfig]) -> None:
+        """Name a component and its config type before its class is imported."""
+        if not issubclass(config_cls, self.base_config):
+            raise TypeError(f"{config_cls.__name__} must subclass {self.base_config.__name__}")
+        if self._configs.get(name, config_cls) is not config_cls:
+            raise ValueError(f"{self.kind} {name!r} is already declared with {self._configs[name].__name__}")
+        self._configs[name] = config_cls
 
     def register(self, name: str, config_cls: type[ComponentConfig]) -> Callable[[type[T]], type[T]]:
         """Class decorator: `@CONNECTORS.register("mlp", MLPConnectorConfig)`."""
-        if not issubclass(config_cls, self.base_config):
-            raise TypeError(f"{config_cls.__name__} must subclass {self.base_config.__name__}")
+        self.declare(name, config_cls)
 
         def decorate(cls: type[T]) -> type[T]:
-            if name in self._entries:
+            if name in self._components:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._entries[name] = (cls, config_cls)
+            self._components[name] = cls
             return cls
 
         return decorate
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._configs)
 
-    def _entry(self, name: str) -> tuple[type[T], type[ComponentConfig]]:
-        if name not in self._entries:
+    def _check(self, name: str) -> None:
+        if name not in self._configs:
             raise KeyError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
-        return self._entries[name]
 
     def component(self, name: str) -> type[T]:
-        return self._entry(name)[0]
+        self._check(name)
+        if name not in self._components and self.module is not None:
+            importlib.import_module(self.module)  # registers the built-in classes
+        if name not in self._components:
+            raise KeyError(f"{self.kind} {name!r} has a config but no registered class (import the module that registers it)")
+        return self._components[name]
 
     def config_type(self, name: str) -> type[ComponentConfig]:
-        return self._entry(name)[1]
+        self._check(name)
+        return self._configs[name]
 
     def build(self, config: ComponentConfig, *args: Any, **kwargs: Any) -> T:
         """Instantiate the component registered under `config.name`."""

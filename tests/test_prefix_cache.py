@@ -183,3 +183,71 @@ def test_weights_made_in_inference_mode_decode_with_the_cache(tiny_config) -> No
         expected = hypotheses(model, batch, 1, cached=False)
         got = hypotheses(model, batch, 1, cached=True)
     assert [h.tokens for h in got] == [h.tokens for h in expected]
+
+
+def count_computes(model, monkeypatch) -> list[int]:
+    """Record the prefix length each time `model`'s prefix cache computes its states."""
+    computed: list[int] = []
+    compute = type(model._prefix_cache)._compute
+
+    def counting(self, llm, prefix):
+        computed.append(len(prefix))
+        return compute(self, llm, prefix)
+
+    monkeypatch.setattr(type(model._prefix_cache), "_compute", counting)
+    return computed
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_the_prefix_is_computed_once_for_every_batch_of_a_loaded_model(beams, tiny_config, monkeypatch) -> None:
+    model = build_model(tiny_config).eval()
+    computed = count_computes(model, monkeypatch)
+    batches = [make_batch(model, TEXTS, SECONDS), make_batch(model, TEXTS[:1], SECONDS[:1]), make_batch(model, TEXTS[1:], SECONDS[1:])]
+    options = DecodingOptions(num_beams=beams)
+    with torch.inference_mode():  # as eval and transcribe decode
+        got = [model.generate_with_stops(batch, options) for batch in batches]
+    assert computed == [len(model.prompt.prefix)]  # the first batch computed the states; the others reused them
+    model.use_prefix_cache = False
+    assert [model.generate_with_stops(batch, options) for batch in batches] == got
+    assert computed == [len(model.prompt.prefix)]
+
+
+@pytest.mark.parametrize("trains", ["model.llm.lora.enabled", "model.llm.train"])
+def test_a_model_whose_llm_trains_decodes_with_the_cache_and_never_with_stale_states(trains, tiny_config, monkeypatch) -> None:
+    model = build_model(replace(tiny_config, **{trains: True}))
+    computed = count_computes(model, monkeypatch)
+    batch = make_batch(model, TEXTS, SECONDS)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for step in range(2):
+        model.eval()  # validation, as the engine runs it between steps: no gradients, so the cache serves
+        got, expected = hypotheses(model, batch, 1, cached=True), hypotheses(model, batch, 1, cached=False)
+        assert [h.tokens for h in got] == [h.tokens for h in expected]
+        torch.testing.assert_close(torch.tensor([h.score for h in got]), torch.tensor([h.score for h in expected]), atol=1e-4, rtol=1e-5)
+        assert len(computed) == step + 1  # the states of the weights as they are now, never the last step's
+        model.train()
+        assert model.cached_prefix(len(TEXTS)) is None  # a training forward runs the prefix in the rows: gradients reach the LLM
+        model(batch).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert model.llm.training is True
+
+
+def test_a_replaced_llm_weight_invalidates_the_states(model) -> None:
+    from test_model import make_batch as tiny_batch
+
+    batch = tiny_batch(model)
+    attention = model.llm.model.layers[0].self_attn
+    old = attention.v_proj.weight  # the prefix's values in the first layer (Qwen3 normalizes its keys: k_proj's scale drops out)
+    with torch.no_grad():
+        old.mul_(1.0)  # its version counter is now at least 1; its values are unchanged
+        model(batch)  # the states of the current weights
+        new = torch.nn.Parameter(old.detach().clone(), requires_grad=False)
+        new.mul_(1.5)
+        while new._version < old._version:  # the same version count as the weight it replaces: only its storage differs
+            new.mul_(1.0)
+        assert new._version == old._version
+        attention.v_proj.weight = new
+        model.use_prefix_cache = False
+        expected = model(batch)
+        model.use_prefix_cache = True
+        torch.testing.assert_close(model(batch), expected, atol=1e-5, rtol=1e-5)

@@ -23,12 +23,11 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from macasr.errors import ConfigError, DataError
 from macasr.registry import option
 
 if TYPE_CHECKING:
+    import torch
     from lhotse.cut import Cut
 
 # The [10, 20] dB range icefall's recipes mix MUSAN at (CutMix(..., snr=(10, 20))).
@@ -95,6 +94,8 @@ def _rng(seed: int, epoch: int, cut_id: str, kind: str) -> random.Random:
 def clip_generator(seed: int, epoch: int, cut_id: str, kind: str) -> torch.Generator:
     """A torch CPU generator fixed by (seed, epoch, cut id, kind), like `_rng`: draws that no
     DataLoader worker, worker count or resume can shift."""
+    import torch  # here, not at the top: `macasr.config` imports this module, and the CLI must start without torch
+
     return torch.Generator().manual_seed(_digest(seed, epoch, cut_id, kind) & (2**63 - 1))
 
 
@@ -324,6 +325,8 @@ TIME_MASK_FRACTION = 0.05  # longest span, as a fraction of the clip's frames
 def spec_augment(features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """features (C, L) → a masked copy (C, L); draws from `generator` (a CPU generator; None =
     torch's global RNG). Training masks come from `SpecAugment`, seeded per clip."""
+    import torch
+
     out = features.clone()
     bins, frames = out.shape
     fill = out.mean()

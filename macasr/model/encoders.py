@@ -21,9 +21,7 @@ and run their own convolution stack; see `SSLEncoder` for how padding is kept ou
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Literal
 
 import numpy as np
 import torch
@@ -32,32 +30,11 @@ from torch import nn
 from macasr.audio import SAMPLE_RATE
 from macasr.errors import MacasrError
 from macasr.model._hf import loading, locate
-from macasr.model.lora import WHISPER_TARGETS, LoraConfig
-from macasr.registry import ComponentConfig, Registry, option
+from macasr.model.encoder_config import (  # noqa: F401 - the configs live there (no torch) and are importable from here too
+    ENCODERS, WAVLM_TARGETS, EncoderConfig, HubertEncoderConfig, SSLEncoderConfig, Wav2Vec2EncoderConfig, WavLMEncoderConfig,
+    WhisperEncoderConfig,
+)
 
-
-@dataclasses.dataclass(frozen=True)
-class EncoderConfig(ComponentConfig):
-    path: str = option("openai/whisper-large-v3", "Hugging Face id or local folder of the encoder checkpoint.")
-    train: bool = option(False, "Train the encoder too (false keeps it frozen, the usual choice).")
-    lora: LoraConfig = option(LoraConfig(target_modules=WHISPER_TARGETS), "LoRA adapters on the encoder.")
-
-    def validate(self) -> list[str]:
-        problems = super().validate()
-        if self.train and self.lora.enabled:
-            # LoRA freezes the base weights; training them too would be full fine-tuning in disguise.
-            problems.append("[model.encoder] train: LoRA ([model.encoder.lora] enabled) and full fine-tuning "
-                            "(train = true) are mutually exclusive; set one of them to false")
-        return problems
-
-
-@dataclasses.dataclass(frozen=True)
-class WhisperEncoderConfig(EncoderConfig):
-    name: str = option("whisper", "Which encoder to use.")
-    window: Literal["own", "full"] = option("own", "own: encode each clip at its own length (cheap); full: pad each clip (each 30 s window of a longer one) to Whisper's 30 s window, as it was trained, and keep the clip's own frames.")
-
-
-ENCODERS: Registry[nn.Module] = Registry("encoder", EncoderConfig)
 # What a local encoder folder must hold besides its weights (the file → what it is, for the error).
 ENCODER_FILES = {"config.json": "the model's architecture", "preprocessor_config.json": "the feature extractor's settings"}
 
@@ -196,43 +173,6 @@ class WhisperEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- HuBERT, WavLM, wav2vec2
-
-PATH_HELP = "Hugging Face id or local folder of the encoder checkpoint."
-LORA_HELP = "LoRA adapters on the encoder."
-# WavLM's attention hands its q/k/v/out weights straight to F.multi_head_attention_forward, never
-# calling those Linear layers, so adapters there would not train: its default targets the feed-forward.
-WAVLM_TARGETS = ["intermediate_dense", "output_dense"]
-
-
-@dataclasses.dataclass(frozen=True)
-class SSLEncoderConfig(EncoderConfig):
-    layer: int = option(0, "Output of this transformer layer (1 = first; the layers above are dropped); 0 = the model's last hidden state.")
-
-    def validate(self) -> list[str]:
-        problems = super().validate()
-        if self.layer < 0:
-            problems.append(f"[model.encoder] layer: must be 0 (the last hidden state) or a layer number from 1, got {self.layer}")
-        return problems
-
-
-@dataclasses.dataclass(frozen=True)
-class HubertEncoderConfig(SSLEncoderConfig):
-    name: str = option("hubert", "Which encoder to use.")
-    path: str = option("facebook/hubert-large-ls960-ft", PATH_HELP)
-
-
-@dataclasses.dataclass(frozen=True)
-class WavLMEncoderConfig(SSLEncoderConfig):
-    name: str = option("wavlm", "Which encoder to use.")
-    path: str = option("microsoft/wavlm-large", PATH_HELP)
-    lora: LoraConfig = option(LoraConfig(target_modules=WAVLM_TARGETS), LORA_HELP)
-
-
-@dataclasses.dataclass(frozen=True)
-class Wav2Vec2EncoderConfig(SSLEncoderConfig):
-    name: str = option("wav2vec2", "Which encoder to use.")
-    path: str = option("facebook/wav2vec2-large-960h-lv60-self", PATH_HELP)
-
 
 class WaveformFeaturizer:
     """Waveform (16 kHz mono float32) → the samples as features (1, L), as the checkpoint wants them.

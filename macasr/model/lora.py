@@ -7,11 +7,13 @@ connector) train, and they are saved in the checkpoint like any trainable weight
 from __future__ import annotations
 
 import dataclasses
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from macasr.errors import ConfigError
 from macasr.registry import option
+
+if TYPE_CHECKING:  # torch is imported where it is used: `macasr.config` imports LoraConfig, and the CLI starts without torch
+    from torch import nn
 
 LLM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # attention projections in Qwen, Llama, Gemma
 WHISPER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -47,6 +49,7 @@ def apply_lora(module: nn.Module, cfg: LoraConfig, key: str) -> nn.Module:
     so their small updates are not rounded away. `key` names the config table in errors.
     """
     import peft
+    from torch import nn
 
     targets = check_targets(module, cfg.target_modules, key)
     module.requires_grad_(False)
@@ -78,6 +81,7 @@ def adapter_parameter_count(module: nn.Module) -> int:
 
 
 def _linear_types() -> tuple[type, ...]:
+    from torch import nn
     from transformers.pytorch_utils import Conv1D  # GPT-2 style "linear" layers
 
     return (nn.Linear, Conv1D)

@@ -10,11 +10,19 @@ layout is [prefix (cached) | padding | speech | suffix | target]: the prefix sit
 the same keys at the same positions as in the left-padded layout without the cache (the loss and
 gradients are equal within float tolerance; tests/test_prefix_cache.py).
 
-The states are recomputed when the LLM's device or dtype, the autocast setting, or any LLM weight
-(its version counter, bumped by in-place loads) changes. The cache is never used while an LLM
-parameter requires grad or the LLM is in training mode (dropout), nor for models with
-sliding-window (or other non-full) attention layers: their window counts columns, and the padding
-between the prefix and the speech would move it. `[train] prefix_cache = false` turns it off.
+The states belong to the loaded model (one `PrefixCache` per `SpeechLLM`): computed on its first
+batch and reused by every later one, in training and in decoding alike. They are recomputed when
+the LLM's device or dtype, the autocast setting, or any LLM weight changes: a weight's version
+counter (bumped by every in-place change: optimizer steps, in-place loads, LoRA merges) or its
+storage (a parameter replaced) is part of the key. A forward that builds a graph through the LLM
+(grad enabled and an LLM weight, LoRA adapters included, requires grad) runs the prefix in the
+rows, so its gradients reach those weights; under `torch.no_grad` or inference mode (decoding,
+validation) the cache serves LLMs that train too, so a checkpoint of a model that fine-tuned its
+LLM or LoRA decodes with it, and the first batch after an optimizer step recomputes the states.
+It is never used while the LLM is in training mode (dropout), nor for models with sliding-window
+(or other non-full) attention layers: their window counts columns, and the padding between the
+prefix and the speech would move it. `[train] prefix_cache = false` turns it off. Not part of the
+key: peft's adapter switches (`disable_adapter`, `set_adapter`), which macasr does not use.
 """
 
 from __future__ import annotations
@@ -33,7 +41,15 @@ class _Key(NamedTuple):
     device: torch.device
     dtype: torch.dtype
     autocast: torch.dtype | None  # the autocast dtype on the LLM's device, None when autocast is off
-    weights: int  # sum of the LLM parameters' version counters: in-place weight changes bump it
+    weights: tuple[tuple[int, int], ...]  # (storage address, version counter) per LLM parameter
+
+
+def weight_versions(llm: Any) -> tuple[tuple[int, int], ...]:
+    """(storage address, version counter) of every LLM parameter: an in-place change bumps the
+    counter, a replaced parameter moves the address. Inference tensors (weights made under
+    torch.inference_mode) have no version counter (-1 here); outside inference mode they cannot
+    change in place."""
+    return tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in llm.parameters())
 
 
 class PrefixCache:
@@ -45,9 +61,12 @@ class PrefixCache:
         self._full_attention: dict[int, bool] = {}  # id(llm config) → every cache layer is a plain DynamicLayer
 
     def usable(self, llm: Any, prefix: tuple[int, ...]) -> bool:
-        """True when the prefix's states cannot change between calls: no LLM weight trains, the LLM
-        is in eval mode, there is a prefix, and every attention layer sees all earlier columns."""
-        if not prefix or llm.training or any(p.requires_grad for p in llm.parameters()):
+        """True when the cached states equal what the rows would compute: there is a prefix, the LLM
+        is in eval mode, no gradient must flow through it (grad disabled, or no LLM weight requires
+        grad), and every attention layer sees all earlier columns."""
+        if not prefix or llm.training:
+            return False
+        if torch.is_grad_enabled() and any(p.requires_grad for p in llm.parameters()):
             return False
         return self._full_attention_only(llm)
 
@@ -74,9 +93,7 @@ class PrefixCache:
         weight = llm.get_input_embeddings().weight
         device = weight.device
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        # Inference tensors (weights made under torch.inference_mode) have no version counter and cannot change in place.
-        versions = sum(p._version for p in llm.parameters() if not p.is_inference())
-        key = _Key(prefix, device, weight.dtype, autocast, versions)
+        key = _Key(prefix, device, weight.dtype, autocast, weight_versions(llm))
         if key != self._key:
             self._states, self._key = self._compute(llm, prefix), key
         return self._states

@@ -5,9 +5,9 @@ Symbols: B batch, N speech embeddings, P/S prefix/suffix tokens, M target tokens
 
 Each row is laid out as [prefix | speech | suffix | target] and left-padded, in training and in
 generation alike, so the prompt a model is trained on is token for token the one it decodes
-from. Position ids count from each row's first real token. While no LLM weight trains, the
-prefix's keys and values come from a cache computed once (`macasr.model.prefix_cache`) and the
-rows hold only [speech | suffix | target]; the result is the same.
+from. Position ids count from each row's first real token. Unless gradients must reach an LLM
+weight, the prefix's keys and values come from a cache computed once per loaded model
+(`macasr.model.prefix_cache`) and the rows hold only [speech | suffix | target]; the result is the same.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ class SpeechLLM(nn.Module):
 
     def cached_prefix(self, batch: int) -> Any:
         """A KV cache holding the prompt prefix's states for `batch` rows, or None when the prefix
-        must run in the rows (cache off, an LLM weight trains, sliding-window attention; see
-        `macasr.model.prefix_cache`)."""
+        must run in the rows (cache off, gradients must reach an LLM weight, sliding-window
+        attention; see `macasr.model.prefix_cache`). The states are computed once per loaded model
+        and reused by every batch until an LLM weight, its dtype or device changes."""
         if not self.use_prefix_cache or not self._prefix_cache.usable(self.llm, self.prompt.prefix):
             return None
         return self._prefix_cache.rows(self.llm, self.prompt.prefix, batch)
