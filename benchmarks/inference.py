@@ -40,7 +40,7 @@ Per model:
 Once:
 - "cli_startup": wall seconds of `python -m macasr --help` and `macasr config init FILE` in fresh
   processes (median of `--startup-runs`; goal <= 0.5 s).
-- "longform": a hook for the 10-minute-file measurement (benchmarks/longform.py), see `longform`.
+- "longform": the demo checkpoint transcribing a 10-minute file (RTFx, peak memory; benchmarks/longform.py).
 
 The things compared run in turn, `--reps` rounds after one warm-up run each, so a burst of load
 from other processes hits them alike; each timing reports the best round (the least disturbed on
@@ -361,12 +361,24 @@ def cli_startup(runs: int) -> dict[str, Any]:
     return results
 
 
-# ----------------------------------------------------------------------------- long-form (hook)
-# LONG-FORM HOOK, to be wired to benchmarks/longform.py (another part of issue 10): transcribe a
-# 10-minute file with `macasr transcribe` (VAD → speech segments of <= 30 s → batched decoding →
-# stitched), and report its RTFx and peak memory. Until it is wired, the JSON says so.
+# ----------------------------------------------------------------------------- long-form
 def longform(args: argparse.Namespace) -> dict[str, Any]:
-    return {"status": "not measured by this script: wire benchmarks/longform.py here (10-minute file: RTFx, peak memory)"}
+    """The trained demo checkpoint transcribing one long espeak-ng file (`--longform-minutes`) as
+    `macasr transcribe` does: VAD → speech segments of at most 30 s → batched decoding → stitched;
+    RTFx and peak memory by benchmarks/longform.py, which also measures other models on its own."""
+    if args.longform_minutes <= 0:
+        return {"left_out": "--longform-minutes 0"}
+    if not args.demo_checkpoint.is_file():
+        return {"left_out": f"missing: {args.demo_checkpoint}"}
+    from longform import longform as measure_longform, make_long_audio  # benchmarks/longform.py
+
+    from macasr.infer.transcribe import Transcriber
+
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = make_long_audio(Path(tmp) / "long.wav", args.longform_minutes)
+        transcriber = Transcriber.from_checkpoint(args.demo_checkpoint, "cpu")
+        return {"model": f"demo checkpoint {args.demo_checkpoint}", "minutes": args.longform_minutes,
+                **measure_longform(transcriber, audio)}
 
 
 def main() -> None:
@@ -382,6 +394,7 @@ def main() -> None:
     parser.add_argument("--demo-checkpoint", type=Path, default=DEMO_CHECKPOINT)
     parser.add_argument("--demo-manifest", type=Path, default=DEMO_MANIFEST)
     parser.add_argument("--skip-hf", action="store_true", help="leave out the comparison with transformers' generate")
+    parser.add_argument("--longform-minutes", type=float, default=10.0, help="long-form file for the demo checkpoint (0: leave out)")
     parser.add_argument("--out", type=Path, default=RESULTS / "inference.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
