@@ -7,7 +7,8 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from macasr.config import Config, _config_error, _Errors, _migrate, _parse_table, _parse_toml, _read, looks_like_path
+from macasr.config import Config, looks_like_path
+from macasr.config_parse import _config_error, _Errors, _migrate, _parse_table, _parse_toml, _read
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.utils import fastcopy
 
-from macasr.config import _convert, _Errors
+from macasr.config_parse import _convert, _Errors
 from macasr.data.augment import AugmentConfig, build_augmenter, load_clips, narrowband_copy, uses_waveform
 from macasr.data.manifest import load_manifest, open_cuts, write_manifest
 from macasr.data.transforms import TELEPHONE_RATE, mu_law
