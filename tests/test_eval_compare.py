@@ -13,6 +13,7 @@ from macasr.errors import MacasrError
 from macasr.evaluate.compare import compare_reports, load_report
 from macasr.evaluate.report import utterances_path, write_report
 from macasr.evaluate.wer import score
+from tests.test_eval_report import _row as report_row
 
 runner = CliRunner()
 REFS = ["the cat sat on the mat", "hello world", "seven green apples", "please call john"]
@@ -28,11 +29,8 @@ def _report(path: Path, hyps: list[str], normalizer: str = "basic", name: str = 
 
 
 def _row(text: str, name: str) -> list[str]:
-    for line in text.splitlines():
-        cells = [c.strip() for c in re.split("[│┃]", line.strip("│┃ "))]
-        if cells[0] == name:
-            return cells[1:]
-    raise AssertionError(f"no row {name!r} in:\n{text}")
+    """The cells after the first of the row whose first cell is `name`."""
+    return report_row(text, name)[1:]
 
 
 def _compare(a: Path, b: Path):

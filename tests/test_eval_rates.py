@@ -4,30 +4,20 @@ ratio, RTFx) and the aligned errors of each utterance."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from macasr.evaluate.loops import is_loop, looping_units
 from macasr.evaluate.report import rates_table, report_dict, write_report
 from macasr.evaluate.wer import ErrorSpan, overall, score
+from tests.test_eval_report import _render, _row
 from tests.test_eval_runs import _manifest, ckpt  # noqa: F401 (a fixture)
 
 
-def _render(renderable: object) -> str:
-    console = Console(record=True, width=160)
-    console.print(renderable)
-    return console.export_text()
-
-
 def _cells(text: str, name: str) -> list[str]:
-    for line in text.splitlines():
-        cells = [c.strip() for c in re.split("[│┃]", line.strip("│┃ "))]
-        if cells[0] == name:
-            return cells[1:]
-    raise AssertionError(f"no row {name!r} in:\n{text}")
+    """The cells after the first of the row whose first cell is `name`."""
+    return _row(text, name)[1:]
 
 
 @pytest.mark.parametrize(("hyp", "ref", "stop", "loops"), [
