@@ -166,7 +166,7 @@ def demo_config(out: Path, manifests: dict[str, Path], whisper: Path, qwen: Path
 
 def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: int | None = None, seed: int = 0) -> dict:
     """Run the demo end to end; returns the report dict (also written to out/report.json)."""
-    from macasr.evaluate.report import examples_table, wer_table, write_report
+    from macasr.evaluate.report import examples_table, rates_table, wer_table, write_report
     from macasr.evaluate.run import evaluate_sets, named_sets
     from macasr.train.checkpoint import restore_model
     from macasr.train.run import train
@@ -187,6 +187,7 @@ def run_demo(out: Path = DEMO_DIR, console: Console | None = None, max_steps: in
     test_sets = named_sets(restored.config, [], [])
     scores = evaluate_sets(restored.model, restored.config, test_sets, restored.device, restored.precision)
     console.print(wer_table(scores, cfg.eval.normalizer, title="[bold]3/3[/] demo test sets"))
+    console.print(rates_table(scores))  # loops, empty outputs, text on silence, length ratio, RTFx
     unseen = next(s for s in scores if s.name == UNSEEN_SET)
     voices = per_speaker(unseen, manifests[UNSEEN_SET], cfg.eval.normalizer)
     console.print(wer_table(voices, cfg.eval.normalizer, title=f"{UNSEEN_SET}, by voice (never heard in training)"))
