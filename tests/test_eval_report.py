@@ -126,7 +126,7 @@ def test_report_path_is_checked_before_decoding(tmp_path: Path) -> None:
     with pytest.raises(MacasrError, match="is a folder"):
         check_report_path(tmp_path)
     (tmp_path / "r.utterances.jsonl").mkdir()
-    with pytest.raises(MacasrError, match="r.utterances.jsonl is a folder"):
+    with pytest.raises(MacasrError, match="r.utterances.jsonl is a folder, in the way of the per-utterance file; give another report name"):
         check_report_path(tmp_path / "r.json")
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
@@ -145,3 +145,9 @@ def test_report_path_in_a_read_only_folder_is_refused(tmp_path: Path, monkeypatc
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(MacasrError, match=f"cannot write in {tmp_path}"):
         check_report_path(tmp_path / "sub" / "r.json")
+
+
+def test_a_folder_nothing_can_be_written_in_is_refused_before_decoding() -> None:
+    """/proc passes os.access for root, but no file can be created there: a real write finds out."""
+    with pytest.raises(MacasrError, match=r"report /proc/x.json: cannot write in /proc \("):
+        check_report_path(Path("/proc/x.json"))

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,8 @@ def check_report_path(path: Path, inputs: Iterable[Path] = ()) -> Path:
     inputs = {Path(p).resolve() for p in inputs}
     for target in (path, utterances_path(path)):
         if target.is_dir():
-            raise MacasrError(f"report {path}: {target} is a folder; give a file name such as {path / 'eval.json'}")
+            shown = f"; give a file name such as {path / 'eval.json'}" if target == path else ", in the way of the per-utterance file; give another report name"
+            raise MacasrError(f"report {path}: {target} is a folder{shown}")
         if target.resolve() in inputs:
             raise MacasrError(f"report {path}: {target} is one of this command's inputs (a manifest, the checkpoint "
                               "or the config) and would be overwritten; give another file name")
@@ -250,6 +252,11 @@ def check_report_path(path: Path, inputs: Iterable[Path] = ()) -> Path:
         raise MacasrError(f"report {path}: {folder} is not a folder, so the report cannot be written under it")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise MacasrError(f"report {path}: cannot write in {folder} (permission denied)")
+    try:  # a real write: os.access says yes to root, on read-only mounts and in /proc
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise MacasrError(f"report {path}: cannot write in {folder} ({e.strerror or e})") from None
     return path
 
 
