@@ -98,8 +98,8 @@ def _print_and_write(scores: list[DatasetScore], cfg: Config, ckpt: Path, report
 @handle_errors
 def evaluate(
     ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint to score (default: best.pt of --config's run folder).", show_default=False)] = None,
-    manifest: Annotated[list[Path] | None, typer.Option("--manifest", help="JSONL manifest to score (repeatable).", show_default=False)] = None,
-    dataset: Annotated[list[str] | None, typer.Option("--dataset", help="A dataset named in [datasets.*] (repeatable; default: [eval] test_sets).", show_default=False)] = None,
+    manifest: Annotated[list[Path] | None, typer.Option("--manifest", metavar="<path>", help="JSONL manifest to score (repeatable).", show_default=False)] = None,
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", metavar="<name>", help="A dataset named in [datasets.*] (repeatable; default: [eval] test_sets).", show_default=False)] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Config whose [eval] settings and datasets, and [data] on_bad_clip, to use (default: the checkpoint's).", show_default=False)] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here (+ .utterances.jsonl beside it).", show_default=False)] = None,
     normalizer: Annotated[str | None, typer.Option("--normalizer", help="whisper, english, basic or none (default: [eval] normalizer).", show_default=False)] = None,
