@@ -172,6 +172,7 @@ class TrainConfig:
     prefix_cache: bool = option(True, "While no LLM weight trains, compute the prompt prefix's keys and values once and share them across rows (same loss, less work); false runs the prefix in every row.")
     gradient_checkpointing: bool = option(False, "Recompute the LLM's layer activations in the backward pass instead of storing them (less memory, more compute); needs the LLM to train or LoRA on it.")
     compile_connector: bool = option(False, "torch.compile the connector (dynamic shapes); the first steps are slower while it compiles.")
+    init_from: str = option("", "Start from another run's trained weights: a checkpoint (runs/a/best.pt) or an export bundle folder, with this run's own optimizer, schedule and run folder (\"\" = off; --resume wins).")
 
     def validate(self) -> list[str]:
         checks = {
@@ -370,6 +371,7 @@ def resolve_paths(cfg: Config, base: Path | None = None) -> Config:
             "data.train": [p if p in cfg.datasets else fix(p) for p in cfg.data.train],
             "data.valid": [p if p in cfg.datasets else fix(p) for p in cfg.data.valid],
             "data.cache": fix(cfg.data.cache),
+            "train.init_from": fix(cfg.train.init_from),
             "datasets": {k: dataclasses.replace(d, manifest=[fix(p) for p in d.manifest]) for k, d in cfg.datasets.items()},
         },
     )

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from macasr import __version__
 from macasr.cli import config_cmd, data_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
-from macasr.cli import cache_cmd, export_cmd, plan_cmd
+from macasr.cli import average_cmd, cache_cmd, export_cmd, plan_cmd
 from macasr.cli._common import err_console, typer_app
 from macasr.errors import DeprecatedSetting
 
@@ -21,6 +21,7 @@ app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.evaluate)
 app.command("transcribe")(transcribe_cmd.transcribe)
 app.command("export")(export_cmd.export)
+app.command("average")(average_cmd.average)
 app.command("demo")(demo_cmd.demo)
 app.command("plan")(plan_cmd.plan)
 app.add_typer(config_cmd.app, name="config")

@@ -30,6 +30,7 @@ from macasr.train.faults import RunLock, remove_stale_temporaries
 from macasr.train.memory import apply_training_options
 from macasr.train.threads import threads_beside_workers
 from macasr.train.tracking import TENSORBOARD_DIR, with_dataset
+from macasr.train.warm_start import warm_start
 
 
 def parameter_table(model: SpeechLLM) -> Table:
@@ -195,12 +196,15 @@ def _train(cfg: Config, console: Console, source: Path | None, stale: list[Path]
     seed_everything(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision, device)
     model = build_model(cfg, device, precision)
+    started = warm_start(model, cfg, resuming=source is not None)  # [train] init_from; every rank loads the same weights
     options = apply_training_options(model, cfg)  # gradient checkpointing, torch.compile of the connector
     console.print(parameter_table(model))
     console.print(f"training data: {data_banner(train_set, cfg)}; valid: {len(valid_set):,} clips; "
                   f"device {device}{f' (rank 0 of {world.size})' if world.distributed else ''}, precision {precision}"
                   f"{''.join(f', {o}' for o in options)}; run folder {cfg.run_dir}")
     console.print(global_batch(cfg, world.size), markup=False)
+    if started:
+        console.print(started, markup=False)
     augment = build_augmenter(cfg.augment, cfg.train.seed)  # None when [augment] is all off
     frames_from = frames_from_config(cfg, model.encoder)  # None without [data] cache; frame_mask: the Trainer's SpecAugment
     trainer = Trainer(cfg, model, train_set, valid_set, device, precision, console, world=world,

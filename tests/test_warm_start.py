@@ -1,0 +1,121 @@
+"""[train] init_from: a new run starts from another run's weights, with a fresh optimizer and schedule."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from macasr import config as config_module, testing
+from macasr.errors import CheckpointError
+from macasr.model.build import build_model
+from macasr.train import checkpoint
+from macasr.train.engine import Trainer
+from macasr.train.run import train, training_sets
+from macasr.train.warm_start import warm_start
+from test_engine import run_config, weights
+
+
+@pytest.fixture(scope="module")
+def source(tiny_config, tmp_path_factory) -> Path:
+    """A best.pt of another run: trained (perturbed) weights, step 7."""
+    model = build_model(tiny_config)
+    testing.perturb_trainable(model)
+    path = tmp_path_factory.mktemp("a") / "best.pt"
+    return checkpoint.save_checkpoint(path, checkpoint.model_payload(model, tiny_config, step=7))
+
+
+def stored_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_weights(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    got = weights(model)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_init_from_loads_the_weights_and_the_optimizer_starts_fresh(tiny_config, corpus, source, tmp_path) -> None:
+    cfg = run_config(tiny_config, corpus, tmp_path, **{"train.init_from": str(source)})
+    model = build_model(cfg)
+    assert any(not torch.equal(p, stored_weights(source)[n]) for n, p in weights(model).items())  # a fresh model differs
+    line = warm_start(model, cfg)
+    assert line.startswith(f"warm start: weights from {source} (step 7)")
+    train_set, valid_set = training_sets(cfg)
+    trainer = Trainer(cfg, model, train_set, valid_set, torch.device("cpu"), "fp32", Console(file=io.StringIO()))
+    assert_weights(trainer.model, stored_weights(source))  # the first step starts from them
+    assert trainer.optimizer.state_dict()["state"] == {}  # no moments carried over
+    assert trainer.step == 0 and trainer.scheduler.last_epoch == 0
+
+
+def test_a_run_prints_its_warm_start_and_trains_from_it(tiny_config, corpus, source, tmp_path) -> None:
+    cfg = run_config(tiny_config, corpus, tmp_path, **{"train.init_from": str(source), "train.lr": 1e-9})
+    out = io.StringIO()
+    result = train(cfg, Console(file=out, width=400))
+    assert result.steps == 1
+    assert f"warm start: weights from {source} (step 7)" in out.getvalue()
+    after = torch.load(cfg.run_dir / "last.pt", weights_only=True)
+    assert after["step"] == 1 and "init_from" in after["config"]["train"]
+    for name, tensor in stored_weights(source).items():  # lr 1e-9: one step barely moves the warm-started weights
+        torch.testing.assert_close(after["model"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_resumed_run_ignores_init_from(tiny_config, corpus, source, tmp_path) -> None:
+    cfg = run_config(tiny_config, corpus, tmp_path, **{"train.init_from": str(source)})
+    model = build_model(cfg)
+    before = weights(model)
+    assert "ignored" in warm_start(model, cfg, resuming=True)
+    assert_weights(model, before)
+
+
+def test_no_init_from_changes_nothing(tiny_config) -> None:
+    model = build_model(tiny_config)
+    before = weights(model)
+    assert warm_start(model, tiny_config) is None
+    assert_weights(model, before)
+
+
+def test_a_checkpoint_of_another_shape_is_refused_naming_the_weight(tiny_config, source, tmp_path) -> None:
+    cfg = config_module.replace(tiny_config, **{"model.connector.hidden_dim": 32, "train.init_from": str(source)})
+    with pytest.raises(CheckpointError) as error:
+        warm_start(build_model(cfg), cfg)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"[train] init_from {source}: weight connector.")
+    assert "in the checkpoint but [32," in message and "built from this run's config" in message
+
+
+def test_a_checkpoint_of_other_trained_parts_is_refused(tiny_config, source) -> None:
+    cfg = config_module.replace(tiny_config, **{"model.llm.lora.enabled": True, "train.init_from": str(source)})
+    with pytest.raises(CheckpointError, match=r"^\[train\] init_from .*best\.pt: weights were saved for a different set "
+                                              r"of trained parts \(it lacks weights the model trains: \d+ under llm\. \(e\.g\. llm\."):
+        warm_start(build_model(cfg), cfg)
+
+
+def test_a_missing_file_and_a_folder_without_a_bundle_are_refused(tiny_config, tmp_path) -> None:
+    for path, reason in ((tmp_path / "nope.pt", "no such checkpoint file"), (tmp_path, "not a macasr bundle")):
+        cfg = config_module.replace(tiny_config, **{"train.init_from": str(path)})
+        with pytest.raises(CheckpointError, match=rf"^\[train\] init_from {path}: {reason}"):
+            warm_start(build_model(cfg), cfg)
+
+
+def test_an_export_bundle_is_a_warm_start_too(tiny_config, source, tmp_path) -> None:
+    from macasr.infer.export import export_bundle
+
+    folder = export_bundle(source, tmp_path / "bundle")
+    cfg = config_module.replace(tiny_config, **{"train.init_from": str(folder)})
+    model = build_model(cfg)
+    assert warm_start(model, cfg).startswith(f"warm start: weights from {folder} (step 7)")
+    assert_weights(model, stored_weights(source))
+
+
+def test_init_from_is_a_config_key_with_a_path_made_absolute(tmp_path, monkeypatch) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "best.pt").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    cfg = config_module.loads('[train]\ninit_from = "a/best.pt"\n')
+    assert config_module.resolve_paths(cfg).train.init_from == str(tmp_path / "a" / "best.pt")
