@@ -150,7 +150,7 @@ def shorten(value: Any, width: int = VALUE_WIDTH) -> str:
 def differences_table(runs: list[Run]) -> Table:
     """One row per config key whose value differs, one column per run."""
     table = Table(title="Config differences", title_justify="left")
-    table.add_column("key", overflow="fold")
+    table.add_column("key", no_wrap=True)
     for run in runs:
         table.add_column(Text(run.label), overflow="fold")
     for key, values in config_differences(runs).items():
@@ -184,7 +184,7 @@ def results(runs: list[Run]) -> dict[str, list[str]]:
 def results_table(runs: list[Run]) -> Table:
     """The `results` rows, one column per run."""
     table = Table(title="Runs", title_justify="left")
-    table.add_column("", overflow="fold")
+    table.add_column("", no_wrap=True)
     for run in runs:
         table.add_column(Text(run.label), justify="right", overflow="fold")
     for name, cells in results(runs).items():
@@ -225,7 +225,8 @@ def plot_runs(runs: list[Run], out: Path) -> Figure:
     figure, loss_ax, wer_ax = new_figure()
     for index, run in enumerate(runs):
         colour = f"C{index}"
-        loss_ax.plot(*series(run.records, "loss"), color=colour, label=run.label)
+        steps, loss = series(run.records, "loss")
+        loss_ax.plot(steps, loss, color=colour, marker="o" if len(steps) == 1 else None, label=run.label)  # one point: no line
         steps, wers = series(run.records, "valid_wer")
         wer_ax.plot(steps, [100 * w for w in wers], marker="o", color=colour, label=run.label)
     loss_ax.legend()
