@@ -108,7 +108,7 @@ def evaluate(
     repeat_ngram_stop: RepeatNgramOpt = None,
     batch_size: BatchSizeOpt = None,
     batch_seconds: Annotated[float | None, typer.Option("--batch-seconds", help="Batch by audio: up to this many seconds of padded audio per batch, instead of --batch-size clips (default: [eval] batch_seconds; 0 = by clips).", show_default=False)] = None,
-    compare: Annotated[tuple[Path, Path] | None, typer.Option("--compare", metavar="A.json B.json", help="Compare two --report files (A.json B.json): WER change per dataset and the utterances that changed most; decodes nothing.", show_default=False)] = None,
+    compare: Annotated[tuple[Path, Path] | None, typer.Option("--compare", metavar="A.json B.json", help="Compare two --report files (A.json B.json): WER change per dataset and the utterances that changed most; decodes nothing. Whole training runs: macasr compare RUN_DIR....", show_default=False)] = None,
     vad: VadOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:

@@ -13,22 +13,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 CURVES_FILE = "curves.png"
 NO_MATPLOTLIB = "curves.png not drawn: it needs matplotlib (pip install 'macasr[plots]')"
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl; a line cut short by a crash is left out."""
+def read_metrics(path: Path, strict: bool = False) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a line cut short by a crash is left out. `strict`: any other
+    line that is not a JSON object with a whole `step` is a MacasrError naming `path:line` (only
+    the last line may be cut short, and only when the file does not end with a newline)."""
+    from macasr.errors import MacasrError
+
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
             records.append(record)
+        elif strict and not (number == len(lines) and not text.endswith("\n")):
+            raise MacasrError(f"{path}:{number}: not a metrics line (expected a JSON object with a whole `step`, "
+                              f"as `macasr train` writes): {line[:60]!r}")
     return records
 
 
@@ -46,20 +58,39 @@ def series(records: list[dict[str, Any]], key: str, inner: str | None = None) ->
     return steps, [by_step[s] for s in steps]
 
 
-def plot_curves(metrics_path: Path, out: Path) -> Figure:
-    """Draw loss (left) and validation WER in % (right; one line per dataset when several) over
-    steps into `out` (PNG, written to a temporary file and renamed) → the figure. Needs matplotlib."""
+def new_figure() -> tuple[Figure, Axes, Axes]:
+    """An Agg figure with the loss axes (left) and the validation-WER axes (right), titled and
+    labelled → (figure, loss axes, WER axes). Needs matplotlib."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
-    records = read_metrics(metrics_path)
     figure = Figure(figsize=(11, 4), layout="constrained")
     FigureCanvasAgg(figure)
     loss_ax, wer_ax = figure.subplots(1, 2)
+    loss_ax.set(title="training loss", xlabel="optimizer step", ylabel="cross-entropy per target token")
+    wer_ax.set(title="validation WER", xlabel="optimizer step", ylabel="WER (%)")
+    return figure, loss_ax, wer_ax
+
+
+def save_figure(figure: Figure, out: Path) -> None:
+    """Grid and whole-step ticks on every axes, then the PNG at `out` (a temporary file renamed)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in figure.axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    partial = out.with_name(f".{out.name}.tmp")
+    figure.savefig(partial, format="png", dpi=100)
+    os.replace(partial, out)
+
+
+def plot_curves(metrics_path: Path, out: Path) -> Figure:
+    """Draw loss (left) and validation WER in % (right; one line per dataset when several) over
+    steps into `out` (PNG, written to a temporary file and renamed) → the figure. Needs matplotlib."""
+    records = read_metrics(metrics_path)
+    figure, loss_ax, wer_ax = new_figure()
     steps, loss = series(records, "loss")
     loss_ax.plot(steps, loss, color="tab:blue")
-    loss_ax.set(title="training loss", xlabel="optimizer step", ylabel="cross-entropy per target token")
     datasets = list(dict.fromkeys(name for r in records if isinstance(r.get("valid_wer_by_dataset"), dict)
                                   for name in r["valid_wer_by_dataset"]))  # in [data] valid order
     if len(datasets) > 1:
@@ -72,13 +103,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Figure:
         wer_ax.legend()
     if not steps:
         wer_ax.text(0.5, 0.5, "no validation WER logged", ha="center", va="center", transform=wer_ax.transAxes)
-    wer_ax.set(title="validation WER", xlabel="optimizer step", ylabel="WER (%)")
-    for ax in (loss_ax, wer_ax):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    partial = out.with_name(f".{out.name}.tmp")
-    figure.savefig(partial, format="png", dpi=100)
-    os.replace(partial, out)
+    save_figure(figure, out)
     return figure
 
 
