@@ -174,3 +174,26 @@ def test_export_with_a_moved_llm_folder_is_remapped_with_set(moved: tuple[Path, 
     from macasr.train.checkpoint import restore_model
 
     assert restore_model(tmp_path / "bundle", "cpu", overrides=["eval.num_beams=3"]).config.eval.num_beams == 3  # a bundle's config too
+
+
+def test_a_stopped_run_says_to_resume_with_the_same_flags(tiny_config, corpus, tmp_path: Path, monkeypatch) -> None:
+    import os
+    import signal
+
+    from macasr.model.speech_llm import SpeechLLM
+
+    cfg = config_module.replace(tiny_config, **{"data.train": [str(corpus["train"])], "train.output_dir": str(tmp_path),
+                                                "train.name": "run", "train.warmup_steps": 0, "train.max_steps": 50, "train.valid_every": 50})
+    forward = SpeechLLM.forward
+
+    def interrupted(self, batch):
+        os.kill(os.getpid(), signal.SIGINT)  # during step 1
+        return forward(self, batch)
+
+    monkeypatch.setattr(SpeechLLM, "forward", interrupted)
+    toml = config_module.dump(cfg, tmp_path / "c.toml")
+    result = runner.invoke(app, ["train", str(toml), "--set", "train.lr=3e-4", "--set", "train.name=my run"])
+    assert result.exit_code == 130, result.output
+    again = f"continue with: macasr train {toml} --resume --set train.lr=3e-4 --set 'train.name=my run'"
+    assert again in " ".join(result.output.split())
+    assert (tmp_path / "my run" / "last.pt").is_file()
