@@ -8,7 +8,8 @@ import warnings
 from pathlib import Path
 
 from macasr.config import Config, looks_like_path
-from macasr.config_parse import _config_error, _Errors, _migrate, _parse_table, _parse_toml, _read
+from macasr.config_overrides import apply_overrides, located_problems, parse_overrides
+from macasr.config_parse import _Errors, _migrate, _parse_table, _parse_toml, _read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,23 +18,24 @@ class CheckReport:
     notes: list[str]  # the same form; worth knowing, not wrong: a model path that is a hub id
 
 
-def check(path: str | Path) -> CheckReport:
+def check(path: str | Path, sets: list[str] | None = None) -> CheckReport:
     """What `macasr config check` reports: every schema problem and every file the config names
-    that is missing, with notes; raises ConfigError only for an unreadable file or bad TOML.
+    that is missing, with notes, for the config with `sets` ("KEY=VALUE", from `--set`) applied;
+    raises ConfigError only for an unreadable file, bad TOML or a malformed `--set`.
 
     Files are checked here and not in `load`, because each command needs only some of them
     (training needs no [eval] datasets, eval needs no training manifests).
     """
-    path = Path(path)
+    path, overrides = Path(path), parse_overrides(sets)
     text = _read(path)
     errors, notes = _Errors(), _Errors()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cfg = _parse_table(Config, _migrate(_parse_toml(text, str(path)), errors), "", errors, None)
+        cfg = _parse_table(Config, _migrate(apply_overrides(_parse_toml(text, str(path)), overrides), errors), "", errors, None)
     for warning in caught:
         notes.add("eval.datasets", str(warning.message))
     _check_files(cfg, errors, notes)
-    located = [_config_error(found, str(path), text).problems if found.items else [] for found in (errors, notes)]
+    located = [located_problems(found, overrides, str(path), text) for found in (errors, notes)]
     return CheckReport(*located)
 
 

@@ -84,3 +84,4 @@ VadOpt = Annotated[OnOff | None, typer.Option("--vad", help="Voice activity dete
 NumBeamsOpt = Annotated[int | None, typer.Option("--num-beams", help="Beam width, 1 = greedy (default: [eval] num_beams).", min=1, show_default=False)]
 RepeatNgramOpt = Annotated[int | None, typer.Option("--repeat-ngram-stop", help="Repeat guard's n, 0 = off (default: [eval] repeat_ngram_stop).", min=0, show_default=False)]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Clips decoded together (default: [eval] batch_size).", min=1, show_default=False)]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.lr=3e-4 or --set model.connector.name=qformer (repeatable; VALUE is read as TOML, a bare word as a string). For a checkpoint, the keys of its stored config: --set model.llm.path=DIR for a model folder that moved.", show_default=False)]

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from macasr.cli._common import DeviceOpt, console, handle_errors, typer_app
+from macasr.cli._common import DeviceOpt, SetOpt, console, handle_errors, typer_app
 
 app = typer_app(help="Frozen-encoder feature cache: encode the training and validation cuts once.", no_args_is_help=True)
 
@@ -35,6 +35,7 @@ def build(
     device: DeviceOpt = "auto",
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Clips encoded together (default: [eval] batch_size).", min=1, show_default=False)] = None,
     shard_size: Annotated[int, typer.Option("--shard-size", help="Clips per shard: the unit that is written atomically and resumed.", min=1)] = 1000,
+    sets: SetOpt = None,
 ) -> None:
     """Run the frozen encoder once over the training and validation cuts and store the frames.
 
@@ -42,14 +43,14 @@ def build(
     feature settings, window or layer (naming the field) unless --rebuild is given."""
     import torch
 
-    from macasr import config as config_module
+    from macasr import config_overrides
     from macasr.data.cache import CutEncoder, build_cache, cache_key, cache_sources, prepare_root
     from macasr.data.manifest import open_cuts
     from macasr.errors import ConfigError
     from macasr.model.build import DTYPES, resolve_device, resolve_precision
     from macasr.model.encoders import ENCODERS
 
-    cfg = config_module.load(config)  # refuses a cache with augmentation or a training encoder (Config.validate)
+    cfg = config_overrides.load(config, sets)  # refuses a cache with augmentation or a training encoder (Config.validate)
     if not cfg.data.cache:
         raise ConfigError(f"{config}: [data] cache: empty; set it to the folder the frames go to, e.g. cache = \"cache/whisper\"")
     sources = cache_sources(cfg, datasets)

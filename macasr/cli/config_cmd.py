@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from macasr import config as config_module
-from macasr.cli._common import console, err_console, fail, handle_errors, typer_app
+from macasr import config as config_module, config_overrides
+from macasr.cli._common import SetOpt, console, err_console, fail, handle_errors, typer_app
 from macasr.errors import ConfigError
 
 app = typer_app(no_args_is_help=True, help="Write a complete, commented config, or check one.")
@@ -21,9 +21,11 @@ def init(
     path: Annotated[Path | None, typer.Argument(help="Where to write (default: print to stdout).", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Start from a preset in configs/ (e.g. demo).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    sets: SetOpt = None,
 ) -> None:
     """Write a config with every field, its value and its help text as a comment."""
     cfg = config_module.load_preset(preset) if preset else config_module.Config()
+    cfg = config_overrides.override(cfg, sets, f"preset {preset}" if preset else "the defaults")
     if path is None:
         typer.echo(config_module.dumps(cfg))
         return
@@ -35,9 +37,9 @@ def init(
 
 @app.command("check")
 @handle_errors
-def check(config: Annotated[Path, typer.Argument(help="TOML config to validate.")]) -> None:
+def check(config: Annotated[Path, typer.Argument(help="TOML config to validate.")], sets: SetOpt = None) -> None:
     """Validate a config and the files it names, and report every problem at once."""
-    report = config_module.check(config)
+    report = config_module.check(config, sets)
     for note in report.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     if report.problems:

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from macasr.cli._common import console, err_console, handle_errors, typer_app
+from macasr.cli._common import SetOpt, console, err_console, fail, handle_errors, typer_app
 
 app = typer_app(no_args_is_help=True, help="Prepare corpora as manifests, shard them, and describe them.")
 
@@ -96,12 +96,15 @@ def shar(
 def stats(
     manifests: Annotated[list[str], typer.Argument(help="Manifests (macasr JSONL, lhotse CutSet, Shar folders), or with --config also [datasets.*] names.", show_default=False)],
     config: Annotated[Path | None, typer.Option("--config", help="Config whose [model.llm] tokenizer counts tokens per second of each dataset's training targets (checked against [eval] max_tokens_per_second).", show_default=False)] = None,
+    sets: SetOpt = None,
 ) -> None:
     """Utterances, hours, speakers, durations, transcript lengths and tokens per second of audio."""
-    from macasr import config as config_module
+    from macasr import config_overrides
     from macasr.data.stats import config_stats, coverage_note, manifest_stats
 
-    cfg = config_module.load(config) if config else None
+    if sets and not config:
+        raise fail("--set changes a config: give --config CONFIG too")
+    cfg = config_overrides.load(config, sets) if config else None
     results = config_stats(cfg, str(config), manifests) if cfg else [manifest_stats(m) for m in manifests]
     table = Table(title="manifests")
     table.add_column("")

@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, DeviceOpt, VadOpt, console, err_console, fail, handle_errors, vad_override
+from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, DeviceOpt, SetOpt, VadOpt, console, err_console, fail, handle_errors, vad_override
 from macasr.errors import MacasrError
 
 if TYPE_CHECKING:  # the CLI imports nothing heavy before a command runs
@@ -111,17 +111,18 @@ def evaluate(
     compare: Annotated[tuple[Path, Path] | None, typer.Option("--compare", metavar="A.json B.json", help="Compare two --report files (A.json B.json): WER change per dataset and the utterances that changed most; decodes nothing. Whole training runs: macasr compare RUN_DIR....", show_default=False)] = None,
     vad: VadOpt = None,
     device: DeviceOpt = "auto",
+    sets: SetOpt = None,
 ) -> None:
     """Decode test sets and print a WER table per dataset and overall."""
     if compare:
         given = [flag for flag, value in (("--ckpt", ckpt), ("--manifest", manifest), ("--dataset", dataset), ("--config", config),
                                           ("--report", report), ("--normalizer", normalizer), ("--on-bad-clip", on_bad_clip),
                                           ("--num-beams", num_beams), ("--repeat-ngram-stop", repeat_ngram_stop), ("--batch-size", batch_size),
-                                          ("--batch-seconds", batch_seconds)) if value not in (None, [], ())]
+                                          ("--batch-seconds", batch_seconds), ("--set", sets)) if value not in (None, [], ())]
         if given:
             raise fail(f"--compare reads two reports and decodes nothing: drop {', '.join(given)}")
         return _print_comparison(compare)
-    from macasr import config as config_module
+    from macasr import config as config_module, config_overrides
     from macasr.evaluate.report import check_report_path
     from macasr.evaluate.run import evaluate_sets, named_sets
     from macasr.model.build import resolve_device
@@ -129,13 +130,13 @@ def evaluate(
     from macasr.train.ddp import RankShare
     from macasr.train.distributed import current_world, init_distributed, rank_device, teardown
 
-    user_cfg = config_module.load(config) if config else None
+    user_cfg = config_overrides.load(config, sets) if config else None
     if ckpt is None:
         if user_cfg is None:
             raise fail("give --ckpt CHECKPOINT (or --config CONFIG to use its run folder's best.pt)")
         ckpt = user_cfg.run_dir / "best.pt"
     world = current_world()  # under torchrun: this rank's GPU
-    restored = restore_model(ckpt, str(rank_device(resolve_device(device, "--device"), world)))
+    restored = restore_model(ckpt, str(rank_device(resolve_device(device, "--device"), world)), overrides=sets)
     base = user_cfg or restored.config
     overrides = {"eval": base.eval, "datasets": base.datasets, "data.on_bad_clip": on_bad_clip or base.data.on_bad_clip}
     if normalizer:

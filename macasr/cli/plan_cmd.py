@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from macasr.cli._common import console, handle_errors
+from macasr.cli._common import SetOpt, console, handle_errors
 
 
 def _count(n: float) -> str:
@@ -95,12 +95,13 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object instead of tables.")] = False,
     batch_seconds: Annotated[float | None, typer.Option("--batch-seconds", help="Audio seconds per training micro-batch (default: [data] max_batch_seconds, else batch_size × max_duration or 30 s).", min=0.1, show_default=False)] = None,
     tokens_per_second: Annotated[float, typer.Option("--tokens-per-second", help="Transcript tokens per second of speech, for decoding and target lengths.", min=0.1)] = 4.0,
+    sets: SetOpt = None,
 ) -> None:
     """Parameters, GPU memory and FLOPs of a config, from architecture configs alone (nothing is downloaded)."""
-    from macasr import config as config_module
+    from macasr import config_overrides
     from macasr.plan import build_plan
 
-    result = build_plan(config_module.load(config), batch_seconds, tokens_per_second).to_dict()
+    result = build_plan(config_overrides.load(config, sets), batch_seconds, tokens_per_second).to_dict()
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

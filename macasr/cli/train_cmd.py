@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from macasr.cli._common import console, fail, handle_errors
+from macasr.cli._common import SetOpt, console, fail, handle_errors
 
 
 @handle_errors
@@ -17,6 +17,7 @@ def train(
     resume_from: Annotated[Path | None, typer.Option("--resume-from", help="Continue from this last.pt (e.g. one copied from another folder) into the config's run folder.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in a run folder that holds an earlier run (removes its config.toml, metrics.jsonl and .pt files).")] = False,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Train in this many processes on this machine (one per GPU; torchrun's launcher with DistributedDataParallel). Across machines, start `torchrun -m macasr train` on each (docs/training.md).")] = 1,
+    sets: SetOpt = None,
 ) -> None:
     """Train a connector (and whatever else the config unfreezes); writes runs/<name>/.
 
@@ -24,17 +25,20 @@ def train(
     SIGTERM (pre-emption) or Ctrl-C finish the current step, write last.pt and exit 0 (SIGTERM)
     or 130 (Ctrl-C); --resume continues from there.
     """
-    from macasr import config as config_module
+    import shlex
+
+    from macasr import config_overrides
     from macasr.train.distributed import current_world, launch_local
     from macasr.train.faults import EXIT_CODES
     from macasr.train.run import train as run_training
 
     if resume and resume_from is not None:
         raise fail("--resume continues the run folder's own last.pt and --resume-from another; give only one")
-    cfg = config_module.load(config)  # a bad config fails here, once, before any process starts
+    flags = [f" --set {shlex.quote(s)}" for s in sets or []]  # repeated: each process, and a resume, loads the same config
+    cfg = config_overrides.load(config, sets)  # a bad config fails here, once, before any process starts
     if nproc > 1:
         args = ["train", str(config), *(["--resume"] * resume), *(["--resume-from", str(resume_from)] if resume_from else []),
-                *(["--overwrite"] * overwrite)]
+                *(["--overwrite"] * overwrite), *(a for s in sets or [] for a in ("--set", s))]
         stopped = launch_local(nproc, args)  # each rank prints as `macasr train` does; rank 0 the summary
         if stopped is not None:  # rank 0 said where it stopped and how to resume
             raise typer.Exit(EXIT_CODES.get(stopped, 1))
@@ -44,7 +48,7 @@ def train(
     if result.signal is not None:
         if main:
             size = current_world().size  # the data position holds this many ranks' share
-            again = f"macasr train {config} --resume" + (f" --nproc {size}" if size > 1 else "")
+            again = f"macasr train {config} --resume" + (f" --nproc {size}" if size > 1 else "") + "".join(flags)
             console.print(f"stopped by {result.signal} at step {result.steps}; continue with: {again}")
         raise typer.Exit(EXIT_CODES.get(result.signal, 1))
     if not main:

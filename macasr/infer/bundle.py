@@ -160,14 +160,17 @@ def trained_state(folder: Path, cfg: Config, model: torch.nn.Module) -> dict[str
     return state
 
 
-def restore_bundle(path: str | Path, device: str = "auto", precision: str | None = None) -> Restored:
-    """The model a bundle holds, in eval mode (the `restore_model` of a bundle folder)."""
+def restore_bundle(path: str | Path, device: str = "auto", precision: str | None = None,
+                   overrides: list[str] | None = None) -> Restored:
+    """The model a bundle holds, in eval mode (the `restore_model` of a bundle folder); `overrides`
+    ("KEY=VALUE") change its config first."""
+    from macasr.config_overrides import override
     from macasr.model.build import build_model, resolve_device, resolve_precision
     from macasr.train.checkpoint import Restored, load_trainable
 
     folder = Path(path)
     manifest = read_manifest(folder)
-    cfg = bundle_config(folder)
+    cfg = override(bundle_config(folder), overrides, f"{folder / CONFIG}")
     dev = resolve_device(device)
     precision = resolve_precision(precision or cfg.train.precision, dev)
     model = build_model(cfg, dev, precision)

@@ -308,8 +308,9 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def export_bundle(ckpt: str | Path, out: str | Path, *, report: str | Path | None = None, merge_lora: bool = False,
-                  force: bool = False) -> Path:
-    """Write the bundle of checkpoint `ckpt` to folder `out`; returns `out`.
+                  force: bool = False, overrides: list[str] | None = None) -> Path:
+    """Write the bundle of checkpoint `ckpt` to folder `out`; returns `out`. `overrides` ("KEY=VALUE",
+    as `--set` takes them) change the checkpoint's stored config first (restore_model).
 
     Raises MacasrError (or its CheckpointError) in one line for a missing or unreadable checkpoint
     or report, an `--out` that is a file, not empty (without `force`) or holds an input, and
@@ -323,7 +324,7 @@ def export_bundle(ckpt: str | Path, out: str | Path, *, report: str | Path | Non
     report_path = Path(report) if report is not None else None
     check_destination(out, [ckpt, *([report_path] if report_path else [])], force)
     report_data = read_report(report_path) if report_path else None
-    restored = restore_model(ckpt, "cpu", "fp32")  # fp32: trained weights are written as they were trained
+    restored = restore_model(ckpt, "cpu", "fp32", overrides)  # fp32: trained weights are written as they were trained
     cfg = restored.config
     if merge_lora and not cfg.model.llm.lora.enabled:
         raise MacasrError(f"--merge-lora: {ckpt} has no LoRA adapters on its LLM ([model.llm.lora] enabled = false); nothing to merge")

@@ -246,25 +246,34 @@ class Restored:
     checkpoint: dict[str, Any]
 
 
-def restore_model(path: str | Path, device: str = "auto", precision: str | None = None) -> Restored:
+def restore_model(path: str | Path, device: str = "auto", precision: str | None = None,
+                  overrides: list[str] | None = None) -> Restored:
     """Rebuild the model a checkpoint was trained as (frozen parts from their ids or folders,
-    trained weights from the file), in eval mode. A folder is read as a bundle of `macasr export`."""
+    trained weights from the file), in eval mode. A folder is read as a bundle of `macasr export`.
+    `overrides` ("KEY=VALUE", as `--set` takes them) change the stored config first, e.g.
+    "model.llm.path=NEW" for a model folder that moved."""
+    from macasr import config_overrides
+
     if Path(path).is_dir():
         from macasr.infer.bundle import restore_bundle
 
-        return restore_bundle(path, device, precision)
-    from macasr import config as config_module
-    from macasr.errors import ConfigError
+        return restore_bundle(path, device, precision, overrides)
+    from macasr.errors import ConfigError, MacasrError
     from macasr.model.build import build_model, resolve_device, resolve_precision
 
-    data = load_checkpoint(path)
+    data, sets = load_checkpoint(path), config_overrides.parse_overrides(overrides)
     try:
-        cfg = config_module.from_dict(data["config"], source=f"{path} (stored config)")
+        cfg = config_overrides.from_dict(data["config"], sets, f"{path} (stored config)")
+    except config_overrides.OverrideError:
+        raise
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{path}: stored config is invalid ({str(e).splitlines()[0]})") from None
     dev = resolve_device(device)
     precision = resolve_precision(precision or cfg.train.precision, dev)
-    model = build_model(cfg, dev, precision)
+    try:
+        model = build_model(cfg, dev, precision)
+    except MacasrError as e:
+        raise config_overrides.moved_model_hint(e, path) from None
     load_trainable(model, data["model"], path, "its stored config (has a model folder it names changed?)")
     model.eval()
     return Restored(model, cfg, dev, precision, data)
