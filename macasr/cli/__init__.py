@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from macasr import __version__
 from macasr.cli import config_cmd, data_cmd, demo_cmd, eval_cmd, train_cmd, transcribe_cmd
-from macasr.cli import average_cmd, cache_cmd, compare_cmd, export_cmd, plan_cmd
+from macasr.cli import average_cmd, cache_cmd, compare_cmd, export_cmd, inspect_cmd, plan_cmd
 from macasr.cli._common import err_console, typer_app
 from macasr.errors import DeprecatedSetting
 
@@ -25,6 +25,7 @@ app.command("average")(average_cmd.average)
 app.command("demo")(demo_cmd.demo)
 app.command("plan")(plan_cmd.plan)
 app.command("compare")(compare_cmd.compare)
+app.command("inspect")(inspect_cmd.inspect)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(cache_cmd.app, name="cache")

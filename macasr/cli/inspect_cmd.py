@@ -1,0 +1,77 @@
+"""`macasr inspect CKPT AUDIO|MANIFEST [--out DIR]`: where the connector's speech embeddings sit
+among the LLM's token embeddings (docs/research.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from macasr.cli._common import DeviceOpt, SetOpt, console, err_console, handle_errors
+from macasr.errors import MacasrError
+
+NO_MATPLOTLIB = "heatmaps not drawn: they need matplotlib (pip install 'macasr[plots]'); inspect.json is written all the same"
+
+
+@handle_errors
+def inspect(
+    ckpt: Annotated[Path, typer.Argument(metavar="CKPT", help="Training checkpoint (best.pt, last.pt), or a bundle folder written by `macasr export`.", show_default=False)],
+    audio: Annotated[str, typer.Argument(metavar="AUDIO|MANIFEST", help="One audio file (no reference: nearest tokens and norms only), or a manifest (macasr JSONL, lhotse cuts, Shar folder) whose transcripts are the references.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for inspect.json and one heatmap PNG per utterance with a reference.")] = Path("inspect"),
+    max_utterances: Annotated[int, typer.Option("--max-utterances", min=1, help="Inspect at most this many utterances of a manifest (its first ones).")] = 20,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Nearest vocabulary tokens kept per speech embedding.")] = 5,
+    device: DeviceOpt = "auto",
+    sets: SetOpt = None,
+) -> None:
+    """Per speech embedding: its norm beside the LLM's token embeddings', the nearest vocabulary tokens (cosine), and its similarity to the reference transcript's tokens (heatmap); summary statistics over a manifest."""
+    from macasr.infer.inputs import expand
+    from macasr.infer.inspect import as_record, draw_heatmap, inspect_cut, reference_of, summary
+    from macasr.train.checkpoint import restore_model
+
+    restored = restore_model(ckpt, device, overrides=sets)
+    sources = expand([audio], restored.config.data.allow_commands)[:max_utterances]
+    for source in sources:
+        if source.error is not None:
+            raise MacasrError(source.error)
+    try:
+        import matplotlib  # noqa: F401
+        plots = True
+    except ImportError:
+        plots = False
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer, records = restored.model.tokenizer, []
+    for n, source in enumerate(sources):
+        result = inspect_cut(restored.model, source.cut, reference_of(source.cut, source.id is not None),
+                             restored.device, restored.precision, top_k)
+        heatmap = None
+        if result.similarity is not None and plots:
+            heatmap = f"{n:04d}.png"
+            draw_heatmap(result, tokenizer, out / heatmap)
+        records.append(as_record(result, tokenizer, heatmap))
+    stats = summary(records)
+    (out / "inspect.json").write_text(json.dumps({"checkpoint": str(ckpt), "input": audio, "summary": stats, "utterances": records},
+                                                 ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    _print(records, stats)
+    if stats["utterances_with_reference"] == 0:
+        err_console.print("[yellow]note:[/] no reference transcript (a bare audio file): similarity to the transcript's "
+                          "tokens and the heatmap are left out", soft_wrap=True)
+    elif not plots:
+        err_console.print(f"[yellow]note:[/] {escape(NO_MATPLOTLIB)}", soft_wrap=True)
+    console.print(f"written to {escape(str(out / 'inspect.json'))}", soft_wrap=True)
+
+
+def _print(records: list[dict], stats: dict) -> None:
+    table = Table(title="speech embeddings vs the LLM's token embeddings")
+    for name in ("utterance", "embeddings", "norm ratio", "nearest cosine", "nearest in transcript"):
+        table.add_column(name, justify="left" if name == "utterance" else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in records:
+        table.add_row(escape(r["id"]), str(r["speech_embeddings"]), fmt(r["norm_ratio"]), fmt(r["nearest_cosine_mean"]),
+                      fmt(r.get("nearest_in_transcript")))
+    table.add_section()
+    table.add_row("[bold]mean[/]", "", fmt(stats["mean_norm_ratio"]), fmt(stats["mean_nearest_cosine"]), fmt(stats["nearest_in_transcript"]))
+    console.print(table)

@@ -1,0 +1,178 @@
+"""`macasr inspect`: how the connector's speech embeddings sit in the LLM's token-embedding space.
+
+For each speech embedding s (one row of the connector's output, (N, H)) against the LLM's input
+embedding matrix E (V, H):
+- its L2 norm beside the mean L2 norm of E's rows (the ratio speech / token);
+- the k vocabulary tokens nearest to it by cosine similarity;
+- with a reference transcript (a manifest row), its cosine similarity to the embeddings of the
+  transcript's tokens (tokenized as training does, `macasr.model.llm.text_ids`, without the end
+  token): an (N, M) matrix, drawn as a heatmap, and whether its nearest token is one of them.
+
+Everything runs under `torch.no_grad` in eval mode, so the same checkpoint and input give the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lhotse.cut import Cut
+
+from macasr.data.collate import collate
+from macasr.data.loader import CutDataset
+from macasr.errors import DataError, MacasrError
+from macasr.model.build import autocast
+from macasr.model.llm import text_ids
+
+ROUND = 6  # decimals kept in the JSON: enough to compare, and stable across runs
+ROWS_PER_CHUNK = 64  # speech embeddings compared with the whole vocabulary at once (memory: 64 × V floats)
+
+
+@dataclasses.dataclass
+class Inspection:
+    """One utterance's numbers. `similarity` (N, M) is None without a reference transcript."""
+
+    id: str
+    duration: float  # seconds
+    seconds: list[float]  # (N,) start of each speech embedding, seconds (duration spread evenly over N)
+    norms: torch.Tensor  # (N,) L2 norm of each speech embedding
+    token_norm: float  # mean L2 norm of the LLM's token embeddings
+    nearest_ids: torch.Tensor  # (N, k) vocabulary ids, nearest first
+    nearest_cos: torch.Tensor  # (N, k) their cosine similarities
+    reference: str | None = None
+    reference_ids: list[int] = dataclasses.field(default_factory=list)  # (M,)
+    similarity: torch.Tensor | None = None  # (N, M) cosine, speech embedding × transcript token
+
+    @property
+    def norm_ratio(self) -> float:
+        return float(self.norms.mean()) / self.token_norm
+
+    @property
+    def nearest_in_transcript(self) -> float | None:
+        """Share of speech embeddings whose nearest vocabulary token is one of the transcript's; None without one."""
+        if self.reference is None:
+            return None
+        if not self.reference_ids:
+            return 0.0
+        wanted = torch.tensor(sorted(set(self.reference_ids)), device=self.nearest_ids.device)
+        return float(torch.isin(self.nearest_ids[:, 0], wanted).float().mean())
+
+
+def speech_embeddings(model: Any, cut: Cut, device: torch.device, precision: str) -> tuple[torch.Tensor, float]:
+    """The connector's output for `cut` → (N, H) float32 on the CPU (padding cut off), and the
+    clip's seconds. DataError naming the clip when it cannot be read."""
+    example = CutDataset(model.encoder.featurizer).example(cut)
+    batch = collate([example])
+    if batch.bad_clips:
+        raise DataError(batch.skipped[0])
+    batch = batch.to(device)
+    with torch.no_grad(), autocast(device, precision):
+        embeds, lengths = model.encode_speech(batch.features, batch.feature_lengths)
+    return embeds[0, : int(lengths[0])].float().cpu(), batch.durations[0]
+
+
+def inspect_cut(model: Any, cut: Cut, reference: str | None, device: torch.device, precision: str, top_k: int = 5) -> Inspection:
+    """One utterance → its Inspection. `reference`: the transcript, or None (a bare audio file)."""
+    speech, seconds = speech_embeddings(model, cut, device, precision)
+    table = model.llm.get_input_embeddings().weight.detach().float().cpu()  # (V, H)
+    if speech.shape[-1] != table.shape[-1]:
+        raise MacasrError(f"speech embeddings are {speech.shape[-1]} wide but the LLM's token embeddings {table.shape[-1]}")
+    if not torch.isfinite(speech).all():
+        raise MacasrError(f"{cut.id}: the connector's output holds NaN or infinite values")
+    unit_table = torch.nn.functional.normalize(table, dim=-1)
+    unit = torch.nn.functional.normalize(speech, dim=-1)
+    k = min(top_k, len(table))
+    nearest_cos, nearest_ids = [], []
+    for chunk in unit.split(ROWS_PER_CHUNK):
+        values, ids = (chunk @ unit_table.T).topk(k, dim=-1)  # (n, k); ties go to the lower id (topk is stable on CPU)
+        nearest_cos.append(values)
+        nearest_ids.append(ids)
+    n = len(speech)
+    result = Inspection(
+        id=cut.id, duration=seconds, seconds=[seconds * i / n for i in range(n)], norms=speech.norm(dim=-1),
+        token_norm=float(table.norm(dim=-1).mean()), nearest_ids=torch.cat(nearest_ids), nearest_cos=torch.cat(nearest_cos),
+    )
+    if reference is not None:
+        ids = text_ids(model.tokenizer, reference)
+        result.reference, result.reference_ids = reference, ids
+        result.similarity = unit @ unit_table[ids].T if ids else unit.new_zeros(n, 0)
+    return result
+
+
+def _r(x: float) -> float:
+    """Rounded for the JSON; a non-finite number is a bug, not a result."""
+    if not math.isfinite(x):
+        raise MacasrError(f"inspect computed a non-finite number ({x}); the checkpoint's weights may be broken")
+    return round(float(x), ROUND)
+
+
+def _token(tokenizer: Any, token_id: int) -> str:
+    return tokenizer.decode([token_id])
+
+
+def as_record(result: Inspection, tokenizer: Any, heatmap: str | None = None) -> dict[str, Any]:
+    """The JSON object of one utterance: summary numbers and, per speech embedding, time, norm and nearest tokens."""
+    record: dict[str, Any] = {
+        "id": result.id, "duration": _r(result.duration), "speech_embeddings": len(result.norms),
+        "speech_norm_mean": _r(float(result.norms.mean())), "token_norm_mean": _r(result.token_norm),
+        "norm_ratio": _r(result.norm_ratio), "nearest_cosine_mean": _r(float(result.nearest_cos[:, 0].mean())),
+        "reference": result.reference,
+    }
+    if result.reference is not None:
+        record["reference_tokens"] = [_token(tokenizer, i) for i in result.reference_ids]
+        record["nearest_in_transcript"] = _r(result.nearest_in_transcript or 0.0)
+        record["heatmap"] = heatmap
+    record["embeddings"] = [
+        {"start": _r(start), "norm": _r(float(norm)),
+         "nearest": [{"token": _token(tokenizer, int(i)), "id": int(i), "cosine": _r(float(c))} for i, c in zip(ids, cos)]}
+        for start, norm, ids, cos in zip(result.seconds, result.norms, result.nearest_ids, result.nearest_cos)
+    ]
+    return record
+
+
+def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over utterances: nearest-token cosine, norm ratio, and (over those with a reference)
+    the share of speech embeddings whose nearest token is in the transcript (None when none has one)."""
+    with_reference = [r["nearest_in_transcript"] for r in records if r.get("reference") is not None]
+    mean = lambda values: _r(sum(values) / len(values)) if values else None  # noqa: E731
+    return {
+        "utterances": len(records),
+        "mean_nearest_cosine": mean([r["nearest_cosine_mean"] for r in records]),
+        "mean_norm_ratio": mean([r["norm_ratio"] for r in records]),
+        "nearest_in_transcript": mean(with_reference),
+        "utterances_with_reference": len(with_reference),
+    }
+
+
+def draw_heatmap(result: Inspection, tokenizer: Any, out: Path) -> None:
+    """The (N, M) cosine similarities as a PNG: speech embeddings (seconds) across, transcript
+    tokens down. Needs matplotlib (`macasr[plots]`); Agg canvas, no display needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    assert result.similarity is not None
+    sim = result.similarity.T.numpy()  # (M, N)
+    labels = [repr(_token(tokenizer, i))[1:-1] for i in result.reference_ids]
+    figure = Figure(figsize=(min(4 + 0.08 * sim.shape[1], 30), min(2 + 0.22 * max(sim.shape[0], 1), 30)), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    end = result.duration
+    image = ax.imshow(sim, aspect="auto", cmap="viridis", interpolation="nearest", extent=(0, end, len(labels) - 0.5, -0.5))
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set(xlabel=f"seconds ({len(result.norms)} speech embeddings)", ylabel="transcript tokens",
+           title=f"{result.id}: cosine(speech embedding, token embedding)")
+    figure.colorbar(image, ax=ax, label="cosine similarity")
+    partial = out.with_name(f".{out.name}.tmp")
+    figure.savefig(partial, format="png", dpi=100)
+    partial.replace(out)
+
+
+def reference_of(cut: Cut, from_manifest: bool) -> str | None:
+    """A manifest row's transcript (its first supervision's text); None for a bare audio file."""
+    if not from_manifest:
+        return None
+    return cut.supervisions[0].text if cut.supervisions else ""
+

@@ -1,0 +1,132 @@
+"""`macasr inspect`: speech embeddings against the LLM's token embeddings (macasr/infer/inspect.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from conftest import noise
+from macasr.audio import SAMPLE_RATE
+from macasr.cli import app
+from macasr.config import Config
+
+
+@pytest.fixture
+def ckpt(tiny_config: Config, tmp_path: Path) -> Path:
+    from macasr.model.build import build_model
+    from macasr.train import checkpoint
+
+    return checkpoint.save_checkpoint(tmp_path / "best.pt", checkpoint.model_payload(build_model(tiny_config), tiny_config))
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    for n, seconds in enumerate((1.0, 1.6)):
+        sf.write(tmp_path / f"clip{n}.wav", noise(seconds, seed=n), SAMPLE_RATE)
+    path = tmp_path / "test.jsonl"
+    path.write_text('{"audio": "clip0.wav", "text": "the cat sat", "duration": 1.0}\n'
+                    '{"audio": "clip1.wav", "text": "a dog ran home", "duration": 1.6}\n')
+    return path
+
+
+def _run(ckpt: Path, source: Path, out: Path) -> tuple[str, dict]:
+    result = CliRunner().invoke(app, ["inspect", str(ckpt), str(source), "--out", str(out), "--device", "cpu", "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads((out / "inspect.json").read_text())
+
+
+def test_inspect_manifest_numbers_heatmaps_and_reproducible(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    """Per-utterance numbers agree with each other and with the model's token embeddings; a PNG per
+    utterance; a second run writes the same JSON."""
+    from macasr.model.llm import text_ids
+    from macasr.train.checkpoint import restore_model
+
+    output, data = _run(ckpt, manifest, tmp_path / "a")
+    _, again = _run(ckpt, manifest, tmp_path / "b")
+    assert data["utterances"] == again["utterances"] and data["summary"] == again["summary"]
+    model = restore_model(ckpt, "cpu").model
+    table = model.llm.get_input_embeddings().weight.detach().float()
+    records = data["utterances"]
+    assert [r["reference"] for r in records] == ["the cat sat", "a dog ran home"]
+    for r in records:
+        assert (tmp_path / "a" / r["heatmap"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert r["speech_embeddings"] == len(r["embeddings"]) > 0
+        assert r["token_norm_mean"] == pytest.approx(float(table.norm(dim=-1).mean()), abs=1e-5)
+        assert r["norm_ratio"] == pytest.approx(r["speech_norm_mean"] / r["token_norm_mean"], rel=1e-4)
+        wanted = set(text_ids(model.tokenizer, r["reference"]))
+        assert r["reference_tokens"] == [model.tokenizer.decode([i]) for i in text_ids(model.tokenizer, r["reference"])]
+        hits = [e["nearest"][0]["id"] in wanted for e in r["embeddings"]]
+        assert r["nearest_in_transcript"] == pytest.approx(sum(hits) / len(hits), abs=1e-6)
+        for e in r["embeddings"]:
+            cosines = [t["cosine"] for t in e["nearest"]]
+            assert len(cosines) == 3 and cosines == sorted(cosines, reverse=True) and all(-1 <= c <= 1 for c in cosines)
+        starts = [e["start"] for e in r["embeddings"]]
+        assert starts[0] == 0 and starts == sorted(starts) and starts[-1] < r["duration"]
+    assert data["summary"] == {
+        "utterances": 2, "utterances_with_reference": 2,
+        "mean_nearest_cosine": pytest.approx(sum(r["nearest_cosine_mean"] for r in records) / 2, abs=1e-6),
+        "mean_norm_ratio": pytest.approx(sum(r["norm_ratio"] for r in records) / 2, abs=1e-6),
+        "nearest_in_transcript": pytest.approx(sum(r["nearest_in_transcript"] for r in records) / 2, abs=1e-6),
+    }
+    assert "nearest cosine" in output
+
+
+def test_inspect_cut_against_direct_cosines(ckpt: Path, manifest: Path) -> None:
+    """The similarity matrix is cosine(speech embedding, transcript token embedding), (N, M); the
+    nearest vocabulary token is never farther than the best transcript token; N is the connector's length."""
+    from macasr.infer.inputs import expand
+    from macasr.infer.inspect import inspect_cut, speech_embeddings
+    from macasr.model.llm import text_ids
+    from macasr.train.checkpoint import restore_model
+
+    restored = restore_model(ckpt, "cpu")
+    model, cut = restored.model, expand([manifest])[1].cut
+    result = inspect_cut(model, cut, "a dog ran home", restored.device, restored.precision, top_k=4)
+    speech, _ = speech_embeddings(model, cut, restored.device, restored.precision)
+    ids = text_ids(model.tokenizer, "a dog ran home")
+    table = model.llm.get_input_embeddings().weight.detach().float()
+    expected = torch.nn.functional.cosine_similarity(speech[:, None, :], table[ids][None, :, :], dim=-1)
+    assert result.similarity is not None and result.similarity.shape == (len(speech), len(ids))
+    torch.testing.assert_close(result.similarity, expected, atol=1e-5, rtol=1e-5)
+    assert (result.nearest_cos[:, 0] >= result.similarity.max(dim=1).values - 1e-5).all()
+    frames, lengths = model.encoder(*_features(model, cut))
+    assert len(speech) == int(model.connector(frames, lengths)[1][0])
+
+
+def _features(model, cut):
+    from macasr.data.collate import collate
+    from macasr.data.loader import CutDataset
+
+    batch = collate([CutDataset(model.encoder.featurizer).example(cut)])
+    return batch.features, batch.feature_lengths
+
+
+def test_inspect_audio_file_has_no_reference(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    output, data = _run(ckpt, manifest.with_name("clip1.wav"), tmp_path / "one")
+    (record,) = data["utterances"]
+    assert record["reference"] is None and "heatmap" not in record and "nearest_in_transcript" not in record
+    assert data["summary"]["nearest_in_transcript"] is None and data["summary"]["utterances_with_reference"] == 0
+    assert "no reference transcript" in output
+    assert not list((tmp_path / "one").glob("*.png"))
+
+
+def test_inspect_without_matplotlib_writes_json_and_says_so(ckpt: Path, manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+    output, data = _run(ckpt, manifest, tmp_path / "plain")
+    assert "pip install 'macasr[plots]'" in output
+    assert data["summary"]["utterances"] == 2 and all(r["heatmap"] is None for r in data["utterances"])
+    assert not list((tmp_path / "plain").glob("*.png"))
+
+
+def test_inspect_max_utterances_and_missing_input(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["inspect", str(ckpt), str(manifest), "--out", str(tmp_path / "o"), "--max-utterances", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "inspect.json").read_text())["summary"]["utterances"] == 1
+    result = CliRunner().invoke(app, ["inspect", str(ckpt), str(tmp_path / "nope.wav"), "--out", str(tmp_path / "m"), "--device", "cpu"])
+    assert result.exit_code == 1 and "nope.wav" in result.output and len(result.output.strip().splitlines()) == 1
