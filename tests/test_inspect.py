@@ -88,7 +88,7 @@ def test_inspect_cut_against_direct_cosines(ckpt: Path, manifest: Path) -> None:
     restored = restore_model(ckpt, "cpu")
     model, cut = restored.model, expand([manifest])[1].cut
     result = inspect_cut(model, cut, "a dog ran home", restored.device, restored.precision, top_k=4)
-    speech, _ = speech_embeddings(model, cut, restored.device, restored.precision)
+    speech = speech_embeddings(model, cut, restored.device, restored.precision)[0].cpu()
     ids = text_ids(model.tokenizer, "a dog ran home")
     table = model.llm.get_input_embeddings().weight.detach().float()
     expected = torch.nn.functional.cosine_similarity(speech[:, None, :], table[ids][None, :, :], dim=-1)

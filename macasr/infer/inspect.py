@@ -62,7 +62,7 @@ class Inspection:
 
 
 def speech_embeddings(model: Any, cut: Cut, device: torch.device, precision: str) -> tuple[torch.Tensor, float]:
-    """The connector's output for `cut` → (N, H) float32 on the CPU (padding cut off), and the
+    """The connector's output for `cut` → (N, H) float32 on `device` (padding cut off), and the
     clip's seconds. DataError naming the clip when it cannot be read."""
     example = CutDataset(model.encoder.featurizer).example(cut)
     batch = collate([example])
@@ -71,13 +71,13 @@ def speech_embeddings(model: Any, cut: Cut, device: torch.device, precision: str
     batch = batch.to(device)
     with torch.no_grad(), autocast(device, precision):
         embeds, lengths = model.encode_speech(batch.features, batch.feature_lengths)
-    return embeds[0, : int(lengths[0])].float().cpu(), batch.durations[0]
+    return embeds[0, : int(lengths[0])].float(), batch.durations[0]
 
 
 def inspect_cut(model: Any, cut: Cut, reference: str | None, device: torch.device, precision: str, top_k: int = 5) -> Inspection:
     """One utterance → its Inspection. `reference`: the transcript, or None (a bare audio file)."""
     speech, seconds = speech_embeddings(model, cut, device, precision)
-    table = model.llm.get_input_embeddings().weight.detach().float().cpu()  # (V, H)
+    table = model.llm.get_input_embeddings().weight.detach().to(speech.device, torch.float32)  # (V, H), on the model's device
     if speech.shape[-1] != table.shape[-1]:
         raise MacasrError(f"speech embeddings are {speech.shape[-1]} wide but the LLM's token embeddings {table.shape[-1]}")
     if not torch.isfinite(speech).all():
@@ -87,18 +87,18 @@ def inspect_cut(model: Any, cut: Cut, reference: str | None, device: torch.devic
     k = min(top_k, len(table))
     nearest_cos, nearest_ids = [], []
     for chunk in unit.split(ROWS_PER_CHUNK):
-        values, ids = (chunk @ unit_table.T).topk(k, dim=-1)  # (n, k); ties go to the lower id (topk is stable on CPU)
+        values, ids = (chunk @ unit_table.T).topk(k, dim=-1)  # (n, k)
         nearest_cos.append(values)
         nearest_ids.append(ids)
     n = len(speech)
     result = Inspection(
-        id=cut.id, duration=seconds, seconds=[seconds * i / n for i in range(n)], norms=speech.norm(dim=-1),
-        token_norm=float(table.norm(dim=-1).mean()), nearest_ids=torch.cat(nearest_ids), nearest_cos=torch.cat(nearest_cos),
+        id=cut.id, duration=seconds, seconds=[seconds * i / n for i in range(n)], norms=speech.norm(dim=-1).cpu(),
+        token_norm=float(table.norm(dim=-1).mean()), nearest_ids=torch.cat(nearest_ids).cpu(), nearest_cos=torch.cat(nearest_cos).cpu(),
     )
     if reference is not None:
         ids = text_ids(model.tokenizer, reference)
         result.reference, result.reference_ids = reference, ids
-        result.similarity = unit @ unit_table[ids].T if ids else unit.new_zeros(n, 0)
+        result.similarity = (unit @ unit_table[ids].T if ids else unit.new_zeros(n, 0)).cpu()
     return result
 
 
