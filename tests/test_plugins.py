@@ -27,6 +27,26 @@ EXAMPLE = ROOT / "examples" / "plugins" / "my_connectors.py"  # the file docs/ex
 runner = CliRunner()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_registries():
+    """The registries are global: take this module's components out again afterwards, so other
+    tests see only the built-in choices (and a later import of the example registers it anew)."""
+    import sys
+
+    from macasr.model.connector_config import CONNECTORS
+    from macasr.model.encoder_config import ENCODERS
+
+    saved = [(r, set(r._configs)) for r in (CONNECTORS, ENCODERS)]
+    yield
+    for registry, names in saved:  # built-in classes registered meanwhile stay: their module is imported once
+        for name in set(registry._configs) - names:
+            registry._configs.pop(name)
+            registry._components.pop(name, None)
+    plugins._files.clear()
+    for name in [n for n in sys.modules if n.startswith("macasr_plugin_") or n == "ep_plugin_abc"]:
+        del sys.modules[name]
+
+
 def plugin_config(tiny_config, folder: Path, modules: str = f'["{EXAMPLE}"]') -> Path:
     """A config file using the example's `gated` connector, on the tiny models."""
     path = folder / "gated.toml"
