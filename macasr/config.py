@@ -252,6 +252,11 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PluginsConfig:
+    modules: list[str] = option([], "Your own encoders and connectors (docs/extending.md): modules imported before the config is read, by module name (my_connectors) or .py file (relative to this file's folder).")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     model: ModelConfig = option(ModelConfig(), "Encoder, connector and LLM.")
     prompt: PromptConfig = option(PromptConfig(), "Prompt around the speech embeddings.")
@@ -261,6 +266,7 @@ class Config:
     logging: LoggingConfig = option(LoggingConfig(), "Metrics, TensorBoard, wandb and curves.")
     augment: AugmentConfig = option(AugmentConfig(), "Waveform augmentation of training cuts, all off by default (docs/augmentation.md).")
     datasets: dict[str, DatasetConfig] = option({}, "Named datasets, one [datasets.NAME] table each.")
+    plugins: PluginsConfig = option(PluginsConfig(), "Modules that register your own components.")
 
     @property
     def run_dir(self) -> Path:

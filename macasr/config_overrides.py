@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from macasr import plugins
 from macasr.config import _REGISTRIES, Config
 from macasr.config_parse import _config_error, _Errors, _line_of, _migrate, _parse_table, _parse_toml, _read
 from macasr.errors import ConfigError, MacasrError
@@ -168,7 +169,8 @@ def from_dict(data: dict[str, Any], overrides: Sequence[Override], source: str |
     """`config_parse.from_dict` of `data` with `overrides` set: OverrideError when a flag caused any
     problem (every problem listed), ConfigError when only the file's own are left."""
     errors = _Errors()
-    cfg = _parse_table(Config, _migrate(apply_overrides(data, overrides), errors), "", errors, None)
+    data = plugins.prepare(apply_overrides(data, overrides), source)
+    cfg = _parse_table(Config, _migrate(data, errors), "", errors, None)
     if errors.items:
         lines = located_problems(errors, overrides, source, text)
         raise (OverrideError if any(line.startswith(FLAG + " ") for line in lines) else ConfigError)(lines)

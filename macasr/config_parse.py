@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from macasr.config import _REGISTRIES, DATASET_NAME, Config
+from macasr import plugins
 from macasr.errors import ConfigError, DeprecatedSetting
 from macasr.registry import Registry
 
@@ -193,7 +194,7 @@ def _migrate(data: dict[str, Any], errors: _Errors) -> dict[str, Any]:
 def from_dict(data: dict[str, Any], source: str | None = None, text: str | None = None) -> Config:
     """Validate a raw TOML dict; raise one `ConfigError` listing every problem."""
     errors = _Errors()
-    cfg = _parse_table(Config, _migrate(data, errors), "", errors, None)
+    cfg = _parse_table(Config, _migrate(plugins.prepare(data, source), errors), "", errors, None)
     if errors.items:
         raise _config_error(errors, source, text)
     return cfg

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from macasr import config as config_module, config_overrides
+from macasr import config as config_module, config_overrides, plugins
 from macasr.cli._common import SetOpt, console, err_console, fail, handle_errors, typer_app
 from macasr.errors import ConfigError
 
@@ -24,6 +24,7 @@ def init(
     sets: SetOpt = None,
 ) -> None:
     """Write a config with every field, its value and its help text as a comment."""
+    plugins.import_entry_points()  # installed plugins' components are listed among the choices
     cfg = config_module.load_preset(preset) if preset else config_module.Config()
     cfg = config_overrides.override(cfg, sets, f"preset {preset}" if preset else "the defaults")
     if path is None:
@@ -57,4 +58,5 @@ def presets() -> None:
 @app.command("docs")
 def docs() -> None:
     """Print the Markdown configuration reference (docs/config.md)."""
+    plugins.import_entry_points()
     typer.echo(config_module.reference_markdown(), nl=False)

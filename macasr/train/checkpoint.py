@@ -253,6 +253,7 @@ def restore_model(path: str | Path, device: str = "auto", precision: str | None 
     `overrides` ("KEY=VALUE", as `--set` takes them) change the stored config first, e.g.
     "model.llm.path=NEW" for a model folder that moved."""
     from macasr import config_overrides
+    from macasr.plugins import PluginError
 
     if Path(path).is_dir():
         from macasr.infer.bundle import restore_bundle
@@ -264,8 +265,8 @@ def restore_model(path: str | Path, device: str = "auto", precision: str | None 
     data, sets = load_checkpoint(path), config_overrides.parse_overrides(overrides)
     try:
         cfg = config_overrides.from_dict(data["config"], sets, f"{path} (stored config)")
-    except config_overrides.OverrideError:
-        raise
+    except (config_overrides.OverrideError, PluginError):
+        raise  # names the flag, or the plugin the stored config needs
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{path}: stored config is invalid ({str(e).splitlines()[0]})") from None
     dev = resolve_device(device)
