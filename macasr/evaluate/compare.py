@@ -13,6 +13,7 @@ report without its per-utterance file. A missing or garbled report is a one-line
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,14 @@ def _utterance_counts(report: LoadedReport, keys: list[tuple[str, str]]) -> Coun
     return sum(int(u["errors"]) for u in lines), sum(len(str(u.get("ref_norm", "")).split()) for u in lines)
 
 
+def _total(counts: Iterable[Counts]) -> Counts:
+    """Word errors and reference words summed over datasets (the pooled "overall" row)."""
+    errors, words = 0, 0
+    for e, w in counts:
+        errors, words = errors + e, words + w
+    return errors, words
+
+
 def _wer(counts: Counts) -> float | None:
     return counts[0] / counts[1] if counts[1] else None
 
@@ -217,8 +226,7 @@ def compare_reports(a: LoadedReport, b: LoadedReport, top: int = TOP_CHANGES) ->
                           f"{b.path}: {', '.join(b.datasets) or 'none'})")
     counted = [_dataset_counts(a, b, name, notes) for name in common]
     datasets = [DatasetChange(row, _wer(ca), _wer(cb)) for ca, cb, row in counted]
-    pooled = DatasetChange("overall", _wer(tuple(map(sum, zip(*(ca for ca, _, _ in counted))))),  # type: ignore[arg-type]
-                           _wer(tuple(map(sum, zip(*(cb for _, cb, _ in counted))))))  # type: ignore[arg-type]
+    pooled = DatasetChange("overall", _wer(_total(ca for ca, _, _ in counted)), _wer(_total(cb for _, cb, _ in counted)))
     changed = _utterance_changes(a, b, common, top, notes)
     return Comparison(a, b, datasets, pooled, changed, notes)
 

@@ -48,9 +48,7 @@ def _number(key: str, value: Any) -> str:
         return "n/a"
     if key in PERCENT:
         return f"{100 * value:.2f}"
-    if key == "hours":
-        return f"{value:.2f}"
-    if isinstance(value, float):
+    if key == "hours" or isinstance(value, float):
         return f"{value:.2f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
