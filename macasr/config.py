@@ -253,7 +253,7 @@ class LoggingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PluginsConfig:
-    modules: list[str] = option([], "Your own encoders and connectors (docs/extending.md): modules imported before the config is read, by module name (my_connectors) or .py file (relative to this file's folder).")
+    modules: list[str] = option([], "Your own encoders, connectors and downsamplers (docs/extending.md): modules imported before the config is read, by module name (my_connectors) or .py file (relative to this file's folder).")
 
 
 @dataclasses.dataclass(frozen=True)
