@@ -6,6 +6,7 @@ each class under the name declared here."""
 from __future__ import annotations
 
 import dataclasses
+
 from macasr.registry import ComponentConfig, Registry, option
 
 
