@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from macasr.data.augment import AugmentConfig, uses_waveform
 from macasr.errors import ConfigError
-from macasr.model.connector_config import CONNECTORS, ConnectorConfig, MLPConnectorConfig
+from macasr.model.connector_config import CONNECTORS, DOWNSAMPLERS, ConnectorConfig, MLPConnectorConfig
 from macasr.model.encoder_config import ENCODERS, EncoderConfig, WhisperEncoderConfig
 from macasr.model.lora import LoraConfig
 from macasr.registry import ComponentConfig, Registry, option
@@ -253,7 +253,7 @@ class LoggingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PluginsConfig:
-    modules: list[str] = option([], "Your own encoders and connectors (docs/extending.md): modules imported before the config is read, by module name (my_connectors) or .py file (relative to this file's folder).")
+    modules: list[str] = option([], "Your own encoders, connectors and downsamplers (docs/extending.md): modules imported before the config is read, by module name (my_connectors) or .py file (relative to this file's folder).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,7 +322,8 @@ def looks_like_path(entry: str) -> bool:
     return not DATASET_NAME.fullmatch(entry) or "." in entry
 
 
-_REGISTRIES: dict[str, Registry[Any]] = {"ENCODERS": ENCODERS, "CONNECTORS": CONNECTORS}
+# Named in fields' metadata: `registry=` for a component table, `choices=` for a string naming one.
+_REGISTRIES: dict[str, Registry[Any]] = {"ENCODERS": ENCODERS, "CONNECTORS": CONNECTORS, "DOWNSAMPLERS": DOWNSAMPLERS}
 
 
 # ----------------------------------------------------------------------------- presets

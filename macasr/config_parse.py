@@ -43,9 +43,15 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _convert(tp: Any, value: Any, key: str, errors: _Errors, registry: str | None = None) -> Any:
-    """Check `value` against annotation `tp`; return the converted value or None on error."""
+def _convert(tp: Any, value: Any, key: str, errors: _Errors, registry: str | None = None, choices: str | None = None) -> Any:
+    """Check `value` against annotation `tp` (and, for `choices`, the names in that registry);
+    return the converted value or None on error."""
     origin = typing.get_origin(tp)
+    if choices is not None:
+        if isinstance(value, str) and value in _REGISTRIES[choices].names():
+            return value
+        errors.add(key, f"`{key}`: {_REGISTRIES[choices].unknown(value)}")
+        return None
     if registry is not None or (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
         return _parse_table(tp, value, key, errors, _REGISTRIES.get(registry or ""))
     if origin is Literal:
@@ -97,8 +103,7 @@ def _parse_table(cls: type, data: Any, key: str, errors: _Errors, registry: Regi
     if registry is not None:
         name = data.get("name")
         if name not in registry.names():
-            hint = f"; choose one of: {', '.join(registry.names())}"
-            errors.add(_join(key, "name"), f"`{_join(key, 'name')}`: unknown {registry.kind} {name!r}{hint}")
+            errors.add(_join(key, "name"), f"`{_join(key, 'name')}`: {registry.unknown(name)}")
             return None
         cls = registry.config_type(name)
     hints = typing.get_type_hints(cls)
@@ -110,7 +115,7 @@ def _parse_table(cls: type, data: Any, key: str, errors: _Errors, registry: Regi
     kwargs, broken = {}, []
     for name, f in fields.items():
         if name in data:
-            value = _convert(hints[name], data[name], _join(key, name), errors, f.metadata.get("registry"))
+            value = _convert(hints[name], data[name], _join(key, name), errors, f.metadata.get("registry"), f.metadata.get("choices"))
             if value is None:
                 broken.append(name)
             else:

@@ -25,6 +25,13 @@ def _inline(value: Any) -> str:
     return tomli_w.dumps({"v": value}).strip()[4:]
 
 
+def _help(f: dataclasses.Field[Any]) -> str:
+    """A field's help text; for a field naming a registered component, the names registered now
+    (plugins' included) after it."""
+    text, choices = f.metadata.get("help", ""), f.metadata.get("choices")
+    return f"{text} Choices: {', '.join(_REGISTRIES[choices].names())}." if choices else text
+
+
 def _render(obj: Any, key: str, registry: Registry[Any] | None = None) -> list[str]:
     lines = [f"[{key}]"]
     nested = []
@@ -35,7 +42,7 @@ def _render(obj: Any, key: str, registry: Registry[Any] | None = None) -> list[s
         if dataclasses.is_dataclass(value):
             nested.append((value, f"{key}.{f.name}", _REGISTRIES.get(f.metadata.get("registry", ""))))
             continue
-        lines.append(f"# {f.metadata.get('help', '')}")
+        lines.append(f"# {_help(f)}")
         if isinstance(value, dict):
             lines.append(f"{f.name} = {{ {', '.join(tomli_w.dumps({k: v}).strip() for k, v in value.items())} }}")
         else:
@@ -74,7 +81,7 @@ def _reference_rows(obj: Any, key: str, heading: str | None = None) -> list[str]
             nested.append((value, f"{key}.{f.name}", f.metadata.get("registry")))
             continue
         shown = _inline(value).replace("|", "\\|") if not isinstance(value, dict) else "{}"
-        lines.append(f"| `{f.name}` | `{shown}` | {f.metadata.get('help', '')} |")
+        lines.append(f"| `{f.name}` | `{shown}` | {_help(f)} |")
     out = lines if len(lines) > 3 else []
     for value, sub, registry in nested:
         if registry:

@@ -1,4 +1,4 @@
-"""Your own components: modules that register encoders and connectors, imported before a config is read.
+"""Your own components: modules that register encoders, connectors and downsamplers, imported before a config is read.
 
 Two ways in, both imported before the parser checks component names against the registries:
 - `[plugins] modules = ["my_connectors", "path/to/file.py"]` in a config: a module name is

@@ -2,7 +2,9 @@
 
 A registered component comes with its own frozen config dataclass. A TOML table such as
 `[model.connector]` holds `name` plus that config's fields; `macasr.config` looks the name up
-here and validates the table against the registered config type.
+here and validates the table against the registered config type. A component without a table of
+its own (a downsampler) is declared with the registry's base config and named by a string field,
+`option(default, help, choices="DOWNSAMPLERS")`, which the parser checks against the registry.
 """
 
 from __future__ import annotations
@@ -49,16 +51,18 @@ class Registry(Generic[T]):
         self._configs: dict[str, type[ComponentConfig]] = {}
         self._components: dict[str, type[T]] = {}
 
-    def declare(self, name: str, config_cls: type[ComponentConfig]) -> None:
-        """Name a component and its config type before its class is imported."""
+    def declare(self, name: str, config_cls: type[ComponentConfig] | None = None) -> None:
+        """Name a component and its config type (default: the registry's base config, for
+        components configured elsewhere, as downsamplers are) before its class is imported."""
+        config_cls = config_cls or self.base_config
         if not issubclass(config_cls, self.base_config):
             raise TypeError(f"{config_cls.__name__} must subclass {self.base_config.__name__}")
         if self._configs.get(name, config_cls) is not config_cls:
             raise ValueError(f"{self.kind} {name!r} is already declared with {self._configs[name].__name__}")
         self._configs[name] = config_cls
 
-    def register(self, name: str, config_cls: type[ComponentConfig]) -> Callable[[type[T]], type[T]]:
-        """Class decorator: `@CONNECTORS.register("mlp", MLPConnectorConfig)`."""
+    def register(self, name: str, config_cls: type[ComponentConfig] | None = None) -> Callable[[type[T]], type[T]]:
+        """Class decorator: `@CONNECTORS.register("mlp", MLPConnectorConfig)`, `@DOWNSAMPLERS.register("pool")`."""
         self.declare(name, config_cls)
 
         def decorate(cls: type[T]) -> type[T]:
@@ -72,9 +76,13 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._configs)
 
+    def unknown(self, name: object) -> str:
+        """The message for a name nothing registered: `unknown connector 'x'; choose one of: ...`."""
+        return f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+
     def _check(self, name: str) -> None:
         if name not in self._configs:
-            raise KeyError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+            raise KeyError(self.unknown(name))
 
     def component(self, name: str) -> type[T]:
         self._check(name)

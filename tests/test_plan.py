@@ -95,10 +95,11 @@ def _tiny_variants(cfg):
         "all-trained": config_module.replace(cfg, **{"model.encoder.train": True, "model.llm.train": True}),
         "transformer": config_module.replace(cfg, **{"model.connector": TransformerConnectorConfig(**small)}),
         "qformer": config_module.replace(cfg, **{"model.connector": QFormerConnectorConfig(**small)}),
+        "conv1d": config_module.replace(cfg, **{"model.connector.downsampler": "conv1d"}),
     }
 
 
-@pytest.mark.parametrize("variant", ["frozen", "lora", "all-trained", "transformer", "qformer"])
+@pytest.mark.parametrize("variant", ["frozen", "lora", "all-trained", "transformer", "qformer", "conv1d"])
 def test_plan_counts_what_build_model_builds(variant: str, tiny_config, tmp_path: Path) -> None:
     cfg = _tiny_variants(tiny_config)[variant]
     path = config_module.dump(cfg, tmp_path / "tiny.toml")

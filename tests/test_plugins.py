@@ -33,10 +33,10 @@ def _restore_registries():
     tests see only the built-in choices (and a later import of the example registers it anew)."""
     import sys
 
-    from macasr.model.connector_config import CONNECTORS
+    from macasr.model.connector_config import CONNECTORS, DOWNSAMPLERS
     from macasr.model.encoder_config import ENCODERS
 
-    saved = [(r, set(r._configs)) for r in (CONNECTORS, ENCODERS)]
+    saved = [(r, set(r._configs)) for r in (CONNECTORS, ENCODERS, DOWNSAMPLERS)]
     yield
     for registry, names in saved:  # built-in classes registered meanwhile stay: their module is imported once
         for name in set(registry._configs) - names:

@@ -1,11 +1,11 @@
-"""The connectors' configs and their registry, without torch (`macasr.config` reads them while the
-CLI starts); the connectors themselves are in `macasr.model.connectors`, which registers each
-class under the name declared here."""
+"""The connectors' configs and the connector and downsampler registries, without torch
+(`macasr.config` reads them while the CLI starts); the connectors themselves are in
+`macasr.model.connectors` and the downsamplers in `macasr.model.downsamplers`, which register
+each class under the name declared here."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 from macasr.registry import ComponentConfig, Registry, option
 
@@ -13,7 +13,7 @@ from macasr.registry import ComponentConfig, Registry, option
 @dataclasses.dataclass(frozen=True)
 class ConnectorConfig(ComponentConfig):
     downsample: int = option(5, "Reduce the frame rate k-fold before projecting (50 Hz / 5 = 10 Hz).")
-    downsampler: Literal["stack", "conv1d"] = option("stack", "stack: concatenate k consecutive frames; conv1d: a strided convolution (kernel and stride k).")
+    downsampler: str = option("stack", "How k frames become one: stack concatenates them (k·D wide, no parameters); conv1d is a strided convolution (kernel and stride k, D wide); plugins add more (docs/extending.md).", choices="DOWNSAMPLERS")
 
     def rules(self) -> dict[str, tuple[bool, str]]:
         """{field: (holds, what the field must be)}; subclasses extend it."""
@@ -76,6 +76,12 @@ class QFormerConnectorConfig(ConnectorConfig):
         return {**super().rules(), **_attention_rules(self), "num_queries": (self.num_queries >= 1, "must be at least 1"),
                 "window": (self.window >= 1, "must be at least 1")}
 
+
+# Downsamplers have no table of their own: `[model.connector] downsampler` names one, and it is
+# built from the connector's `downsample` (k) and the encoder's width (macasr.model.downsamplers).
+DOWNSAMPLERS: Registry = Registry("downsampler", ComponentConfig, module="macasr.model.downsamplers")
+DOWNSAMPLERS.declare("stack")
+DOWNSAMPLERS.declare("conv1d")
 
 CONNECTORS: Registry = Registry("connector", ConnectorConfig, module="macasr.model.connectors")
 CONNECTORS.declare("linear", LinearConnectorConfig)

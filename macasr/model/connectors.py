@@ -5,13 +5,8 @@ D encoder width, E a connector's inner width (`dim`), W window (downsampled fram
 per window, N speech embeddings, H LLM hidden width.
 
 Every connector first downsamples k-fold, which cuts the LLM's sequence length, then `project`s
-to H. The base class owns the downsampler, chosen by `downsampler`:
-- stack: concatenate k consecutive frames, (B, T, D) → (B, T', k·D); no parameters.
-- conv1d: a strided Conv1d (kernel = stride = k), (B, T, D) → (B, T', D). Its output keeps the
-  encoder width D, so it costs D·D·k weights (a k·D-wide output would cost (kD)²) and the first
-  layer of `project` stays as narrow as without downsampling; the conv is a learned k-frame
-  pooling, the stack lets `project` learn the same thing in its first layer.
-Frames beyond a clip's length are zeroed before downsampling (encoders already guarantee it),
+to H. The base class owns the downsampler that `downsampler` names (`stack`, `conv1d` or a
+plugin's; macasr.model.downsamplers), built from k and D. Frames beyond a clip's length are zeroed before downsampling (encoders already guarantee it),
 attention never looks past a clip's length, and embeddings beyond a clip's output length are
 zero, so a clip's embeddings are the same alone and in a batch.
 """
@@ -23,15 +18,13 @@ from torch import nn
 
 from macasr.errors import ConfigError
 from macasr.model.connector_config import (  # noqa: F401 - the configs live there (no torch) and are importable from here too
-    CONNECTORS, ConnectorConfig, LinearConnectorConfig, MLPConnectorConfig, QFormerConnectorConfig, TransformerConnectorConfig,
+    CONNECTORS, DOWNSAMPLERS, ConnectorConfig, LinearConnectorConfig, MLPConnectorConfig, QFormerConnectorConfig,
+    TransformerConnectorConfig,
 )
+from macasr.model.downsamplers import ceil_div
 
 QFORMER_FFN_MULTIPLIER = 4  # feed-forward width / dim, as in BLIP-2's BERT-based Q-Former
 INIT_STD = 0.02  # learned queries and window positions, as in BERT
-
-
-def _ceil_div(n: torch.Tensor | int, d: int) -> torch.Tensor | int:
-    return (n + d - 1) // d
 
 
 def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -50,41 +43,27 @@ def key_padding(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return ~_valid(lengths, width) & (lengths > 0)[:, None]
 
 
-def stack_frames(frames: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, D) → (B, ceil(T/k), k·D); the last group of each clip is zero-padded."""
-    batch, steps, dim = frames.shape
-    pad = (-steps) % k
-    if pad:
-        frames = nn.functional.pad(frames, (0, 0, 0, pad))
-    stacked = frames.reshape(batch, (steps + pad) // k, k * dim)  # (B, T/k, k*D)
-    return stacked, _ceil_div(lengths, k)
-
-
 class Connector(nn.Module):
     """Base: downsample (B, T, D) → (B, T', input_dim), then `project` → (B, N, H).
 
-    A subclass implements `project`, and `output_lengths` when N is not T' = ceil(T/k).
+    A subclass implements `project`, and `output_lengths` when N is not T' (the downsampler's
+    `output_lengths`, ceil(T/k) for the built-in ones).
     """
 
     def __init__(self, cfg: ConnectorConfig, input_dim: int, output_dim: int) -> None:
         super().__init__()
         self.k = cfg.downsample
         self.output_dim = output_dim
-        self.downsampler = nn.Conv1d(input_dim, input_dim, self.k, stride=self.k) if cfg.downsampler == "conv1d" else None
-        self.input_dim = input_dim if self.downsampler is not None else input_dim * self.k  # what `project` receives
+        self.downsampler = DOWNSAMPLERS.component(cfg.downsampler)(self.k, input_dim)
+        self.input_dim = self.downsampler.output_dim  # what `project` receives
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return _ceil_div(lengths, self.k)
+        return self.downsampler.output_lengths(lengths)
 
     def downsample(self, frames: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) → (B, T', input_dim) and T' per clip; frames past a clip's length are ignored."""
-        frames = zero_beyond(frames, lengths)
-        if self.downsampler is None:
-            return stack_frames(frames, lengths, self.k)
-        pad = (-frames.shape[1]) % self.k
-        x = self.downsampler(nn.functional.pad(frames, (0, 0, 0, pad)).transpose(1, 2))  # (B, D, T')
-        short = _ceil_div(lengths, self.k)
-        return zero_beyond(x.transpose(1, 2), short), short  # (B, T', D)
+        x, short = self.downsampler(zero_beyond(frames, lengths), lengths)
+        return zero_beyond(x, short), short
 
     def project(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T', input_dim) with T' valid frames per clip → (B, N, H)."""
@@ -210,11 +189,11 @@ class QFormerConnector(Connector):
         self.out = nn.Linear(dim, output_dim)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return _ceil_div(super().output_lengths(lengths), self.window) * self.num_queries
+        return ceil_div(super().output_lengths(lengths), self.window) * self.num_queries
 
     def project(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         batch, steps, _ = x.shape
-        windows = _ceil_div(steps, self.window)
+        windows = ceil_div(steps, self.window)
         x = nn.functional.pad(self.inp(x), (0, 0, 0, windows * self.window - steps))
         frames = self.frame_norm(x.reshape(batch * windows, self.window, -1)) + self.position  # (B*nW, W, E)
         starts = torch.arange(windows, device=x.device) * self.window
