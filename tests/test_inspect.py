@@ -200,3 +200,26 @@ def test_several_bad_inputs_name_the_first_and_count_the_others(ckpt: Path, tmp_
     result = CliRunner().invoke(app, ["inspect", str(ckpt), str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), str(tmp_path / "c.wav")])
     assert result.exit_code == 1, result.output
     assert " ".join(result.output.split()) == f"error: {tmp_path / 'a.wav'}: no such audio file (and 2 more inputs that cannot be used)"
+
+
+def test_rows_of_shell_commands_need_allow_commands(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    """The pre-check before the model loads reads no audio; such a row is refused once the
+    checkpoint's config says commands are off, and runs when --set allows them."""
+    from lhotse import CutSet
+    from lhotse.audio import AudioSource
+    from lhotse.utils import fastcopy
+
+    from macasr.data.manifest import open_cuts
+
+    cut = next(iter(open_cuts(manifest)))
+    marker = tmp_path / "ran"
+    recording = fastcopy(cut.recording, sources=[AudioSource(type="command", channels=[0], source=f"touch {marker}; cat {tmp_path / 'clip0.wav'}")])
+    path = tmp_path / "cmd.jsonl.gz"
+    CutSet.from_cuts([fastcopy(cut, recording=recording, custom={})]).to_file(path)
+    args = ["inspect", str(ckpt), str(path), "--device", "cpu"]
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 1 and "[data] allow_commands = true" in " ".join(refused.output.split())
+    assert not marker.exists() and not (tmp_path / "no").exists()
+    allowed = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "yes"), "--set", "data.allow_commands=true"])
+    assert allowed.exit_code == 0, allowed.output
+    assert marker.exists() and json.loads((tmp_path / "yes" / "inspect.json").read_text())["summary"]["utterances_with_reference"] == 1
