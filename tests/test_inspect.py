@@ -223,3 +223,16 @@ def test_rows_of_shell_commands_need_allow_commands(ckpt: Path, manifest: Path, 
     allowed = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "yes"), "--set", "data.allow_commands=true"])
     assert allowed.exit_code == 0, allowed.output
     assert marker.exists() and json.loads((tmp_path / "yes" / "inspect.json").read_text())["summary"]["utterances_with_reference"] == 1
+
+
+def test_a_bad_row_counts_only_among_the_utterances_inspected(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    """--max-utterances 2 never reads row 3, so its missing audio is no error; a missing input file is, wherever it comes."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(manifest.read_text() + '{"audio": "gone.wav", "text": "x", "duration": 1.0}\n')
+    args = ["inspect", str(ckpt), str(rows), "--device", "cpu", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, [*args, "--max-utterances", "2"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and f"{tmp_path / 'gone.wav'}: no such audio file (manifest {rows}:3)" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, [*args, "--max-utterances", "2", str(tmp_path / "nope.wav")])
+    assert result.exit_code == 1 and f"{tmp_path / 'nope.wav'}: no such audio file" in result.output

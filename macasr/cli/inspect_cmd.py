@@ -31,11 +31,11 @@ def inspect(
     from macasr.infer.inspect import as_record, checked_sources, draw_heatmap, inspect_cut, reference_of, summary
     from macasr.train.checkpoint import restore_model
 
-    sources = checked_sources(inputs, allow_commands=True)  # a missing input, an empty pattern or folder: fail before the model loads
+    # A missing input, an empty pattern or folder, a bad row: one line before the model loads.
+    sources = checked_sources(inputs, allow_commands=True, limit=max_utterances)
     restored = restore_model(ckpt, device, overrides=sets)
     if not restored.config.data.allow_commands:  # then rows whose audio a shell command produces are refused
-        sources = checked_sources(inputs, allow_commands=False)
-    sources = sources[:max_utterances]
+        sources = checked_sources(inputs, allow_commands=False, limit=max_utterances)
     try:
         import matplotlib  # noqa: F401
         plots = True

@@ -172,17 +172,18 @@ def draw_heatmap(result: Inspection, tokenizer: Any, out: Path) -> None:
     partial.replace(out)
 
 
-def checked_sources(inputs: Sequence[str], allow_commands: bool) -> list[Source]:
+def checked_sources(inputs: Sequence[str], allow_commands: bool, limit: int | None = None) -> list[Source]:
     """`macasr transcribe`'s inputs (audio files, folders, glob patterns, manifests) → one Source
-    per utterance, in order. MacasrError, one line, naming the first input that cannot be used (a
-    missing file, a pattern or folder without audio, an empty or bad manifest, a bad row) and how
-    many more there are: an analysis over fewer utterances than asked for would pass for one over all."""
+    per utterance, in order, the first `limit` of them. MacasrError, one line, naming the first
+    input that cannot be used (a missing file, a pattern or folder without audio, an empty or bad
+    manifest; a bad manifest row only among the first `limit`) and how many more there are: an
+    analysis over fewer utterances than asked for would pass for one over all."""
     sources = expand(inputs, allow_commands)
-    bad = [s.error for s in sources if s.error is not None]
+    bad = [s.error for n, s in enumerate(sources) if s.error is not None and (s.id is None or limit is None or n < limit)]
     if bad:
         more = f" (and {len(bad) - 1} more input{'s' * (len(bad) > 2)} that cannot be used)" if len(bad) > 1 else ""
         raise MacasrError(bad[0] + more)
-    return sources
+    return sources[:limit]
 
 
 def reference_of(cut: Cut, from_manifest: bool) -> str | None:
