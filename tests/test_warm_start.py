@@ -153,6 +153,14 @@ def test_lora_on_other_modules_is_refused_naming_them(tiny_config, lora_source) 
         warm_start(build_model(cfg), cfg)
 
 
+def test_a_checkpoint_without_trained_weights_is_refused(tiny_config, tmp_path) -> None:
+    """Nothing loaded and everything fresh would be a cold start that calls itself a warm one."""
+    path = checkpoint.save_checkpoint(tmp_path / "empty.pt", {"config": config_module.to_dict(tiny_config), "model": {}, "step": 3})
+    cfg = config_module.replace(tiny_config, **{"train.init_from": str(path)})
+    with pytest.raises(CheckpointError, match=rf"^\[train\] init_from {path}: holds no trained weights$"):
+        warm_start(build_model(cfg), cfg)
+
+
 def test_a_resumed_stage_2_run_continues_from_its_last_pt(tiny_config, corpus, source, tmp_path, monkeypatch) -> None:
     """A stage-2 run (LoRA, init_from a connector-only best.pt) resumed after a step starts the
     resume from its own last.pt's weights, not from the warm start again."""

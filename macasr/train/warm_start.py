@@ -14,8 +14,8 @@ the learning-rate schedule, the step count and the run folder are this run's own
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
