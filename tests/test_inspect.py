@@ -130,3 +130,109 @@ def test_inspect_max_utterances_and_missing_input(ckpt: Path, manifest: Path, tm
     assert json.loads((tmp_path / "o" / "inspect.json").read_text())["summary"]["utterances"] == 1
     result = CliRunner().invoke(app, ["inspect", str(ckpt), str(tmp_path / "nope.wav"), "--out", str(tmp_path / "m"), "--device", "cpu"])
     assert result.exit_code == 1 and "nope.wav" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def _several(tmp_path: Path, manifest: Path) -> list[str]:
+    """Two manifests of the same name and cut ids in different folders, two audio files of the same
+    stem in different folders (one given as a folder, one as a pattern)."""
+    for folder in ("x", "y", "a", "b"):
+        (tmp_path / folder).mkdir()
+    for folder in ("x", "y"):
+        for clip in ("clip0.wav", "clip1.wav"):
+            (tmp_path / folder / clip).write_bytes((tmp_path / clip).read_bytes())
+        (tmp_path / folder / "test.jsonl").write_text(manifest.read_text())
+    for n, folder in enumerate(("a", "b")):
+        sf.write(tmp_path / folder / "talk.wav", noise(1.2, seed=5 + n), SAMPLE_RATE)
+    return [str(tmp_path / "x" / "test.jsonl"), str(tmp_path / "a"), str(tmp_path / "b" / "*.wav"), str(tmp_path / "y" / "test.jsonl")]
+
+
+def test_inspect_several_inputs(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    """Manifests, a folder and a pattern in one run: every utterance in input order, heatmaps of
+    same-named rows in different folders kept apart, the transcript rate over those with a reference,
+    and the same bytes from a second run."""
+    inputs = _several(tmp_path, manifest)
+    args = ["inspect", str(ckpt), *inputs, "--device", "cpu", "--top-k", "3"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o1")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "o1" / "inspect.json").read_text())
+    records = data["utterances"]
+    assert data["inputs"] == inputs
+    assert [r["reference"] for r in records] == ["the cat sat", "a dog ran home", None, None, "the cat sat", "a dog ran home"]
+    assert [r["id"] for r in records][2:4] == [str(tmp_path / "a" / "talk.wav"), str(tmp_path / "b" / "talk.wav")]
+    heatmaps = [r["heatmap"] for r in records if r["reference"] is not None]
+    assert [h.split("/")[0] for h in heatmaps] == ["x", "x", "y", "y"]  # named after the row, with the folder telling them apart
+    assert len(set(heatmaps)) == 4 and all((tmp_path / "o1" / h).read_bytes()[:4] == b"\x89PNG" for h in heatmaps)
+    assert sorted(str(p.relative_to(tmp_path / "o1")) for p in (tmp_path / "o1").rglob("*.png")) == sorted(heatmaps)
+    assert all("heatmap" not in r and "nearest_in_transcript" not in r and r["speech_embeddings"] > 0 for r in records[2:4])
+    with_reference = [r["nearest_in_transcript"] for r in records if r["reference"] is not None]
+    assert data["summary"]["utterances"] == 6 and data["summary"]["utterances_with_reference"] == 4
+    assert data["summary"]["nearest_in_transcript"] == pytest.approx(sum(with_reference) / 4, abs=1e-6)
+    assert data["summary"]["mean_norm_ratio"] == pytest.approx(sum(r["norm_ratio"] for r in records) / 6, abs=1e-6)
+    assert "over the 4 of 6 utterances with a reference transcript" in " ".join(result.output.split())
+    again = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o2")])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "o2" / "inspect.json").read_bytes() == (tmp_path / "o1" / "inspect.json").read_bytes()
+    assert all((tmp_path / "o2" / h).read_bytes() == (tmp_path / "o1" / h).read_bytes() for h in heatmaps)
+
+
+@pytest.mark.parametrize("bad, said", [
+    ("missing.wav", "missing.wav: no such audio file"),
+    ("empty", "empty: no audio files in this folder"),
+    ("none/*.flac", "none/*.flac: no file matches this pattern"),
+    ("empty.jsonl", "empty.jsonl: manifest has no utterances"),
+])
+def test_a_bad_input_among_several_fails_before_the_model_loads(ckpt: Path, manifest: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, bad: str, said: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.jsonl").write_text("")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr("macasr.train.checkpoint.restore_model", no_model)
+    result = CliRunner().invoke(app, ["inspect", str(ckpt), str(manifest), str(tmp_path / bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1, result.output
+    assert len(result.output.strip().splitlines()) == 1 and f"{tmp_path / said}" in " ".join(result.output.split())
+    assert not (tmp_path / "o").exists()
+
+
+def test_several_bad_inputs_name_the_first_and_count_the_others(ckpt: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["inspect", str(ckpt), str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), str(tmp_path / "c.wav")])
+    assert result.exit_code == 1, result.output
+    assert " ".join(result.output.split()) == f"error: {tmp_path / 'a.wav'}: no such audio file (and 2 more inputs that cannot be used)"
+
+
+def test_rows_of_shell_commands_need_allow_commands(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    """The pre-check before the model loads reads no audio; such a row is refused once the
+    checkpoint's config says commands are off, and runs when --set allows them."""
+    from lhotse import CutSet
+    from lhotse.audio import AudioSource
+    from lhotse.utils import fastcopy
+
+    from macasr.data.manifest import open_cuts
+
+    cut = next(iter(open_cuts(manifest)))
+    marker = tmp_path / "ran"
+    recording = fastcopy(cut.recording, sources=[AudioSource(type="command", channels=[0], source=f"touch {marker}; cat {tmp_path / 'clip0.wav'}")])
+    path = tmp_path / "cmd.jsonl.gz"
+    CutSet.from_cuts([fastcopy(cut, recording=recording, custom={})]).to_file(path)
+    args = ["inspect", str(ckpt), str(path), "--device", "cpu"]
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 1 and "[data] allow_commands = true" in " ".join(refused.output.split())
+    assert not marker.exists() and not (tmp_path / "no").exists()
+    allowed = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "yes"), "--set", "data.allow_commands=true"])
+    assert allowed.exit_code == 0, allowed.output
+    assert marker.exists() and json.loads((tmp_path / "yes" / "inspect.json").read_text())["summary"]["utterances_with_reference"] == 1
+
+
+def test_a_bad_row_counts_only_among_the_utterances_inspected(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    """--max-utterances 2 never reads row 3, so its missing audio is no error; a missing input file is, wherever it comes."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(manifest.read_text() + '{"audio": "gone.wav", "text": "x", "duration": 1.0}\n')
+    args = ["inspect", str(ckpt), str(rows), "--device", "cpu", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, [*args, "--max-utterances", "2"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and f"{tmp_path / 'gone.wav'}: no such audio file (manifest {rows}:3)" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, [*args, "--max-utterances", "2", str(tmp_path / "nope.wav")])
+    assert result.exit_code == 1 and f"{tmp_path / 'nope.wav'}: no such audio file" in result.output

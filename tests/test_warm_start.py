@@ -89,11 +89,96 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_the_weight(tiny_config,
     assert "in the checkpoint but [32," in message and "built from this run's config" in message
 
 
-def test_a_checkpoint_of_other_trained_parts_is_refused(tiny_config, source) -> None:
-    cfg = config_module.replace(tiny_config, **{"model.llm.lora.enabled": True, "train.init_from": str(source)})
-    with pytest.raises(CheckpointError, match=r"^\[train\] init_from .*best\.pt: weights were saved for a different set "
-                                              r"of trained parts \(it lacks weights the model trains: \d+ under llm\. \(e\.g\. llm\."):
+LORA = {"model.llm.lora.enabled": True, "model.llm.lora.r": 4}
+
+
+@pytest.fixture(scope="module")
+def lora_source(tiny_config, tmp_path_factory) -> Path:
+    """A best.pt of a run that trained the connector and LoRA adapters on the LLM (B no longer zero)."""
+    cfg = config_module.replace(tiny_config, **LORA)
+    model = build_model(cfg)
+    testing.perturb_trainable(model)
+    path = tmp_path_factory.mktemp("lora") / "best.pt"
+    return checkpoint.save_checkpoint(path, checkpoint.model_payload(model, cfg, step=9))
+
+
+def _as_bundle(path: Path, kind: str, tmp_path: Path) -> Path:
+    from macasr.infer.export import export_bundle
+
+    return path if kind == "checkpoint" else export_bundle(path, tmp_path / "bundle")
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "bundle"])
+def test_a_connector_only_checkpoint_starts_a_lora_run(tiny_config, source, tmp_path, kind) -> None:
+    """Stage 2 of the two-stage recipe: the connector comes from stage 1, the LoRA adapters start
+    as peft initialises them (B = 0), and the start-up line names both."""
+    start = _as_bundle(source, kind, tmp_path)
+    cfg = config_module.replace(tiny_config, **LORA, **{"train.init_from": str(start)})
+    model = build_model(cfg)
+    fresh = {n: t for n, t in weights(model).items() if ".lora_" in n}
+    assert fresh and any(".lora_B." in n for n in fresh)
+    line = warm_start(model, cfg)
+    assert line.startswith(f"warm start: weights from {start} (step 7): loaded connector; start fresh: llm LoRA adapters "
+                           "(peft's initialisation, B = 0")
+    assert "model.llm.lora" not in line  # turning LoRA on is the point of stage 2, not a difference worth a note
+    after = weights(model)
+    assert_weights(model, stored_weights(source) | fresh)
+    assert all(not after[n].any() for n in after if ".lora_B." in n)
+
+
+def test_a_checkpoint_with_lora_is_refused_by_a_run_without_it(tiny_config, lora_source, tmp_path) -> None:
+    """Dropping trained adapters would start from another model than the checkpoint's: refused, saying what to enable."""
+    for start in (lora_source, _as_bundle(lora_source, "bundle", tmp_path)):
+        cfg = config_module.replace(tiny_config, **{"train.init_from": str(start)})
+        with pytest.raises(CheckpointError) as error:
+            warm_start(build_model(cfg), cfg)
+        message = str(error.value)
+        assert "\n" not in message
+        assert message.startswith(f"[train] init_from {start}: holds trained weights of llm LoRA adapters, which this run "
+                                  "does not train")
+        assert "enable [model.llm.lora] with the same rank and modules (r = 4, target_modules = [" in message
+
+
+def test_lora_of_another_rank_is_refused_naming_the_weight(tiny_config, lora_source) -> None:
+    cfg = config_module.replace(tiny_config, **{**LORA, "model.llm.lora.r": 8, "train.init_from": str(lora_source)})
+    with pytest.raises(CheckpointError, match=r"^\[train\] init_from .*best\.pt: weight llm\..*\.lora_A\.default\.weight "
+                                              r"has shape \[4, \d+\] in the checkpoint but \[8, \d+\]"):
         warm_start(build_model(cfg), cfg)
+
+
+def test_lora_on_other_modules_is_refused_naming_them(tiny_config, lora_source) -> None:
+    cfg = config_module.replace(tiny_config, **LORA, **{"model.llm.lora.target_modules": ["q_proj"], "train.init_from": str(lora_source)})
+    with pytest.raises(CheckpointError, match=r"^\[train\] init_from .*best\.pt: weights were saved for a different set of "
+                                              r"trained parts \(it holds weights the model does not train: \d+ under llm\. \(e\.g\. llm\."):
+        warm_start(build_model(cfg), cfg)
+
+
+def test_a_checkpoint_without_trained_weights_is_refused(tiny_config, tmp_path) -> None:
+    """Nothing loaded and everything fresh would be a cold start that calls itself a warm one."""
+    path = checkpoint.save_checkpoint(tmp_path / "empty.pt", {"config": config_module.to_dict(tiny_config), "model": {}, "step": 3})
+    cfg = config_module.replace(tiny_config, **{"train.init_from": str(path)})
+    with pytest.raises(CheckpointError, match=rf"^\[train\] init_from {path}: holds no trained weights$"):
+        warm_start(build_model(cfg), cfg)
+
+
+def test_a_resumed_stage_2_run_continues_from_its_last_pt(tiny_config, corpus, source, tmp_path, monkeypatch) -> None:
+    """A stage-2 run (LoRA, init_from a connector-only best.pt) resumed after a step starts the
+    resume from its own last.pt's weights, not from the warm start again."""
+    cfg = run_config(tiny_config, corpus, tmp_path, **LORA, **{"train.init_from": str(source), "train.lr": 1e-2})
+    first = io.StringIO()
+    train(cfg, Console(file=first, width=400))
+    assert "loaded connector; start fresh: llm LoRA adapters" in first.getvalue()
+    last = stored_weights(cfg.run_dir / "last.pt")
+    assert any(last[n].any() for n in last if ".lora_B." in n)  # the step moved the adapters
+    started: dict[str, torch.Tensor] = {}
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self: (started.update(weights(self.model)), fit(self))[1])
+    out = io.StringIO()
+    train(config_module.replace(cfg, **{"train.max_steps": 2}), Console(file=out, width=400), resume=True)
+    assert f"init_from {source} ignored" in out.getvalue() and "warm start:" not in out.getvalue()
+    assert started.keys() == last.keys()
+    for name, tensor in last.items():
+        torch.testing.assert_close(started[name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_a_missing_file_and_a_folder_without_a_bundle_are_refused(tiny_config, tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""`macasr inspect CKPT AUDIO|MANIFEST [--out DIR]`: where the connector's speech embeddings sit
+"""`macasr inspect CKPT INPUT... [--out DIR]`: where the connector's speech embeddings sit
 among the LLM's token embeddings (docs/research.md)."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from macasr.cli._common import DeviceOpt, SetOpt, console, err_console, handle_errors
-from macasr.errors import MacasrError
 
 NO_MATPLOTLIB = "heatmaps not drawn: they need matplotlib (pip install 'macasr[plots]'); inspect.json is written all the same"
 
@@ -20,23 +19,23 @@ NO_MATPLOTLIB = "heatmaps not drawn: they need matplotlib (pip install 'macasr[p
 @handle_errors
 def inspect(
     ckpt: Annotated[Path, typer.Argument(metavar="CKPT", help="Training checkpoint (best.pt, last.pt), or a bundle folder written by `macasr export`.", show_default=False)],
-    audio: Annotated[str, typer.Argument(metavar="AUDIO|MANIFEST", help="One audio file (no reference: nearest tokens and norms only), or a manifest (macasr JSONL, lhotse cuts, Shar folder) whose transcripts are the references.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Folder for inspect.json and one heatmap PNG per utterance with a reference.")] = Path("inspect"),
-    max_utterances: Annotated[int, typer.Option("--max-utterances", min=1, help="Inspect at most this many utterances of a manifest (its first ones).")] = 20,
+    inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Audio files (no reference: nearest tokens and norms only), folders (searched recursively for audio files), glob patterns (quoted: 'clips/**/*.wav') and manifests (macasr JSONL, lhotse cuts, Shar folders) whose transcripts are the references; as `macasr transcribe` takes them.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for inspect.json and one heatmap PNG per utterance with a reference (named after it, with folders added to tell apart inputs of the same name).")] = Path("inspect"),
+    max_utterances: Annotated[int, typer.Option("--max-utterances", min=1, help="Inspect at most this many utterances: the first ones, in the order the inputs are given.")] = 20,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Nearest vocabulary tokens kept per speech embedding.")] = 5,
     device: DeviceOpt = "auto",
     sets: SetOpt = None,
 ) -> None:
-    """Per speech embedding: its norm beside the LLM's token embeddings', the nearest vocabulary tokens (cosine), and its similarity to the reference transcript's tokens (heatmap); summary statistics over a manifest."""
-    from macasr.infer.inputs import expand
-    from macasr.infer.inspect import as_record, draw_heatmap, inspect_cut, reference_of, summary
+    """Per speech embedding: its norm beside the LLM's token embeddings', the nearest vocabulary tokens (cosine), and its similarity to the reference transcript's tokens (heatmap); summary statistics over all the utterances."""
+    from macasr.infer.inputs import output_names
+    from macasr.infer.inspect import as_record, checked_sources, draw_heatmap, inspect_cut, reference_of, summary
     from macasr.train.checkpoint import restore_model
 
+    # A missing input, an empty pattern or folder, a bad row: one line before the model loads.
+    sources = checked_sources(inputs, allow_commands=True, limit=max_utterances)
     restored = restore_model(ckpt, device, overrides=sets)
-    sources = expand([audio], restored.config.data.allow_commands)[:max_utterances]
-    for source in sources:
-        if source.error is not None:
-            raise MacasrError(source.error)
+    if not restored.config.data.allow_commands:  # then rows whose audio a shell command produces are refused
+        sources = checked_sources(inputs, allow_commands=False, limit=max_utterances)
     try:
         import matplotlib  # noqa: F401
         plots = True
@@ -44,22 +43,28 @@ def inspect(
         plots = False
     out.mkdir(parents=True, exist_ok=True)
     tokenizer, records = restored.model.tokenizer, []
-    for n, source in enumerate(sources):
+    for source, name in zip(sources, output_names(sources), strict=True):
         result = inspect_cut(restored.model, source.cut, reference_of(source.cut, source.id is not None),
                              restored.device, restored.precision, top_k)
         heatmap = None
         if result.similarity is not None and plots:
-            heatmap = f"{n:04d}.png"
+            heatmap = f"{name}.png"
+            (out / heatmap).parent.mkdir(parents=True, exist_ok=True)
             draw_heatmap(result, tokenizer, out / heatmap)
         records.append(as_record(result, tokenizer, heatmap))
     stats = summary(records)
-    (out / "inspect.json").write_text(json.dumps({"checkpoint": str(ckpt), "input": audio, "summary": stats, "utterances": records},
+    (out / "inspect.json").write_text(json.dumps({"checkpoint": str(ckpt), "inputs": inputs, "summary": stats, "utterances": records},
                                                  ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     _print(records, stats)
-    if stats["utterances_with_reference"] == 0:
-        err_console.print("[yellow]note:[/] no reference transcript (a bare audio file): similarity to the transcript's "
-                          "tokens and the heatmap are left out", soft_wrap=True)
-    elif not plots:
+    with_reference = stats["utterances_with_reference"]
+    if with_reference == 0:
+        err_console.print("[yellow]note:[/] no reference transcript (audio files, not manifest rows): similarity to the "
+                          "transcript's tokens and the heatmaps are left out", soft_wrap=True)
+    elif with_reference < len(records):
+        err_console.print(f"[yellow]note:[/] nearest in transcript is over the {with_reference} of {len(records)} utterances "
+                          f"with a reference transcript; the {len(records) - with_reference} audio files without one have "
+                          "norms and nearest tokens only", soft_wrap=True)
+    if with_reference and not plots:
         err_console.print(f"[yellow]note:[/] {escape(NO_MATPLOTLIB)}", soft_wrap=True)
     console.print(f"written to {escape(str(out / 'inspect.json'))}", soft_wrap=True)
 

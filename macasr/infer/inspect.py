@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from lhotse.cut import Cut
 from macasr.data.collate import collate
 from macasr.data.loader import CutDataset
 from macasr.errors import DataError, MacasrError
+from macasr.infer.inputs import Source, expand
 from macasr.model.build import autocast
 from macasr.model.llm import text_ids
 
@@ -168,6 +170,20 @@ def draw_heatmap(result: Inspection, tokenizer: Any, out: Path) -> None:
     partial = out.with_name(f".{out.name}.tmp")
     figure.savefig(partial, format="png", dpi=100)
     partial.replace(out)
+
+
+def checked_sources(inputs: Sequence[str], allow_commands: bool, limit: int | None = None) -> list[Source]:
+    """`macasr transcribe`'s inputs (audio files, folders, glob patterns, manifests) → one Source
+    per utterance, in order, the first `limit` of them. MacasrError, one line, naming the first
+    input that cannot be used (a missing file, a pattern or folder without audio, an empty or bad
+    manifest; a bad manifest row only among the first `limit`) and how many more there are: an
+    analysis over fewer utterances than asked for would pass for one over all."""
+    sources = expand(inputs, allow_commands)
+    bad = [s.error for n, s in enumerate(sources) if s.error is not None and (s.id is None or limit is None or n < limit)]
+    if bad:
+        more = f" (and {len(bad) - 1} more input{'s' * (len(bad) > 2)} that cannot be used)" if len(bad) > 1 else ""
+        raise MacasrError(bad[0] + more)
+    return sources[:limit]
 
 
 def reference_of(cut: Cut, from_manifest: bool) -> str | None:

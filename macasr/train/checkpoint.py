@@ -213,11 +213,14 @@ def _by_part(names: list[str]) -> str:
 
 def load_trainable(
     model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path, built_from: str = "its stored config",
+    params: dict[str, torch.nn.Parameter] | None = None,
 ) -> None:
     """Load trainable weights: the same names and shapes as the model's trainable parameters,
     all finite. CheckpointError names the first weight that does not fit, and both shapes;
-    `built_from` says where the model's config came from."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    `built_from` says where the model's config came from. `params`: the parameters `state` must
+    fill (default: every trainable one; a warm start passes those of the parts it loads)."""
+    if params is None:
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, extra = [n for n in params if n not in state], [n for n in state if n not in params]
     if missing or extra:
         detail = (f"it lacks weights the model trains: {_by_part(missing)}" if missing
