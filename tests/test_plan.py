@@ -120,7 +120,7 @@ def _tiny_demo_models(root: Path, preset: config_module.Config) -> None:
     from macasr import demo
 
     tokenizer = testing.train_tokenizer(SENTENCES * 5, vocab_size=150)
-    testing.save_tiny_whisper(root / preset.model.encoder.path, d_model=demo.ENCODER_WIDTH, heads=4)
+    testing.save_tiny_whisper(root / preset.model.encoder.path, d_model=64, heads=4)  # stands in for Whisper tiny.en
     testing.save_tiny_qwen3(root / preset.model.llm.path, tokenizer, hidden=demo.LLM_WIDTH, heads=4, kv_heads=2)
 
 
