@@ -142,6 +142,8 @@ def test_a_stopped_demo_training_says_how_to_resume_and_does_not_evaluate(tmp_pa
     monkeypatch.setattr(demo, "synthesize_corpus", lambda out, console, seed: {n: tmp_path / f"{n}.jsonl" for n in names})
     monkeypatch.setattr(demo, "build_models", lambda out, manifest, seed: (tmp_path / "whisper", tmp_path / "qwen3"))
     out = tmp_path / "demo"
+    encoded = []
+    monkeypatch.setattr("macasr.cli.cache_cmd.encode_sources", lambda cfg, **k: encoded.append(cfg.data.cache))
     monkeypatch.setattr(run, "train", lambda cfg, console, overwrite: TrainResult(3, None, None, False, out, signal))
     evaluated = []
     monkeypatch.setattr("macasr.train.checkpoint.restore_model", lambda *a, **k: evaluated.append(a))
@@ -150,3 +152,4 @@ def test_a_stopped_demo_training_says_how_to_resume_and_does_not_evaluate(tmp_pa
     assert result.exit_code == code, result.output
     assert f"{signal}: demo training stopped at step 3, before evaluation" in text
     assert f"macasr train {out / 'config.toml'} --resume" in text and not evaluated
+    assert encoded == [str(out / "cache")]  # the frames go inside the demo's own folder, encoded before training

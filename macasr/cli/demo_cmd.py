@@ -1,4 +1,4 @@
-"""`macasr demo`: synthesize speech, build tiny models, train, evaluate; no downloads."""
+"""`macasr demo`: synthesize speech, save Whisper tiny.en and a tiny Qwen3, train, evaluate; no model hub."""
 
 from __future__ import annotations
 
