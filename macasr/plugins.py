@@ -71,8 +71,41 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def _reason(e: BaseException) -> str:
-    return str(e) if isinstance(e, (ModuleNotFoundError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
+def _module_files(target: str) -> Path | None:
+    """The file of the top-level module of `target`, or the folder of its package (all its
+    modules' frames count as the plugin's); found without importing anything. None: not found."""
+    try:
+        spec = importlib.util.find_spec(target.split(".")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    return Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
+
+
+def _raised_at(e: BaseException, where: Path | None) -> str | None:
+    """"FILE:LINE" of the traceback's last frame inside `where` (the plugin file, or a package's
+    folder): the plugin's own line that raised, not the library frame below it; None when none."""
+    if where is None:
+        return None
+    where = where.resolve()
+    found = None
+    tb = e.__traceback__
+    while tb is not None:
+        file = Path(tb.tb_frame.f_code.co_filename)
+        if file.is_absolute() and (file.resolve() == where or where in file.resolve().parents):
+            found = f"{file}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+def _reason(e: BaseException, where: Path | None = None) -> str:
+    """What went wrong, one line: a missing module or file as Python says it; an exception the
+    plugin raised with its type and the plugin's file and line it came from (when known)."""
+    if isinstance(e, (ModuleNotFoundError, FileNotFoundError)):
+        return str(e)
+    at = _raised_at(e, where)
+    return f"{type(e).__name__}: {e}" + (f" (raised at {at})" if at else "")
 
 
 def import_plugins(modules: Sequence[str], base: Path | None = None, source: str | None = None) -> list[str]:
@@ -87,7 +120,8 @@ def import_plugins(modules: Sequence[str], base: Path | None = None, source: str
             _import_file(Path(target)) if is_file_entry(entry) else importlib.import_module(target)
         except Exception as e:
             where = f" (read from {base})" if is_file_entry(entry) and not Path(entry).is_absolute() else ""
-            raise PluginError(f"plugin module {entry} (from [plugins] modules){where} cannot be imported: {_reason(e)}",
+            origin = Path(target) if is_file_entry(entry) else _module_files(target)
+            raise PluginError(f"plugin module {entry} (from [plugins] modules){where} cannot be imported: {_reason(e, origin)}",
                               source) from None
         resolved.append(target)
     return resolved
@@ -105,7 +139,7 @@ def import_entry_points() -> None:
         except Exception as e:
             _entry_points_done = False  # fail again next time, rather than silently lacking it
             raise PluginError(f"plugin {ep.name} = {ep.value!r} (entry point group {ENTRY_POINT_GROUP}) "
-                              f"cannot be imported: {_reason(e)}") from None
+                              f"cannot be imported: {_reason(e, _module_files(ep.module))}") from None
 
 
 def _base_of(source: str | None) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import re
 import textwrap
 from pathlib import Path
 
@@ -204,3 +205,20 @@ def test_a_broken_entry_point_is_named(monkeypatch) -> None:
 def test_docs_show_the_tested_example_file() -> None:
     docs = (ROOT / "docs" / "extending.md").read_text()
     assert EXAMPLE.read_text() in docs
+
+
+def test_a_plugin_that_raises_names_the_file_and_line_it_raised_at(tmp_path, monkeypatch) -> None:
+    """The plugin's own last line in the traceback, not the library frame below it."""
+    plugin = tmp_path / "raising_plugin.py"
+    plugin.write_text("import json\n\n\ndef load():\n    json.loads('{')\n\n\nload()\n")
+    with pytest.raises(PluginError) as e:
+        plugins.import_plugins([str(plugin)], tmp_path)
+    assert str(e.value).startswith(f"plugin module {plugin} (from [plugins] modules) cannot be imported: JSONDecodeError: ")
+    assert str(e.value).endswith(f" (raised at {plugin}:5)") and "\n" not in str(e.value)
+    package = tmp_path / "raising_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from raising_pkg import inner\n")
+    (package / "inner.py").write_text("x = 1\nraise RuntimeError('boom in plugin')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=re.escape(f"cannot be imported: RuntimeError: boom in plugin (raised at {package / 'inner.py'}:2)")):
+        plugins.import_plugins(["raising_pkg"])
