@@ -236,3 +236,29 @@ def test_a_bad_row_counts_only_among_the_utterances_inspected(ckpt: Path, manife
     assert result.exit_code == 1 and f"{tmp_path / 'gone.wav'}: no such audio file (manifest {rows}:3)" in " ".join(result.output.split())
     result = CliRunner().invoke(app, [*args, "--max-utterances", "2", str(tmp_path / "nope.wav")])
     assert result.exit_code == 1 and f"{tmp_path / 'nope.wav'}: no such audio file" in result.output
+
+
+def test_inspect_into_an_earlier_output_needs_force_and_clears_it(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    """A second inspect into the same --out is refused without --force (before the model loads);
+    with it, the earlier heatmaps go, so none is left beside the new ones."""
+    out = tmp_path / "o"
+    _, first = _run(ckpt, manifest, out)
+    stale = out / "old" / "stale.png"  # an earlier inspect of other inputs
+    stale.parent.mkdir()
+    stale.write_bytes(b"png")
+    args = ["inspect", str(ckpt), str(manifest), "--out", str(out), "--device", "cpu", "--top-k", "3"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and " ".join(refused.output.split()) == (
+        f"error: --out {out}: holds an earlier inspect's output (inspect.json); give a new or empty folder, or --force to replace it")
+    assert stale.exists()
+    replaced = CliRunner().invoke(app, [*args, "--force"])
+    assert replaced.exit_code == 0, replaced.output
+    assert not stale.exists() and not stale.parent.exists()
+    assert sorted(p.name for p in out.rglob("*")) == sorted(["inspect.json", *(r["heatmap"] for r in first["utterances"])])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    for target, message in ((other, f"--out {other}: the folder holds files but no inspect.json"), (manifest, f"--out {manifest}: is a file")):
+        result = CliRunner().invoke(app, [*args[:3], "--out", str(target), "--force"])
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+    assert (other / "notes.txt").read_text() == "mine"

@@ -30,6 +30,7 @@ from macasr.model.build import autocast
 from macasr.model.llm import text_ids
 
 ROUND = 6  # decimals kept in the JSON: enough to compare, and stable across runs
+RESULTS = "inspect.json"  # the file that marks a folder as an inspect's output
 ROWS_PER_CHUNK = 64  # speech embeddings compared with the whole vocabulary at once (memory: 64 × V floats)
 
 
@@ -184,6 +185,35 @@ def checked_sources(inputs: Sequence[str], allow_commands: bool, limit: int | No
         more = f" (and {len(bad) - 1} more input{'s' * (len(bad) > 2)} that cannot be used)" if len(bad) > 1 else ""
         raise MacasrError(bad[0] + more)
     return sources[:limit]
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse, before any work, an --out that is a file, or a folder that is not empty without
+    `force` (an earlier inspect's heatmaps would stay beside the new ones); `force` replaces only
+    an earlier inspect's output (a folder holding inspect.json), never a folder of other files."""
+    if out.exists() and not out.is_dir():
+        raise MacasrError(f"--out {out}: is a file; give a folder for inspect.json and the heatmaps")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / RESULTS).is_file():
+        raise MacasrError(f"--out {out}: the folder holds files but no {RESULTS}, so it is not an earlier inspect's output; "
+                          "give a new or empty folder")
+    if not force:
+        raise MacasrError(f"--out {out}: holds an earlier inspect's output ({RESULTS}); give a new or empty folder, "
+                          "or --force to replace it")
+
+
+def clear_earlier(out: Path) -> None:
+    """Delete an earlier inspect's inspect.json and heatmaps (every .png under `out`), and the
+    folders that leaves empty, so no stale heatmap sits beside the new ones."""
+    if not out.is_dir():
+        return
+    (out / RESULTS).unlink(missing_ok=True)
+    for png in out.rglob("*.png"):
+        png.unlink()
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def reference_of(cut: Cut, from_manifest: bool) -> str | None:
