@@ -17,6 +17,7 @@ would register its components twice). See docs/extending.md.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -31,6 +32,7 @@ from macasr.errors import ConfigError
 
 ENTRY_POINT_GROUP = "macasr.plugins"
 _files: dict[Path, ModuleType] = {}  # resolved .py path → its module, imported once
+_contents: dict[str, ModuleType] = {}  # sha256 of a file's bytes → its module (copies are one module)
 _entry_points_done = False
 
 
@@ -50,11 +52,16 @@ def resolve_entry(entry: str, base: Path) -> str:
 
 def _import_file(path: Path) -> ModuleType:
     """Import a .py file as module `macasr_plugin_STEM` (registered in sys.modules first, as
-    dataclasses need); a second call for the same file returns the first import."""
+    dataclasses need); a second call for the same file, or for a file with the same bytes (an
+    exported bundle's copy of a plugin already imported), returns the first import."""
     if path in _files:
         return _files[path]
     if not path.is_file():
         raise FileNotFoundError(f"no such file {str(path)!r}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest in _contents:
+        _files[path] = _contents[digest]
+        return _files[path]
     name = "macasr_plugin_" + re.sub(r"\W", "_", path.stem)
     if name in sys.modules:  # another file with the same stem
         name = f"{name}_{len(_files)}"
@@ -67,7 +74,7 @@ def _import_file(path: Path) -> ModuleType:
     except BaseException:
         del sys.modules[name]
         raise
-    _files[path] = module
+    _files[path] = _contents[digest] = module
     return module
 
 
