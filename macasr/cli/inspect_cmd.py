@@ -75,8 +75,9 @@ def inspect(
 
 def _print(records: list[dict], stats: dict) -> None:
     table = Table(title="speech embeddings vs the LLM's token embeddings")
-    for name in ("utterance", "embeddings", "norm ratio", "nearest cosine", "nearest in transcript"):
-        table.add_column(name, justify="left" if name == "utterance" else "right")
+    table.add_column("utterance", overflow="fold")  # an audio file's id is its path: folded over lines, never cut
+    for name in ("embeddings", "norm ratio", "nearest cosine", "nearest in transcript"):
+        table.add_column(name, justify="right")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in records:
         table.add_row(escape(r["id"]), str(r["speech_embeddings"]), fmt(r["norm_ratio"]), fmt(r["nearest_cosine_mean"]),

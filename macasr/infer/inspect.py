@@ -17,7 +17,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lhotse.cut import Cut
@@ -28,6 +28,9 @@ from macasr.errors import DataError, MacasrError
 from macasr.infer.inputs import Source, expand
 from macasr.model.build import autocast
 from macasr.model.llm import text_ids
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ROUND = 6  # decimals kept in the JSON: enough to compare, and stable across runs
 RESULTS = "inspect.json"  # the file that marks a folder as an inspect's output
@@ -112,8 +115,28 @@ def _r(x: float) -> float:
     return round(float(x), ROUND)
 
 
+WORD_START = "▁"  # shown before a heatmap label whose token begins a word
+WORD_START_MARKS = ("▁", "Ġ")  # how tokenizers mark it: SentencePiece / Metaspace, byte-level BPE (GPT-2, Qwen)
+
+
 def _token(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id])
+
+
+def token_labels(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """The heatmap's label per transcript token: the token as decoded (escaped: "\\n"), with "▁"
+    before one that begins a word, so "you have" reads "▁yo u ▁have", not "yo u have". A token
+    begins a word when it is the first, decodes with a leading space, or its vocabulary entry
+    starts with the tokenizer's word mark ("▁", or "Ġ" for byte-level BPE: single tokens decode
+    without their space there)."""
+    labels = []
+    for n, token_id in enumerate(ids):
+        piece = _token(tokenizer, token_id)
+        raw = tokenizer.convert_ids_to_tokens(token_id)
+        starts = n == 0 or piece.startswith(" ") or (isinstance(raw, str) and raw.startswith(WORD_START_MARKS))
+        text = repr(piece[1:] if piece.startswith(" ") and len(piece) > 1 else piece)[1:-1]
+        labels.append(WORD_START + text if starts else text)
+    return labels
 
 
 def as_record(result: Inspection, tokenizer: Any, heatmap: str | None = None) -> dict[str, Any]:
@@ -150,27 +173,36 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def draw_heatmap(result: Inspection, tokenizer: Any, out: Path) -> None:
+def draw_heatmap(result: Inspection, tokenizer: Any, out: Path) -> Figure:
     """The (N, M) cosine similarities as a PNG: speech embeddings (seconds) across, transcript
-    tokens down. Needs matplotlib (`macasr[plots]`); Agg canvas, no display needed."""
+    tokens down (`token_labels`), on a diverging colour map centred on 0 (limits ± the largest
+    |cosine|, so the sign reads at a glance), the norm ratio and mean nearest-token cosine in the
+    title → the figure. Needs matplotlib (`macasr[plots]`); Agg canvas, no display needed; the same input gives
+    the same bytes (no date in the PNG)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     assert result.similarity is not None
     sim = result.similarity.T.numpy()  # (M, N)
-    labels = [repr(_token(tokenizer, i))[1:-1] for i in result.reference_ids]
-    figure = Figure(figsize=(min(4 + 0.08 * sim.shape[1], 30), min(2 + 0.22 * max(sim.shape[0], 1), 30)), layout="constrained")
+    labels = token_labels(tokenizer, result.reference_ids)
+    figure = Figure(figsize=(min(4 + 0.08 * sim.shape[1], 30), min(2.4 + 0.22 * max(sim.shape[0], 1), 30)), layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.subplots()
     end = result.duration
-    image = ax.imshow(sim, aspect="auto", cmap="viridis", interpolation="nearest", extent=(0, end, len(labels) - 0.5, -0.5))
+    limit = max(float(abs(sim).max()) if sim.size else 0.0, 1e-6)  # symmetric: 0 is the colour map's middle
+    image = ax.imshow(sim, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest",
+                      extent=(0, end, len(labels) - 0.5, -0.5))
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set(xlabel=f"seconds ({len(result.norms)} speech embeddings)", ylabel="transcript tokens",
-           title=f"{result.id}: cosine(speech embedding, token embedding)")
+    nearest = float(result.nearest_cos[:, 0].mean())
+    ax.set(xlabel=f"seconds ({len(result.norms)} speech embeddings)", ylabel=f"transcript tokens ({WORD_START} begins a word)",
+           title=f"{result.id}: cosine(speech embedding, token embedding)\n"
+                 f"norm ratio (speech / token) {result.norm_ratio:.3f}, mean nearest-token cosine {nearest:.3f}")
+    ax.title.set_fontsize(9)
     figure.colorbar(image, ax=ax, label="cosine similarity")
     partial = out.with_name(f".{out.name}.tmp")
-    figure.savefig(partial, format="png", dpi=100)
+    figure.savefig(partial, format="png", dpi=100, metadata={"Software": None})
     partial.replace(out)
+    return figure
 
 
 def checked_sources(inputs: Sequence[str], allow_commands: bool, limit: int | None = None) -> list[Source]:
