@@ -221,6 +221,11 @@ def test_a_report_of_another_runs_checkpoint_is_left_out_with_a_note(two_runs) -
     notes = " ".join(result.stderr.split())
     assert f"b: {b / 'copied.json'} left out: it scored {a / 'best.pt'}, not a checkpoint of {b}" in notes
     assert len(result.stderr.strip().splitlines()) == 1
+    for name in ("report.json", "beam.json", "avg.json", "rel.json"):
+        (b / name).unlink()
+    result = runner.invoke(app, ["compare", str(a), str(b)], env=WIDE)
+    notes = " ".join(result.stderr.split())
+    assert "b: no eval report" not in notes and f"b: {b / 'copied.json'} left out" in notes  # the note says why it has none
 
 
 def test_scored_here_resolves_paths(tmp_path: Path, monkeypatch) -> None:
