@@ -58,7 +58,7 @@ def inspect(
         records.append(as_record(result, tokenizer, heatmap))
     stats = summary(records)
     (out / RESULTS).write_text(json.dumps({"checkpoint": str(ckpt), "inputs": inputs, "summary": stats, "utterances": records},
-                                                 ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+                                          ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     _print(records, stats)
     with_reference = stats["utterances_with_reference"]
     if with_reference == 0:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 ROUND = 6  # decimals kept in the JSON: enough to compare, and stable across runs
 RESULTS = "inspect.json"  # the file that marks a folder as an inspect's output
+WORD_START = "▁"  # shown before a heatmap label whose token begins a word
+WORD_START_MARKS = ("▁", "Ġ")  # how tokenizers mark it: SentencePiece / Metaspace, byte-level BPE (GPT-2, Qwen)
 ROWS_PER_CHUNK = 64  # speech embeddings compared with the whole vocabulary at once (memory: 64 × V floats)
 
 
@@ -115,10 +117,6 @@ def _r(x: float) -> float:
     return round(float(x), ROUND)
 
 
-WORD_START = "▁"  # shown before a heatmap label whose token begins a word
-WORD_START_MARKS = ("▁", "Ġ")  # how tokenizers mark it: SentencePiece / Metaspace, byte-level BPE (GPT-2, Qwen)
-
-
 def _token(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
@@ -177,8 +175,8 @@ def draw_heatmap(result: Inspection, tokenizer: Any, out: Path) -> Figure:
     """The (N, M) cosine similarities as a PNG: speech embeddings (seconds) across, transcript
     tokens down (`token_labels`), on a diverging colour map centred on 0 (limits ± the largest
     |cosine|, so the sign reads at a glance), the norm ratio and mean nearest-token cosine in the
-    title → the figure. Needs matplotlib (`macasr[plots]`); Agg canvas, no display needed; the same input gives
-    the same bytes (no date in the PNG)."""
+    title → the figure. Needs matplotlib (`macasr[plots]`); Agg canvas, no display needed; the same
+    input gives the same bytes (no date or version in the PNG)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
