@@ -17,6 +17,7 @@ would register its components twice). See docs/extending.md.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -31,6 +32,7 @@ from macasr.errors import ConfigError
 
 ENTRY_POINT_GROUP = "macasr.plugins"
 _files: dict[Path, ModuleType] = {}  # resolved .py path → its module, imported once
+_contents: dict[str, ModuleType] = {}  # sha256 of a file's bytes → its module (copies are one module)
 _entry_points_done = False
 
 
@@ -50,11 +52,16 @@ def resolve_entry(entry: str, base: Path) -> str:
 
 def _import_file(path: Path) -> ModuleType:
     """Import a .py file as module `macasr_plugin_STEM` (registered in sys.modules first, as
-    dataclasses need); a second call for the same file returns the first import."""
+    dataclasses need); a second call for the same file, or for a file with the same bytes (an
+    exported bundle's copy of a plugin already imported), returns the first import."""
     if path in _files:
         return _files[path]
     if not path.is_file():
         raise FileNotFoundError(f"no such file {str(path)!r}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest in _contents:
+        _files[path] = _contents[digest]
+        return _files[path]
     name = "macasr_plugin_" + re.sub(r"\W", "_", path.stem)
     if name in sys.modules:  # another file with the same stem
         name = f"{name}_{len(_files)}"
@@ -67,12 +74,45 @@ def _import_file(path: Path) -> ModuleType:
     except BaseException:
         del sys.modules[name]
         raise
-    _files[path] = module
+    _files[path] = _contents[digest] = module
     return module
 
 
-def _reason(e: BaseException) -> str:
-    return str(e) if isinstance(e, (ModuleNotFoundError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
+def _module_files(target: str) -> Path | None:
+    """The file of the top-level module of `target`, or the folder of its package (all its
+    modules' frames count as the plugin's); found without importing anything. None: not found."""
+    try:
+        spec = importlib.util.find_spec(target.split(".")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    return Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
+
+
+def _raised_at(e: BaseException, where: Path | None) -> str | None:
+    """"FILE:LINE" of the traceback's last frame inside `where` (the plugin file, or a package's
+    folder): the plugin's own line that raised, not the library frame below it; None when none."""
+    if where is None:
+        return None
+    where = where.resolve()
+    found = None
+    tb = e.__traceback__
+    while tb is not None:
+        file = Path(tb.tb_frame.f_code.co_filename)
+        if file.is_absolute() and (file.resolve() == where or where in file.resolve().parents):
+            found = f"{file}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+def _reason(e: BaseException, where: Path | None = None) -> str:
+    """What went wrong, one line: a missing module or file as Python says it; an exception the
+    plugin raised with its type and the plugin's file and line it came from (when known)."""
+    if isinstance(e, (ModuleNotFoundError, FileNotFoundError)):
+        return str(e)
+    at = _raised_at(e, where)
+    return f"{type(e).__name__}: {e}" + (f" (raised at {at})" if at else "")
 
 
 def import_plugins(modules: Sequence[str], base: Path | None = None, source: str | None = None) -> list[str]:
@@ -87,7 +127,8 @@ def import_plugins(modules: Sequence[str], base: Path | None = None, source: str
             _import_file(Path(target)) if is_file_entry(entry) else importlib.import_module(target)
         except Exception as e:
             where = f" (read from {base})" if is_file_entry(entry) and not Path(entry).is_absolute() else ""
-            raise PluginError(f"plugin module {entry} (from [plugins] modules){where} cannot be imported: {_reason(e)}",
+            origin = Path(target) if is_file_entry(entry) else _module_files(target)
+            raise PluginError(f"plugin module {entry} (from [plugins] modules){where} cannot be imported: {_reason(e, origin)}",
                               source) from None
         resolved.append(target)
     return resolved
@@ -105,7 +146,7 @@ def import_entry_points() -> None:
         except Exception as e:
             _entry_points_done = False  # fail again next time, rather than silently lacking it
             raise PluginError(f"plugin {ep.name} = {ep.value!r} (entry point group {ENTRY_POINT_GROUP}) "
-                              f"cannot be imported: {_reason(e)}") from None
+                              f"cannot be imported: {_reason(e, _module_files(ep.module))}") from None
 
 
 def _base_of(source: str | None) -> Path:

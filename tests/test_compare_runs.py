@@ -15,7 +15,7 @@ from macasr.cli import app
 from macasr.errors import MacasrError
 from macasr.evaluate.report import write_report
 from macasr.evaluate.wer import score
-from macasr.train.compare_runs import ABSENT, config_differences, load_run, load_runs, plot_runs, shorten
+from macasr.train.compare_runs import ABSENT, config_differences, load_run, load_runs, plot_runs, scored_here, shorten
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "250"}
@@ -42,10 +42,11 @@ def _run(root: Path, name: str, lines: list[dict], tail: str = "", **changes) ->
     return run_dir
 
 
-def _report(path: Path, hyps: dict[str, str], normalizer: str = "basic") -> Path:
-    """An eval report with one dataset per entry, the reference "a b c d" against its hypothesis."""
+def _report(path: Path, hyps: dict[str, str], normalizer: str = "basic", checkpoint: str | None = None) -> Path:
+    """An eval report with one dataset per entry, the reference "a b c d" against its hypothesis;
+    `checkpoint` as `macasr eval` records it (none recorded by default)."""
     scores = [score(name, ["u0"], ["a b c d"], [hyp], [1.0], normalizer) for name, hyp in hyps.items()]
-    return write_report(path, scores, normalizer)[0]
+    return write_report(path, scores, normalizer, {"checkpoint": checkpoint} if checkpoint else None)[0]
 
 
 def _row(text: str, name: str) -> list[str]:
@@ -143,7 +144,7 @@ def test_runs_with_the_same_folder_name_are_labelled_by_path(tmp_path: Path) -> 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed (pip install 'macasr[plots]')")
 def test_plot_overlays_loss_and_wer_of_every_run(two_runs, tmp_path: Path) -> None:
-    out = tmp_path / "plots" / "runs.png"
+    out = tmp_path / "runs.png"
     result = runner.invoke(app, ["compare", *map(str, two_runs), "--plot", str(out)], env=WIDE)
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -206,3 +207,58 @@ def test_each_compare_names_the_other_in_its_help() -> None:
     eval_help = " ".join(runner.invoke(app, ["eval", "--help"], env=WIDE).output.split())
     assert "macasr eval --compare A.json B.json" in compare_help
     assert "Whole training runs: macasr compare RUN_DIR" in eval_help
+
+
+def test_a_report_of_another_runs_checkpoint_is_left_out_with_a_note(two_runs) -> None:
+    a, b = two_runs
+    _report(b / "copied.json", {"test": "a"}, checkpoint=str(a / "best.pt"))  # a's report copied into b
+    _report(b / "avg.json", {"test": "a b c d"}, checkpoint=str(b / "avg.pt"))  # b's own, absolute
+    _report(b / "rel.json", {"test": "a b c d"}, checkpoint=f"{b.parent.name}/b/last.pt")  # eval ran from another folder
+    result = runner.invoke(app, ["compare", str(a), str(b)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "test WER % test (copied)" not in result.stdout
+    assert _row(result.stdout, "test WER % test (avg)") == ["-", "0.00"] and _row(result.stdout, "test WER % test (rel)") == ["-", "0.00"]
+    notes = " ".join(result.stderr.split())
+    assert f"b: {b / 'copied.json'} left out: it scored {a / 'best.pt'}, not a checkpoint of {b}" in notes
+    assert len(result.stderr.strip().splitlines()) == 1
+    for name in ("report.json", "beam.json", "avg.json", "rel.json"):
+        (b / name).unlink()
+    result = runner.invoke(app, ["compare", str(a), str(b)], env=WIDE)
+    notes = " ".join(result.stderr.split())
+    assert "b: no eval report" not in notes and f"b: {b / 'copied.json'} left out" in notes  # the note says why it has none
+
+
+def test_scored_here_resolves_paths(tmp_path: Path, monkeypatch) -> None:
+    run = tmp_path / "runs" / "b"
+    run.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert scored_here("runs/b/best.pt", run) and scored_here("./runs/b/../b/last.pt", run)
+    assert scored_here(str(run / "export"), run)  # a bundle exported into the run folder
+    assert scored_here("elsewhere/runs/b/best.pt", tmp_path / "elsewhere" / "runs" / "b")  # eval ran from another folder
+    assert not scored_here("runs/demo/best.pt", run) and not scored_here(str(tmp_path / "runs" / "bb" / "best.pt"), run)
+    assert not scored_here("runs/b/../a/best.pt", run) and not scored_here(str(tmp_path / "best.pt"), run)
+
+
+def test_a_table_or_key_a_config_lacks_counts_as_its_default(two_runs) -> None:
+    a, b = two_runs
+    text = (a / "config.toml").read_text()
+    assert "[plugins]" in text and "\nlr = " in text
+    kept = [line for line in text.splitlines() if line not in ("[plugins]", "modules = []") and not line.startswith("lr = ")]
+    (a / "config.toml").write_text("\n".join(kept))  # a config from before [plugins] existed, train.lr (3e-4) left out
+    diff = config_differences(load_runs([a, b]))
+    assert "plugins.modules" not in diff and "train.lr" not in diff  # both at their defaults now
+    assert "model.connector.num_queries" in diff and diff["model.connector.num_queries"][0] is ABSENT  # an MLP has none
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed (pip install 'macasr[plots]')")
+def test_plot_takes_png_pdf_svg_and_refuses_other_names_before_any_work(two_runs, tmp_path: Path) -> None:
+    a, b = map(str, two_runs)
+    assert _error(a, b, "--plot", str(tmp_path / "x.txt")) == (
+        f"error: --plot {tmp_path / 'x.txt'}: unknown image type '.txt'; give a file name ending in .png, .pdf, .svg")
+    assert _error(a, b, "--plot", str(tmp_path / "nodir" / "x.png")) == (
+        f"error: --plot {tmp_path / 'nodir' / 'x.png'}: no such folder {tmp_path / 'nodir'}; create it first or give another path")
+    assert not (tmp_path / "nodir").exists() and not (tmp_path / "x.txt").exists()
+    for name, magic in (("runs.pdf", b"%PDF"), ("runs.svg", b"<?xml")):
+        result = runner.invoke(app, ["compare", a, b, "--plot", str(tmp_path / name)], env=WIDE)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_bytes().startswith(magic)

@@ -236,3 +236,84 @@ def test_a_bad_row_counts_only_among_the_utterances_inspected(ckpt: Path, manife
     assert result.exit_code == 1 and f"{tmp_path / 'gone.wav'}: no such audio file (manifest {rows}:3)" in " ".join(result.output.split())
     result = CliRunner().invoke(app, [*args, "--max-utterances", "2", str(tmp_path / "nope.wav")])
     assert result.exit_code == 1 and f"{tmp_path / 'nope.wav'}: no such audio file" in result.output
+
+
+def test_inspect_into_an_earlier_output_needs_force_and_clears_it(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    """A second inspect into the same --out is refused without --force (before the model loads);
+    with it, the earlier heatmaps go, so none is left beside the new ones."""
+    out = tmp_path / "o"
+    _, first = _run(ckpt, manifest, out)
+    stale = out / "old" / "stale.png"  # an earlier inspect of other inputs
+    stale.parent.mkdir()
+    stale.write_bytes(b"png")
+    args = ["inspect", str(ckpt), str(manifest), "--out", str(out), "--device", "cpu", "--top-k", "3"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and " ".join(refused.output.split()) == (
+        f"error: --out {out}: holds an earlier inspect's output (inspect.json); give a new or empty folder, or --force to replace it")
+    assert stale.exists()
+    replaced = CliRunner().invoke(app, [*args, "--force"])
+    assert replaced.exit_code == 0, replaced.output
+    assert not stale.exists() and not stale.parent.exists()
+    assert sorted(p.name for p in out.rglob("*")) == sorted(["inspect.json", *(r["heatmap"] for r in first["utterances"])])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    for target, message in ((other, f"--out {other}: the folder holds files but no inspect.json"), (manifest, f"--out {manifest}: is a file")):
+        result = CliRunner().invoke(app, [*args[:3], "--out", str(target), "--force"])
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+class _Tokenizer:
+    """Decodes single tokens as the real ones do: byte-level BPE keeps the space ("Ġhave" → " have"),
+    SentencePiece drops it ("▁have" → "have")."""
+
+    def __init__(self, tokens: list[str], space_kept: bool) -> None:
+        self.tokens, self.space_kept = tokens, space_kept
+
+    def convert_ids_to_tokens(self, token_id: int) -> str:
+        return self.tokens[token_id]
+
+    def decode(self, ids: list[int]) -> str:
+        token = self.tokens[ids[0]]
+        return token.replace("Ġ", " " if self.space_kept else "").replace("▁", "").replace("Ċ", "\n")
+
+
+def test_heatmap_labels_mark_word_starts() -> None:
+    from macasr.infer.inspect import token_labels
+
+    byte_level = _Tokenizer(["yo", "u", "Ġhave", "Ġf", "ive", "Ċ"], space_kept=True)
+    sentencepiece = _Tokenizer(["▁yo", "u", "▁have", "▁f", "ive", "Ċ"], space_kept=False)
+    for tokenizer in (byte_level, sentencepiece):
+        assert token_labels(tokenizer, range(6)) == ["▁yo", "u", "▁have", "▁f", "ive", "\\n"]
+
+
+def test_heatmap_is_centred_on_zero_names_its_numbers_and_is_reproducible(ckpt: Path, manifest: Path, tmp_path: Path) -> None:
+    from macasr.infer.inspect import checked_sources, draw_heatmap, inspect_cut, token_labels
+    from macasr.train.checkpoint import restore_model
+
+    restored = restore_model(ckpt, "cpu")
+    cut = checked_sources([str(manifest)], allow_commands=False)[0].cut
+    result = inspect_cut(restored.model, cut, "the cat sat", restored.device, restored.precision, 3)
+    figure = draw_heatmap(result, restored.model.tokenizer, tmp_path / "a.png")
+    draw_heatmap(result, restored.model.tokenizer, tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    ax = figure.axes[0]
+    (image,) = ax.images
+    vmin, vmax = image.get_clim()
+    assert vmin == -vmax and vmax == pytest.approx(float(result.similarity.abs().max())) and image.get_cmap().name == "RdBu_r"
+    assert f"norm ratio (speech / token) {result.norm_ratio:.3f}" in ax.get_title()
+    assert f"mean nearest-token cosine {float(result.nearest_cos[:, 0].mean()):.3f}" in ax.get_title()
+    assert [t.get_text() for t in ax.get_yticklabels()] == token_labels(restored.model.tokenizer, result.reference_ids)
+
+
+def test_a_long_utterance_id_is_folded_not_cut(ckpt: Path, manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = tmp_path / ("a_rather_long_folder_name_" * 3) / "clip_with_a_long_name.wav"
+    deep.parent.mkdir()
+    deep.write_bytes(manifest.with_name("clip1.wav").read_bytes())
+    monkeypatch.setenv("COLUMNS", "80")
+    output, data = _run(ckpt, deep, tmp_path / "one")
+    (record,) = data["utterances"]
+    assert len(record["id"]) > 60 and "…" not in output
+    cells = [line.split("│")[1].strip() for line in output.splitlines() if line.count("│") > 2]
+    assert record["id"] in "".join(cells)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import re
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from typer.testing import CliRunner
 from conftest import noise
 from macasr import config as config_module, plugins
 from macasr.cli import app
-from macasr.errors import ConfigError
+from macasr.errors import CheckpointError, ConfigError
 from macasr.plugins import PluginError
 from macasr.train import checkpoint
 from macasr.train.run import train
@@ -43,6 +45,7 @@ def _restore_registries():
             registry._configs.pop(name)
             registry._components.pop(name, None)
     plugins._files.clear()
+    plugins._contents.clear()
     for name in [n for n in sys.modules if n.startswith("macasr_plugin_") or n == "ep_plugin_abc"]:
         del sys.modules[name]
 
@@ -204,3 +207,64 @@ def test_a_broken_entry_point_is_named(monkeypatch) -> None:
 def test_docs_show_the_tested_example_file() -> None:
     docs = (ROOT / "docs" / "extending.md").read_text()
     assert EXAMPLE.read_text() in docs
+
+
+def test_a_plugin_that_raises_names_the_file_and_line_it_raised_at(tmp_path, monkeypatch) -> None:
+    """The plugin's own last line in the traceback, not the library frame below it."""
+    plugin = tmp_path / "raising_plugin.py"
+    plugin.write_text("import json\n\n\ndef load():\n    json.loads('{')\n\n\nload()\n")
+    with pytest.raises(PluginError) as e:
+        plugins.import_plugins([str(plugin)], tmp_path)
+    assert str(e.value).startswith(f"plugin module {plugin} (from [plugins] modules) cannot be imported: JSONDecodeError: ")
+    assert str(e.value).endswith(f" (raised at {plugin}:5)") and "\n" not in str(e.value)
+    package = tmp_path / "raising_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from raising_pkg import inner\n")
+    (package / "inner.py").write_text("x = 1\nraise RuntimeError('boom in plugin')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=re.escape(f"cannot be imported: RuntimeError: boom in plugin (raised at {package / 'inner.py'}:2)")):
+        plugins.import_plugins(["raising_pkg"])
+
+
+def test_an_exported_bundle_holds_its_plugin_file_and_names_a_plugin_module(run, tmp_path, monkeypatch) -> None:
+    """The bundle loads after the plugin file it was trained with is gone; a module name is kept and
+    the export says it must be installed; a broken bundle config names its file once."""
+    import json
+
+    from macasr.infer import bundle
+
+    plugin = tmp_path / "plug" / "my_connectors.py"
+    plugin.parent.mkdir()
+    plugin.write_bytes(EXAMPLE.read_bytes())
+    (tmp_path / "f3_installed_plugin.py").write_text("INSTALLED = True\n")  # stands for an installed package
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = torch.load(run, weights_only=True)
+    data["config"]["plugins"]["modules"] = [str(plugin), "f3_installed_plugin"]
+    ckpt = checkpoint.save_checkpoint(tmp_path / "run" / "best.pt", data)
+    out = tmp_path / "bundle"
+    result = runner.invoke(app, ["export", str(ckpt), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.stderr.split()) == ("note: plugin module f3_installed_plugin ([plugins] modules) is not in the bundle: "
+                                               "install the package that provides it wherever the bundle is loaded")
+    assert (out / "plugins" / "my_connectors.py").read_bytes() == EXAMPLE.read_bytes()
+    text = (out / bundle.CONFIG).read_text()
+    assert 'modules = ["plugins/my_connectors.py", "f3_installed_plugin"]' in text
+    assert json.loads((out / bundle.MANIFEST).read_text())["plugins"] == {
+        "files": {"plugins/my_connectors.py": str(plugin)}, "modules": ["f3_installed_plugin"]}
+    card = " ".join((out / "README.md").read_text().split())
+    assert "`plugins/my_connectors.py`" in card and "needs the plugin module `f3_installed_plugin` installed" in card
+    plugin.unlink()  # the original is gone: the bundle's copy is read
+    restored = checkpoint.restore_model(out, device="cpu")
+    assert restored.config.plugins.modules == [str(out / "plugins" / "my_connectors.py"), "f3_installed_plugin"]
+    torch.testing.assert_close(restored.model.connector.gate.detach(), data["model"]["connector.gate"])
+    broken = shutil.copytree(out, tmp_path / "incomplete")  # a copy of the bundle without its plugin file
+    (broken / "plugins" / "my_connectors.py").unlink()
+    with pytest.raises(PluginError) as e:
+        checkpoint.restore_model(broken, device="cpu")
+    assert str(e.value).startswith(f"{broken / bundle.CONFIG}: plugin module plugins/my_connectors.py (from [plugins] modules)")
+    assert str(e.value).count("config.toml") == 1 and "no such file" in str(e.value)
+    (out / bundle.CONFIG).write_text(text.replace("[train]\n", "[train]\nnot_a_key = 1\n", 1))
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.restore_model(out, device="cpu")
+    assert str(e.value).startswith(f"{out / bundle.CONFIG}:") and str(e.value).count("config.toml") == 1
+    assert "not_a_key" in str(e.value) and str(e.value).endswith("(the bundle's config is invalid)")

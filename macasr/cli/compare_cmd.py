@@ -16,7 +16,7 @@ from macasr.cli._common import console, err_console, handle_errors
 @handle_errors
 def compare(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run folders that `macasr train` wrote (runs/NAME: config.toml, metrics.jsonl, and any eval reports *.json); one prints its summary alone.", show_default=False)],
-    plot: Annotated[Path | None, typer.Option("--plot", metavar="OUT.png", help="Also draw the runs' training loss and validation WER over steps into this PNG (needs 'macasr[plots]').", show_default=False)] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", metavar="OUT.png", help="Also draw the runs' training loss and validation WER over steps into this image (.png, .pdf or .svg; its folder must exist; needs 'macasr[plots]').", show_default=False)] = None,
 ) -> None:
     """Compare training runs: the config keys that differ, steps, best validation WER and its step,
     throughput, and test WER per dataset from the eval reports in each run folder. Loads no model.

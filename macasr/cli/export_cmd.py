@@ -22,10 +22,12 @@ def export(
 ) -> None:
     """Write a checkpoint as a self-contained bundle: config, safetensors weights, PEFT adapters, model card."""
     from macasr.infer.card import read_report, scored_elsewhere
-    from macasr.infer.export import export_bundle
+    from macasr.infer.export import export_bundle, plugin_notes
 
     if report is not None and (elsewhere := scored_elsewhere(read_report(report), ckpt)):
         err_console.print(f"[yellow]warning:[/] --report {escape(str(report))}: {escape(elsewhere)}", soft_wrap=True)
     path = export_bundle(ckpt, out, report=report, merge_lora=merge_lora, force=force, overrides=sets)
     files = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
     console.print(f"bundle: {escape(str(path))} ({', '.join(escape(f) for f in files)})", soft_wrap=True)
+    for note in plugin_notes(path):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)

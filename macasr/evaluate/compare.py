@@ -36,6 +36,7 @@ class LoadedReport:
     normalizer: str
     datasets: dict[str, dict[str, Any]]
     utterances: dict[tuple[str, str], dict[str, Any]] | None  # (dataset, id) -> JSONL line; None: no JSONL
+    checkpoint: str | None = None  # the checkpoint it scored, as `macasr eval` recorded it; None: not recorded
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def load_report(path: str | Path) -> LoadedReport:
     if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict) or not isinstance(data.get("normalizer"), str):
         raise _fail(path, "not a `macasr eval --report` file (expected `normalizer` and a `datasets` table)")
     datasets = {name: _check_dataset(path, name, entry) for name, entry in data["datasets"].items()}
-    return LoadedReport(path, data["normalizer"], datasets, _read_utterances(path))
+    checkpoint = data.get("checkpoint") if isinstance(data.get("checkpoint"), str) else None
+    return LoadedReport(path, data["normalizer"], datasets, _read_utterances(path), checkpoint)
 
 
 Counts = tuple[int, int]  # (word errors, reference words)

@@ -12,6 +12,7 @@ A bundle is a folder of safetensors, JSON and TOML only (nothing is unpickled):
     encoder/, llm/              a part in Hugging Face layout (config, safetensors, tokenizer or
                                 feature extractor) when it was trained or came from a local folder
     llm_merged/                 with --merge-lora: the LLM with its adapters merged in
+    plugins/NAME.py             the run's plugin files ([plugins] modules), which config.toml names there
     README.md                   the model card
 
 A bundle is loaded by rebuilding the model from config.toml (parts from their hub id or from the
@@ -122,14 +123,17 @@ def bundle_config(folder: Path) -> Config:
     """config.toml with the parts this bundle stores (`./encoder`, `./llm`) pointing into `folder`."""
     from macasr import config as config_module
     from macasr.errors import ConfigError
+    from macasr.plugins import PluginError
 
     path = folder / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{folder}: the bundle lacks {CONFIG} (an incomplete copy?)")
     try:
         cfg = config_module.load(path)
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: invalid ({str(e).splitlines()[0]})") from None
+    except PluginError:
+        raise  # "BUNDLE/config.toml: plugin module NAME ... cannot be imported: ..."
+    except ConfigError as e:  # its first line already starts with the file (and line)
+        raise CheckpointError(f"{str(e).splitlines()[0]} (the bundle's config is invalid)") from None
     return config_module.resolve_paths(cfg, base=folder)
 
 

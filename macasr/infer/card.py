@@ -164,6 +164,14 @@ def usage(manifest: dict[str, Any]) -> list[str]:
         lines += ["", "The LLM's LoRA adapters are in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`):", "",
                   "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM", "",
                   f'llm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "path/to/this/folder")', "```"]
+    plugins = manifest.get("plugins") or {}
+    if plugins.get("files"):
+        lines += ["", f"The connector code is in this folder ({', '.join(f'`{f}`' for f in plugins['files'])}, named by "
+                  "`[plugins] modules` in `config.toml`); macasr imports it when the bundle is loaded."]
+    if plugins.get("modules"):
+        lines += ["", f"Loading needs the plugin module{'s' * (len(plugins['modules']) > 1)} "
+                  f"{', '.join(f'`{m}`' for m in plugins['modules'])} installed (importable): `[plugins] modules` names "
+                  "them, and a module name cannot be copied into a bundle."]
     if manifest.get("merged_llm"):
         lines += ["", f"`{manifest['merged_llm']}/` holds the LLM with the adapters merged in (fp32), loadable with `AutoModelForCausalLM`."]
     return lines

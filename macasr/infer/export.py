@@ -7,6 +7,9 @@ What "self-contained" means per part (docs/export.md):
   frozen: a path on the exporting machine means nothing anywhere else;
 - a frozen part from the hub (LoRA adapters or not) is referred to by its id and the revision the
   local hub cache holds; loading the bundle needs that model from the hub or the cache.
+A plugin file (`[plugins] modules`, a .py path) is copied to plugins/NAME.py and the bundle's
+config names it there; a plugin module name (an installed package) cannot be copied: it is kept,
+and the manifest, the model card and the export's output say it must be installed.
 The trained weights are in safetensors files, LoRA adapters in PEFT's own layout. Nothing in a
 bundle is a pickle. The bundle is written in a temporary folder beside DIR and renamed into
 place, so a failed export leaves nothing half-written and DIR as it was.
@@ -44,6 +47,7 @@ PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".npy", ".
 SUPPORT_SUFFIXES = {".json", ".txt", ".model", ".jinja", ".tiktoken"}
 WEIGHT_SUFFIX = ".safetensors"
 MERGED = "llm_merged"
+PLUGINS = "plugins"  # the bundle's folder of copied plugin files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,14 +188,49 @@ def write_merged(root: Path, cfg: Config, source: PartSource) -> None:
     merged.save_pretrained(root / MERGED)
 
 
-def bundle_config(cfg: Config, sources: dict[str, PartSource]) -> Config:
-    """The run's config with each part the bundle stores at ./encoder or ./llm."""
+def copy_plugins(root: Path, modules: list[str]) -> dict[str, str]:
+    """Copy each plugin file of `[plugins] modules` to root/plugins/NAME.py (NAME_2.py for a second
+    file of the same name) → {entry as the run's config names it: its path in the bundle}; module
+    names are not in it. CheckpointError for a plugin file that is gone: the bundle would not load."""
+    from macasr.plugins import is_file_entry
+
+    copied: dict[str, str] = {}
+    for entry in modules:
+        if not is_file_entry(entry) or entry in copied:
+            continue
+        source = Path(entry).expanduser()
+        if not source.is_file():
+            raise CheckpointError(f"cannot export plugin file {entry} ([plugins] modules): no such file; the bundle needs it "
+                                  "to build the model")
+        name, n = f"{PLUGINS}/{source.stem}.py", 1
+        while name in copied.values():
+            n += 1
+            name = f"{PLUGINS}/{source.stem}_{n}.py"
+        (root / PLUGINS).mkdir(exist_ok=True)
+        shutil.copyfile(source, root / name)
+        copied[entry] = name
+    return copied
+
+
+def bundle_config(cfg: Config, sources: dict[str, PartSource], plugin_files: dict[str, str] | None = None) -> Config:
+    """The run's config with each part the bundle stores at ./encoder or ./llm, and each plugin
+    file at its copy (`copy_plugins`; read relative to the bundle's config.toml)."""
     from macasr import config as config_module
 
-    return config_module.replace(cfg, **{f"model.{p}.path": f"./{p}" for p, s in sources.items() if s.stored})
+    changes: dict[str, Any] = {f"model.{p}.path": f"./{p}" for p, s in sources.items() if s.stored}
+    if plugin_files:
+        changes["plugins.modules"] = [plugin_files.get(m, m) for m in cfg.plugins.modules]
+    return config_module.replace(cfg, **changes)
 
 
-def config_text(cfg: Config, sources: dict[str, PartSource], ckpt: Path, step: int) -> str:
+def plugin_modules(cfg: Config) -> list[str]:
+    """The plugin module names (not files) of `[plugins] modules`: a bundle cannot hold them."""
+    from macasr.plugins import is_file_entry
+
+    return [m for m in cfg.plugins.modules if not is_file_entry(m)]
+
+
+def config_text(cfg: Config, sources: dict[str, PartSource], ckpt: Path, step: int, plugin_files: dict[str, str] | None = None) -> str:
     from macasr.config_render import dumps
 
     header = [f"# macasr bundle: exported by macasr {__version__} from {ckpt.name} (step {step}).",
@@ -199,7 +238,17 @@ def config_text(cfg: Config, sources: dict[str, PartSource], ckpt: Path, step: i
     for s in sources.values():
         where = f"copied here from {s.path}" if s.stored else f"{s.path} at revision {s.revision or 'unknown'} (hub)"
         header.append(f"#   [model.{s.part}] {where}")
+    header += [f"#   [plugins] {name} copied here from {entry}" for entry, name in (plugin_files or {}).items()]
+    header += [f"#   [plugins] {name}: a module name; install the package that provides it" for name in plugin_modules(cfg)]
     return "\n".join(header) + "\n" + dumps(cfg)
+
+
+def plugin_notes(out: Path) -> list[str]:
+    """What the export's output says about the bundle's plugins (from its bundle.json): the module
+    names it needs installed where it is loaded (plugin files are copied in: nothing to say)."""
+    plugins = bundle.read_manifest(out).get("plugins") or {}
+    return [f"plugin module {name} ([plugins] modules) is not in the bundle: install the package that provides it "
+              "wherever the bundle is loaded" for name in plugins.get("modules", [])]
 
 
 def _plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -234,12 +283,14 @@ def write_bundle(root: Path, restored: Restored, ckpt: Path, report: dict[str, A
     save_weights(root / CONNECTOR, groups["connector"])
     if merge_lora:
         write_merged(root, cfg, sources["llm"])
+    plugin_files = copy_plugins(root, cfg.plugins.modules)
     manifest = {
         "format": bundle.FORMAT, "version": bundle.VERSION, "macasr_version": __version__, "source_checkpoint": str(ckpt),
         "step": int(data.get("step", 0)), "metrics": _plain_metrics(data.get("metrics", {})),
         "parts": {p: s.manifest() for p, s in sources.items()}, "merged_llm": MERGED if merge_lora else None,
+        "plugins": {"files": {name: entry for entry, name in plugin_files.items()}, "modules": plugin_modules(cfg)},
     }
-    write_atomic(root / CONFIG, config_text(bundle_config(cfg, sources), sources, ckpt, manifest["step"]))
+    write_atomic(root / CONFIG, config_text(bundle_config(cfg, sources, plugin_files), sources, ckpt, manifest["step"], plugin_files))
     write_atomic(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     card = model_card(cfg, manifest, parameter_counts(model), report, report_path.name if report_path else None)
     write_atomic(root / "README.md", card)

@@ -17,7 +17,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lhotse.cut import Cut
@@ -29,7 +29,13 @@ from macasr.infer.inputs import Source, expand
 from macasr.model.build import autocast
 from macasr.model.llm import text_ids
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 ROUND = 6  # decimals kept in the JSON: enough to compare, and stable across runs
+RESULTS = "inspect.json"  # the file that marks a folder as an inspect's output
+WORD_START = "▁"  # shown before a heatmap label whose token begins a word
+WORD_START_MARKS = ("▁", "Ġ")  # how tokenizers mark it: SentencePiece / Metaspace, byte-level BPE (GPT-2, Qwen)
 ROWS_PER_CHUNK = 64  # speech embeddings compared with the whole vocabulary at once (memory: 64 × V floats)
 
 
@@ -115,6 +121,22 @@ def _token(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
 
+def token_labels(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """The heatmap's label per transcript token: the token as decoded (escaped: "\\n"), with "▁"
+    before one that begins a word, so "you have" reads "▁yo u ▁have", not "yo u have". A token
+    begins a word when it is the first, decodes with a leading space, or its vocabulary entry
+    starts with the tokenizer's word mark ("▁", or "Ġ" for byte-level BPE: single tokens decode
+    without their space there)."""
+    labels = []
+    for n, token_id in enumerate(ids):
+        piece = _token(tokenizer, token_id)
+        raw = tokenizer.convert_ids_to_tokens(token_id)
+        starts = n == 0 or piece.startswith(" ") or (isinstance(raw, str) and raw.startswith(WORD_START_MARKS))
+        text = repr(piece[1:] if piece.startswith(" ") and len(piece) > 1 else piece)[1:-1]
+        labels.append(WORD_START + text if starts else text)
+    return labels
+
+
 def as_record(result: Inspection, tokenizer: Any, heatmap: str | None = None) -> dict[str, Any]:
     """The JSON object of one utterance: summary numbers and, per speech embedding, time, norm and nearest tokens."""
     record: dict[str, Any] = {
@@ -149,27 +171,36 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def draw_heatmap(result: Inspection, tokenizer: Any, out: Path) -> None:
+def draw_heatmap(result: Inspection, tokenizer: Any, out: Path) -> Figure:
     """The (N, M) cosine similarities as a PNG: speech embeddings (seconds) across, transcript
-    tokens down. Needs matplotlib (`macasr[plots]`); Agg canvas, no display needed."""
+    tokens down (`token_labels`), on a diverging colour map centred on 0 (limits ± the largest
+    |cosine|, so the sign reads at a glance), the norm ratio and mean nearest-token cosine in the
+    title → the figure. Needs matplotlib (`macasr[plots]`); Agg canvas, no display needed; the same
+    input gives the same bytes (no date or version in the PNG)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     assert result.similarity is not None
     sim = result.similarity.T.numpy()  # (M, N)
-    labels = [repr(_token(tokenizer, i))[1:-1] for i in result.reference_ids]
-    figure = Figure(figsize=(min(4 + 0.08 * sim.shape[1], 30), min(2 + 0.22 * max(sim.shape[0], 1), 30)), layout="constrained")
+    labels = token_labels(tokenizer, result.reference_ids)
+    figure = Figure(figsize=(min(4 + 0.08 * sim.shape[1], 30), min(2.4 + 0.22 * max(sim.shape[0], 1), 30)), layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.subplots()
     end = result.duration
-    image = ax.imshow(sim, aspect="auto", cmap="viridis", interpolation="nearest", extent=(0, end, len(labels) - 0.5, -0.5))
+    limit = max(float(abs(sim).max()) if sim.size else 0.0, 1e-6)  # symmetric: 0 is the colour map's middle
+    image = ax.imshow(sim, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest",
+                      extent=(0, end, len(labels) - 0.5, -0.5))
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set(xlabel=f"seconds ({len(result.norms)} speech embeddings)", ylabel="transcript tokens",
-           title=f"{result.id}: cosine(speech embedding, token embedding)")
+    nearest = float(result.nearest_cos[:, 0].mean())
+    ax.set(xlabel=f"seconds ({len(result.norms)} speech embeddings)", ylabel=f"transcript tokens ({WORD_START} begins a word)",
+           title=f"{result.id}: cosine(speech embedding, token embedding)\n"
+                 f"norm ratio (speech / token) {result.norm_ratio:.3f}, mean nearest-token cosine {nearest:.3f}")
+    ax.title.set_fontsize(9)
     figure.colorbar(image, ax=ax, label="cosine similarity")
     partial = out.with_name(f".{out.name}.tmp")
-    figure.savefig(partial, format="png", dpi=100)
+    figure.savefig(partial, format="png", dpi=100, metadata={"Software": None})
     partial.replace(out)
+    return figure
 
 
 def checked_sources(inputs: Sequence[str], allow_commands: bool, limit: int | None = None) -> list[Source]:
@@ -184,6 +215,35 @@ def checked_sources(inputs: Sequence[str], allow_commands: bool, limit: int | No
         more = f" (and {len(bad) - 1} more input{'s' * (len(bad) > 2)} that cannot be used)" if len(bad) > 1 else ""
         raise MacasrError(bad[0] + more)
     return sources[:limit]
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse, before any work, an --out that is a file, or a folder that is not empty without
+    `force` (an earlier inspect's heatmaps would stay beside the new ones); `force` replaces only
+    an earlier inspect's output (a folder holding inspect.json), never a folder of other files."""
+    if out.exists() and not out.is_dir():
+        raise MacasrError(f"--out {out}: is a file; give a folder for inspect.json and the heatmaps")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / RESULTS).is_file():
+        raise MacasrError(f"--out {out}: the folder holds files but no {RESULTS}, so it is not an earlier inspect's output; "
+                          "give a new or empty folder")
+    if not force:
+        raise MacasrError(f"--out {out}: holds an earlier inspect's output ({RESULTS}); give a new or empty folder, "
+                          "or --force to replace it")
+
+
+def clear_earlier(out: Path) -> None:
+    """Delete an earlier inspect's inspect.json and heatmaps (every .png under `out`), and the
+    folders that leaves empty, so no stale heatmap sits beside the new ones."""
+    if not out.is_dir():
+        return
+    (out / RESULTS).unlink(missing_ok=True)
+    for png in out.rglob("*.png"):
+        png.unlink()
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def reference_of(cut: Cut, from_manifest: bool) -> str | None:

@@ -4,13 +4,18 @@ run folders alone (no model is loaded).
 A run folder is what `macasr train` leaves: config.toml, metrics.jsonl, checkpoints, and any
 eval reports put there (`macasr eval --report runs/NAME/report.json`). Read from them:
 - the configs' differences: every flattened key (`train.lr`, `model.connector.name`) whose value
-  is not the same in all runs, as written in each config.toml (a key one run lacks shows "-");
+  is not the same in all runs, as written in each config.toml; a key a run's file lacks counts as
+  its default (a config from before `[plugins]` existed equals one with an empty table), and shows
+  "-" only where it has none (a Q-Former key in an MLP run, a plugin connector's keys);
 - from metrics.jsonl: the steps done (the highest logged step), the best validation WER
   (lowest `valid_wer`, the earliest step on a tie) and its step, the last training loss, and the
   throughput (the mean of the training lines' `audio_seconds_per_second`, all processes);
 - from every `*.json` directly in the run folder, each read as an eval report (the loader of
   `macasr eval --compare`): the test WER per dataset. A column is the dataset's name, or
   "NAME (STEM)" for a report not named report.json, so reports of different decodings stay apart.
+  A report is the run's only when the checkpoint it recorded lies in the run folder (best.pt,
+  last.pt, avg.pt, a bundle exported there); one that scored another run's checkpoint (a copied
+  report) is left out with a note naming it and the checkpoint it scored.
 
 Anything unreadable is a one-line MacasrError naming the file (and line). `plot_runs` overlays the
 runs' loss and validation-WER curves with the pieces of `macasr.train.curves` (needs matplotlib).
@@ -18,9 +23,11 @@ runs' loss and validation-WER curves with the pieces of `macasr.train.curves` (n
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +58,7 @@ class Run:
     config: dict[str, Any]
     records: list[dict[str, Any]]
     reports: list[LoadedReport]
+    foreign: list[LoadedReport] = field(default_factory=list)  # reports in the folder that scored another checkpoint
 
     @property
     def steps(self) -> int:
@@ -94,9 +102,44 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """A default as TOML reads it back (tuples are arrays)."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _table_defaults(table: Any, raw: Any, prefix: str) -> dict[str, Any]:
+    """The flattened defaults of config dataclass `table` for the TOML table `raw`: a component
+    table (registry) takes the defaults of the component `raw` names, none for a name not
+    registered here (a plugin's); named tables (datasets) have no defaults."""
+    from macasr.config import _REGISTRIES
+
+    raw = raw if isinstance(raw, dict) else {}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(table):
+        value, sub = getattr(table, f.name), raw.get(f.name)
+        registry = _REGISTRIES.get(f.metadata.get("registry", ""))
+        name = sub.get("name") if isinstance(sub, dict) else None
+        if registry is not None and name is not None:
+            if name not in registry.names():
+                continue
+            value = registry.config_type(name)()
+        if dataclasses.is_dataclass(value):
+            out |= _table_defaults(value, sub, f"{prefix}{f.name}.")
+        elif not isinstance(value, dict):
+            out[f"{prefix}{f.name}"] = _plain(value)
+    return out
+
+
+def filled(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config.toml (TOML dict) flattened, every key it lacks at its default (`_table_defaults`)."""
+    from macasr.config import Config
+
+    return _table_defaults(Config(), raw, "") | flatten(raw)
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        return flatten(tomllib.loads(path.read_text(encoding="utf-8")))
+        return filled(tomllib.loads(path.read_text(encoding="utf-8")))
     except tomllib.TOMLDecodeError as e:
         raise MacasrError(f"{path}: not valid TOML ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -114,7 +157,24 @@ def load_run(path: Path, label: str | None = None) -> Run:
                               f"and {METRICS_FILE} there)")
     records = read_metrics(path / METRICS_FILE, strict=True)
     reports = [load_report(p) for p in sorted(path.glob("*.json")) if p.is_file()]
-    return Run(path, label or path.name, _read_config(path / CONFIG_FILE), records, reports)
+    own = [r for r in reports if r.checkpoint is None or scored_here(r.checkpoint, path)]
+    foreign = [r for r in reports if r not in own]
+    return Run(path, label or path.name, _read_config(path / CONFIG_FILE), records, own, foreign)
+
+
+def scored_here(checkpoint: str, run_dir: Path) -> bool:
+    """True when `checkpoint` (a report's, as `macasr eval --ckpt` was given it) lies in `run_dir`.
+    A relative path is resolved from the current folder; as eval may have run from another one, a
+    relative path also counts when its folders are the last folders of `run_dir`
+    (`runs/demo/best.pt` for /work/runs/demo)."""
+    folder = run_dir.resolve()
+    given = Path(checkpoint).expanduser()
+    if given.resolve().is_relative_to(folder):
+        return True
+    if given.is_absolute():
+        return False
+    parts = Path(os.path.normpath(given)).parent.parts
+    return ".." not in parts and (not parts or folder.parts[-len(parts):] == parts)
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
@@ -193,11 +253,14 @@ def results_table(runs: list[Run]) -> Table:
 
 
 def notes(runs: list[Run]) -> list[str]:
-    """What the tables cannot say, one line each: no validation logged, no report, normalizers
-    that differ for one test column (its WERs then measure different things)."""
+    """What the tables cannot say, one line each: no validation logged, no report, a report left
+    out (it scored another run's checkpoint), normalizers that differ for one test column (its
+    WERs then measure different things)."""
     out = [f"{run.label}: no validation WER in {run.path / METRICS_FILE}" for run in runs if run.best is None]
     out += [f"{run.label}: no eval report (*.json) in {run.path}; `macasr eval --report {run.path / DEFAULT_REPORT}` "
-            "writes one" for run in runs if not run.reports]
+            "writes one" for run in runs if not run.reports and not run.foreign]
+    out += [f"{run.label}: {r.path} left out: it scored {r.checkpoint}, not a checkpoint of {run.path}"
+            for run in runs for r in run.foreign]
     by_column: dict[str, dict[str, list[str]]] = {}
     for run in runs:
         for column, (_, normalizer) in run.test_wers().items():
@@ -209,19 +272,28 @@ def notes(runs: list[Run]) -> list[str]:
     return out
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # formats matplotlib writes without extra packages
+
+
 def check_plot_path(out: Path) -> None:
-    """Refuse, before any work, a --plot path that is a folder or needs matplotlib that is missing."""
+    """Refuse, before any work, a --plot path that is a folder, has no .png/.pdf/.svg suffix, lies
+    in a folder that does not exist, or needs matplotlib that is missing."""
     try:
         import matplotlib  # noqa: F401  (the optional extra macasr[plots])
     except ImportError:
         raise MacasrError("--plot needs matplotlib: pip install 'macasr[plots]'") from None
     if out.is_dir():
         raise MacasrError(f"--plot {out}: is a folder; give a file name such as {out / 'runs.png'}")
+    if out.suffix.lower() not in PLOT_SUFFIXES:
+        raise MacasrError(f"--plot {out}: unknown image type {out.suffix or '(no suffix)'!r}; give a file name ending in "
+                          f"{', '.join(PLOT_SUFFIXES)}")
+    if not out.parent.is_dir():
+        raise MacasrError(f"--plot {out}: no such folder {out.parent}; create it first or give another path")
 
 
 def plot_runs(runs: list[Run], out: Path) -> Figure:
     """Training loss (left) and validation WER in % (right) over steps, one colour per run, into
-    the PNG `out` → the figure. Needs matplotlib."""
+    `out` (PNG, PDF or SVG by its suffix) → the figure. Needs matplotlib."""
     figure, loss_ax, wer_ax = new_figure()
     for index, run in enumerate(runs):
         colour = f"C{index}"
@@ -235,7 +307,6 @@ def plot_runs(runs: list[Run], out: Path) -> Figure:
         wer_ax.text(0.5, 0.5, "no validation WER logged", ha="center", va="center", transform=wer_ax.transAxes)
     check_plot_path(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         save_figure(figure, out)
     except OSError as e:
         raise MacasrError(f"--plot {out}: cannot be written ({e})") from None

@@ -73,14 +73,16 @@ def new_figure() -> tuple[Figure, Axes, Axes]:
 
 
 def save_figure(figure: Figure, out: Path) -> None:
-    """Grid and whole-step ticks on every axes, then the PNG at `out` (a temporary file renamed)."""
+    """Grid and whole-step ticks on every axes, then the image at `out` (a temporary file renamed),
+    in the format its suffix names (.png, .pdf, .svg; PNG for any other)."""
     from matplotlib.ticker import MaxNLocator
 
     for ax in figure.axes:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     partial = out.with_name(f".{out.name}.tmp")
-    figure.savefig(partial, format="png", dpi=100)
+    kind = out.suffix.lower().lstrip(".")
+    figure.savefig(partial, format=kind if kind in ("pdf", "svg") else "png", dpi=100)
     os.replace(partial, out)
 
 
