@@ -38,7 +38,7 @@ def last_checkpoints(run_dir: str | Path, n: int) -> list[Path]:
     """The `n` kept checkpoints of a run with the highest steps (the step stored in each), newest first.
 
     Files of the same step hold the same weights (best.pt and last.pt both written at a validation):
-    only the first of them (best.pt, then best-step<N>.pt, then last.pt) counts. CheckpointError when
+    only the first of them (best.pt, then best-step<STEP>.pt, then last.pt) counts. CheckpointError when
     the run keeps fewer than `n` distinct steps, naming those it keeps; MacasrError for `n` < 2."""
     if n < 2:
         raise MacasrError(f"{LAST_TOO_FEW}, got {n}")
