@@ -42,7 +42,8 @@ def check(path: str | Path, sets: list[str] | None = None) -> CheckReport:
 
 
 def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
-    """Add a problem per missing manifest or local model folder, a note per hub id (told apart
+    """Add a problem per missing manifest, local model folder or [train] init_from (named by its
+    absolute path: relative paths are read from the current folder), a note per hub id (told apart
     from a path as loading does, by `model._hf.is_local_path`)."""
     from macasr.model._hf import is_local_path
 
@@ -59,6 +60,8 @@ def _check_files(cfg: Config, errors: _Errors, notes: _Errors) -> None:
         if p and not Path(p).is_file():
             what = "is a folder; expected a manifest file" if Path(p).is_dir() else f"no such manifest{_relative_to_cwd(p)}"
             errors.add(f"augment.{key}", f"[augment] {key}: {p!r} {what}")
+    if (init := cfg.train.init_from) and not Path(init).exists():
+        errors.add("train.init_from", f"[train] init_from: no such checkpoint file or bundle folder {str(Path(init).resolve())!r}")
     for table, part in (("model.encoder", cfg.model.encoder), ("model.llm", cfg.model.llm)):
         p = getattr(part, "path", "")
         if not p or Path(p).is_dir():

@@ -141,3 +141,31 @@ def test_last_n_through_the_cli(run_dir, tmp_path) -> None:
     assert stored(out)["metrics"]["averaged"] == f"2 checkpoints: {run_dir / 'best.pt'} (step 30), {run_dir / 'best-step20.pt'} (step 20)"
     result = runner.invoke(app, ["average", "--last", "2", str(run_dir), str(run_dir), "--out", str(out), "--force"])
     assert result.exit_code == 1 and "takes one run folder, got 2 paths" in result.stderr
+
+
+@pytest.mark.parametrize("n", ["0", "1"])
+def test_last_below_two_is_refused_with_one_message(run_dir, tmp_path, n) -> None:
+    result = runner.invoke(app, ["average", "--last", n, str(run_dir), "--out", str(tmp_path / "avg.pt")])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: --last must be at least 2: averaging needs two checkpoints, got {n}"
+
+
+def test_the_last_help_names_the_step_with_its_own_letter() -> None:
+    result = runner.invoke(app, ["average", "--help"], env={"COLUMNS": "300"})
+    assert "best-step<STEP>.pt" in result.output and "best-step<N>.pt" not in result.output
+
+
+def test_checkpoints_whose_model_folders_moved_are_averaged_with_a_note(pair, tiny_config, tmp_path) -> None:
+    """A folder is where a model's weights were read from: the average keeps the first's and says so."""
+    a, _ = pair
+    data = checkpoint.load_checkpoint(a)
+    config = {**data["config"], "model": {**data["config"]["model"], "llm": {**data["config"]["model"]["llm"], "path": "/moved/qwen3"}}}
+    moved = checkpoint.save_checkpoint(tmp_path / "moved.pt", {**data, "config": config,
+                                                                "model": {k: v + 1 for k, v in data["model"].items()}})
+    out = tmp_path / "avg.pt"
+    result = runner.invoke(app, ["average", str(a), str(moved), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.stderr.split()) == (
+        f"note: {moved}: names other model folders than the first checkpoint (model.llm.path: "
+        f"'{tiny_config.model.llm.path}' in the first, '/moved/qwen3' there); the average keeps the first's")
+    assert stored(out)["config"] == data["config"]

@@ -229,3 +229,20 @@ def test_a_feature_cache_refuses_what_would_change_cached_frames() -> None:
     assert len(lines) == 3 and all(line.startswith("c.toml:2: [data] cache: ") for line in lines)
     assert "waveform augmentation" in lines[0] and "spec_augment" in lines[1] and "encoder trains" in lines[2]
     assert config_module.loads('[data]\ncache = "cache/"\n').data.cache == "cache/"  # alone it is fine
+
+
+def test_config_check_looks_for_init_from_relative_to_the_current_folder(tmp_path: Path, monkeypatch) -> None:
+    """Like manifests and model folders, a relative [train] init_from is read from the current folder."""
+    cfg = config_module.dump(config_module.replace(Config(), **{"model.llm.path": "gpt2", "model.encoder.path": "openai/whisper-tiny",
+                                                                 "train.init_from": "runs/a/best.pt"}), tmp_path / "c.toml")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["config", "check", str(cfg)])
+    assert result.exit_code == 1
+    assert [x for x in result.stderr.splitlines() if x.startswith("error:")] == [
+        f"error: {cfg}:{_line(cfg, 'init_from =')}: [train] init_from: no such checkpoint "
+                                          f"file or bundle folder {str(tmp_path / 'runs/a/best.pt')!r}"]
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "best.pt").write_bytes(b"PK")
+    assert CliRunner().invoke(app, ["config", "check", str(cfg)]).exit_code == 0
+    result = CliRunner().invoke(app, ["config", "check", str(cfg), "--set", "train.init_from=/nonexistent/best.pt"])
+    assert result.exit_code == 1 and "[train] init_from: no such checkpoint file or bundle folder '/nonexistent/best.pt'" in result.stderr

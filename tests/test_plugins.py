@@ -112,6 +112,18 @@ def test_transcribe_and_eval_load_a_checkpoint_with_a_plugin(run, corpus, tmp_pa
     assert result.exit_code == 0, result.output
 
 
+def test_a_run_with_a_plugin_connector_resumes(run, tmp_path) -> None:
+    """Its stored [model.connector] (gated: no mlp hidden_dim or dropout) is no change from the
+    config it was trained with: the run folder's config.toml resumes it (in a copy of the folder)."""
+    import shutil
+
+    folder = shutil.copytree(run.parent, tmp_path / run.parent.name)
+    result = runner.invoke(app, ["train", str(folder / "config.toml"), "--set", f"train.output_dir={tmp_path}",
+                                 "--set", "train.max_steps=3", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert torch.load(folder / "last.pt", weights_only=True)["step"] == 3
+
+
 def test_a_checkpoint_whose_plugin_is_missing_names_it_in_one_line(run, tmp_path) -> None:
     data = torch.load(run, weights_only=True)
     data["config"]["plugins"]["modules"] = ["my_missing_connectors"]

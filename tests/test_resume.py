@@ -122,8 +122,8 @@ def test_model_and_data_changes_refuse_a_resume_and_others_do_not() -> None:
     for key in ("train.max_steps", "train.valid_every", "train.patience", "train.save_every", "train.keep_best",
                 "train.lr", "logging.log_every", "eval.batch_size", "data.num_workers", "data.on_bad_clip"):
         assert not is_fixed(key), key
-    fixed, allowed = split_changes(["model.llm.path: 'a' in the checkpoint, 'b' given", "train.max_steps: 1 in the checkpoint, 2 given"])
-    assert fixed == ["model.llm.path: 'a' in the checkpoint, 'b' given"] and allowed == ["train.max_steps: 1 in the checkpoint, 2 given"]
+    fixed, allowed = split_changes(["model.llm.train: False in the checkpoint, True given", "train.max_steps: 1 in the checkpoint, 2 given"])
+    assert fixed == ["model.llm.train: False in the checkpoint, True given"] and allowed == ["train.max_steps: 1 in the checkpoint, 2 given"]
 
 
 # ----------------------------------------------------------------------------- keep_best
@@ -258,3 +258,83 @@ def test_cached_frames_are_masked_per_clip_and_epoch_with_frame_mask() -> None:
     assert torch.equal(dataset.example(cut, epoch=0).features, first) and not torch.equal(first, frames.T)
     assert torch.equal(first, SpecAugment(seed=0)(frames.T, "utt-1", 0))
     assert not torch.equal(dataset.example(cut, epoch=1).features, first)
+
+
+# ----------------------------------------------------------------------------- other connectors, moved folders
+
+
+@pytest.mark.parametrize("name", ["linear", "qformer", "transformer"])
+def test_a_stored_component_table_is_compared_with_its_own_components_defaults(name) -> None:
+    """A stored linear connector lacks mlp's hidden_dim and dropout: it must not gain them from the
+    default (mlp) connector's table, or every resume of a non-mlp run is refused."""
+    from macasr.train.engine import config_changes
+    from macasr.train.resume import stored_with_defaults
+
+    cfg = config_module.loads(f'[model.connector]\nname = "{name}"\n')
+    stored = config_module.to_dict(cfg)
+    assert config_changes(stored_with_defaults(stored), stored) == []
+    older = {**stored, "model": {**stored["model"], "connector": {k: v for k, v in stored["model"]["connector"].items() if k != "downsampler"}}}
+    assert stored_with_defaults(older)["model"]["connector"] == stored["model"]["connector"]  # filled from its own defaults
+    unknown = {"model": {"connector": {"name": "not-loaded", "width": 3}}}
+    assert stored_with_defaults(unknown)["model"]["connector"] == {"name": "not-loaded", "width": 3}
+
+
+def test_a_linear_connector_run_resumes_from_its_own_config_toml(tiny_config, corpus, tmp_path) -> None:
+    from macasr.model.connector_config import LinearConnectorConfig
+
+    cfg = run_config(tiny_config, corpus, tmp_path, "lin", **{"model.connector": LinearConnectorConfig(downsample=2)})
+    invoke(cfg, tmp_path / "lin.toml")
+    result = runner.invoke(app, ["train", str(cfg.run_dir / "config.toml"), "--set", "train.max_steps=2", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert torch.load(cfg.run_dir / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_a_qformer_run_resumes(tiny_config, corpus, tmp_path) -> None:
+    from macasr.model.connector_config import QFormerConnectorConfig
+
+    cfg = run_config(tiny_config, corpus, tmp_path, "q", **{"model.connector": QFormerConnectorConfig(downsample=2, layers=1, heads=2, dim=32)})
+    make_trainer(cfg).fit()
+    trainer = make_trainer(config_module.replace(cfg, **{"train.max_steps": 2}))
+    trainer.resume(cfg.run_dir / "last.pt")
+    assert trainer.step == 1
+
+
+def _models_at(tiny_models, folder: Path) -> tuple[Path, Path]:
+    import shutil
+
+    return tuple(Path(shutil.copytree(src, folder / src.name)) for src in tiny_models)
+
+
+def test_a_run_resumes_with_its_model_folders_given_at_their_new_place(tiny_config, tiny_models, corpus, tmp_path) -> None:
+    """A path says where a model's weights are, not what the model is: a moved folder may be given
+    anew; the resume says so, and the trained weights are still checked against it."""
+    whisper, qwen = _models_at(tiny_models, tmp_path / "m1")
+    cfg = run_config(tiny_config, corpus, tmp_path, "c", **{"model.encoder.path": str(whisper), "model.llm.path": str(qwen)})
+    invoke(cfg, tmp_path / "c.toml")
+    (tmp_path / "m1").rename(tmp_path / "m2")
+    moved = ["--set", f"model.encoder.path={tmp_path / 'm2' / whisper.name}", "--set", f"model.llm.path={tmp_path / 'm2' / qwen.name}"]
+    result = runner.invoke(app, ["train", str(tmp_path / "c.toml"), "--set", "train.max_steps=2", *moved, "--resume"])
+    assert result.exit_code == 0, result.output
+    out = "".join(result.output.split())  # rich wraps long paths anywhere
+    assert "".join("model folders given at another place than when it was written".split()) in out
+    assert "".join(f"model.llm.path: '{qwen}' in the checkpoint, '{tmp_path / 'm2' / qwen.name}' given".split()) in out
+    assert torch.load(cfg.run_dir / "last.pt", weights_only=True)["step"] == 2
+
+    from conftest import SENTENCES
+    from macasr import testing
+
+    wider = testing.save_tiny_qwen3(tmp_path / "wider", testing.train_tokenizer(SENTENCES * 5, vocab_size=150), hidden=48)
+    result = runner.invoke(app, ["train", str(tmp_path / "c.toml"), "--set", "train.max_steps=3", "--set",
+                                 f"model.encoder.path={tmp_path / 'm2' / whisper.name}", "--set", f"model.llm.path={wider}", "--resume"])
+    assert result.exit_code == 1
+    assert "inthecheckpointbut[48," in "".join(result.stderr.split())
+    assert "withmodelfoldersotherthanthecheckpoint's" in "".join(result.stderr.split())
+
+
+def test_a_folder_path_is_no_fixed_change_but_the_model_table_is() -> None:
+    from macasr.train.resume import moved_folders
+
+    changes = ["model.llm.path: 'a' in the checkpoint, 'b' given", "model.encoder.path: 'c' in the checkpoint, 'd' given",
+               "model.llm.lora.r: 8 in the checkpoint, 16 given"]
+    fixed, allowed = split_changes(changes)
+    assert fixed == changes[2:] and allowed == changes[:2] and moved_folders(allowed) == changes[:2]

@@ -204,3 +204,56 @@ def test_init_from_is_a_config_key_with_a_path_made_absolute(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     cfg = config_module.loads('[train]\ninit_from = "a/best.pt"\n')
     assert config_module.resolve_paths(cfg).train.init_from == str(tmp_path / "a" / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def linear_source(tiny_config, tmp_path_factory) -> Path:
+    """A best.pt of a run with a linear connector."""
+    from macasr.model.connector_config import LinearConnectorConfig
+
+    cfg = config_module.replace(tiny_config, **{"model.connector": LinearConnectorConfig(downsample=2)})
+    model = build_model(cfg)
+    testing.perturb_trainable(model)
+    return checkpoint.save_checkpoint(tmp_path_factory.mktemp("linear") / "best.pt", checkpoint.model_payload(model, cfg, step=5))
+
+
+def test_a_linear_checkpoint_starts_a_linear_run_without_a_false_difference(tiny_config, linear_source) -> None:
+    """The stored linear table has no mlp hidden_dim/dropout; they are no difference to note."""
+    from macasr.model.connector_config import LinearConnectorConfig
+
+    cfg = config_module.replace(tiny_config, **{"model.connector": LinearConnectorConfig(downsample=2), "train.init_from": str(linear_source)})
+    model = build_model(cfg)
+    line = warm_start(model, cfg)
+    assert line == (f"warm start: weights from {linear_source} (step 5): loaded connector; optimizer, schedule and step count start fresh")
+    assert_weights(model, stored_weights(linear_source))
+
+
+def test_a_checkpoint_of_another_connector_says_so_first(tiny_config, linear_source) -> None:
+    cfg = config_module.replace(tiny_config, **{"train.init_from": str(linear_source)})  # an mlp connector
+    with pytest.raises(CheckpointError) as error:
+        warm_start(build_model(cfg), cfg)
+    assert str(error.value) == (
+        f"[train] init_from {linear_source}: the checkpoint's connector is 'linear', this run's is 'mlp': weights trained for "
+        "one connector do not fit another; to start from them, set [model.connector] name = \"linear\" (and that table's "
+        "other keys as in the checkpoint's config), or start without init_from")
+
+
+def test_an_llm_of_another_width_is_named_before_the_weight_that_does_not_fit(tiny_config, source, tmp_path) -> None:
+    from conftest import SENTENCES
+
+    wider = testing.save_tiny_qwen3(tmp_path / "wider", testing.train_tokenizer(SENTENCES * 5, vocab_size=150), hidden=48)
+    cfg = config_module.replace(tiny_config, **{"model.llm.path": str(wider), "train.init_from": str(source)})
+    with pytest.raises(CheckpointError) as error:
+        warm_start(build_model(cfg), cfg)
+    assert str(error.value).startswith(f"[train] init_from {source}: the checkpoint's LLM is {tiny_config.model.llm.path!r}, "
+                                       f"this run's is {str(wider)!r} (weight connector.")
+    assert "in the checkpoint but [48, " in str(error.value)
+
+
+def test_a_missing_relative_init_from_names_the_folder_it_looked_in(tiny_config, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = config_module.resolve_paths(config_module.replace(tiny_config, **{"train.init_from": "runs/a/best.pt"}))
+    assert cfg.train.init_from == "runs/a/best.pt"  # a path that does not exist stays as written
+    with pytest.raises(CheckpointError) as error:
+        warm_start(build_model(cfg), cfg)
+    assert str(error.value) == f"[train] init_from runs/a/best.pt: no such checkpoint file (looked for {tmp_path / 'runs/a/best.pt'})"

@@ -166,7 +166,8 @@ def _check_path(path: Path) -> None:
         inside = f"it holds {', '.join(found)}" if found else "it holds no .pt file"
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file ({inside}); give the .pt file itself")
     if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        looked = "" if path.is_absolute() else f" (looked for {path.resolve()})"
+        raise CheckpointError(f"{path}: no such checkpoint file{looked}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes); it was not written or copied completely")
     with path.open("rb") as f:

@@ -516,12 +516,16 @@ class Trainer:
         data = checkpoint.load_checkpoint(path)
         checkpoint.require(data, RESUME_PARTS, path, "--resume", "it holds weights only, like a best.pt; "
                            "resume from a last.pt, or start over with --overwrite")
-        given, stored = config_module.to_dict(self.cfg), resuming.with_defaults(data["config"], config_module.to_dict(Config()))
+        given, stored = config_module.to_dict(self.cfg), resuming.stored_with_defaults(data["config"])
         fixed, changed = resuming.split_changes(config_changes(stored, given, tuple(given)))
         if fixed:
             raise CheckpointError(resuming.refusal(path, fixed))
-        checkpoint.load_trainable(self.model, data["model"], path, "the given config")
-        if changed:
+        moved = resuming.moved_folders(changed)
+        built_from = "the given config" + (" (with model folders other than the checkpoint's)" if moved else "")
+        checkpoint.load_trainable(self.model, data["model"], path, built_from)
+        if moved:
+            self.console.print(f"[yellow]{escape(resuming.moved_note(path, moved))}")
+        if changed := [c for c in changed if c not in moved]:
             self.console.print(f"[yellow]resuming with settings that differ from {escape(str(path))}: {escape('; '.join(changed))}")
         try:
             self.optimizer.load_state_dict(data["optimizer"])

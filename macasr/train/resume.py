@@ -4,13 +4,17 @@ back to the resumed step, and the k best checkpoints by validation WER.
 A resume continues the same training: the model it builds must be the one in last.pt, and the
 data position in last.pt means something only in the same data. So a config whose [model],
 [prompt], [data], [datasets.*] or [augment] settings (or [train] seed) differ from the stored
-one is refused, naming each differing key; everything else (max_steps, valid_every, patience,
-save_every, keep_best, logging, decoding, ...) may change and is listed. [data] num_workers,
-on_bad_clip and allow_commands say how data is read, not what it is, and may change too.
+one is refused, naming each differing key. [model.encoder] and [model.llm] path say where a
+model's folder is, not what the model is: a folder that moved may be given anew (a line says so,
+and the trained weights are checked against the model loaded from it). Everything else
+(max_steps, valid_every, patience, save_every, keep_best, logging, decoding, ...) may change and
+is listed. [data] num_workers, on_bad_clip and allow_commands say how data is read, not what it
+is, and may change too.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -29,6 +33,9 @@ FIXED_TABLES = ("model", "prompt", "data", "datasets", "augment")
 FIXED_KEYS = ("train.seed", "train.optimizer")
 # Keys of FIXED_TABLES that only say how the data is read.
 FREE_KEYS = ("data.num_workers", "data.on_bad_clip", "data.allow_commands")
+# Keys of FIXED_TABLES that say where a model's weights are read from, not what the model is: a
+# folder that moved. The trained weights are checked against the model built from the new folder.
+FOLDER_KEYS = ("model.encoder.path", "model.llm.path")
 
 
 def with_defaults(stored: Any, defaults: Any) -> Any:
@@ -40,6 +47,36 @@ def with_defaults(stored: Any, defaults: Any) -> Any:
     return {**defaults, **{k: with_defaults(v, defaults.get(k)) for k, v in stored.items()}}
 
 
+def stored_with_defaults(stored: Any) -> Any:
+    """A checkpoint's stored config (plain data) with the keys it lacks at their defaults, so that
+    it compares key for key with `to_dict` of a parsed config. A component table ([model.encoder],
+    [model.connector]) takes the defaults of the component it names, not of the default component:
+    a stored `linear` connector gains no mlp `hidden_dim`. A component no registry knows (a plugin
+    not loaded) gains nothing."""
+    from macasr.config import Config
+
+    return with_defaults(stored, _defaults_for(Config(), stored))
+
+
+def _defaults_for(default: Any, stored: Any) -> dict[str, Any]:
+    """`default` (a config dataclass) as plain data, each component table replaced by the defaults
+    of the component `stored` names there ({} for one no registry knows)."""
+    from macasr.config import _REGISTRIES
+
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(default):
+        value, sub = getattr(default, field.name), stored.get(field.name) if isinstance(stored, dict) else None
+        registry = _REGISTRIES.get(field.metadata.get("registry", ""))
+        name = sub.get("name") if isinstance(sub, dict) else None
+        if registry is not None and isinstance(name, str) and name != value.name:
+            if name not in registry.names():
+                out[field.name] = {}
+                continue
+            value = registry.config_type(name)(name=name)
+        out[field.name] = _defaults_for(value, sub) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
+
+
 def changed_key(change: str) -> str:
     """'model.connector.hidden_dim' from engine.config_changes' 'model.connector.hidden_dim: 64 in ...'."""
     return change.split(":", 1)[0]
@@ -47,7 +84,7 @@ def changed_key(change: str) -> str:
 
 def is_fixed(key: str) -> bool:
     """Whether a change of `key` (a dotted config key) makes a resume a different run."""
-    if any(key == free or key.startswith(free + ".") for free in FREE_KEYS):
+    if key in FOLDER_KEYS or any(key == free or key.startswith(free + ".") for free in FREE_KEYS):
         return False
     return key.split(".", 1)[0] in FIXED_TABLES or key in FIXED_KEYS
 
@@ -56,6 +93,17 @@ def split_changes(changes: list[str]) -> tuple[list[str], list[str]]:
     """engine.config_changes lines → (those that refuse a resume, those it allows)."""
     fixed = [c for c in changes if is_fixed(changed_key(c))]
     return fixed, [c for c in changes if c not in fixed]
+
+
+def moved_folders(changes: list[str]) -> list[str]:
+    """The engine.config_changes lines of FOLDER_KEYS: model folders given at another place."""
+    return [c for c in changes if changed_key(c) in FOLDER_KEYS]
+
+
+def moved_note(path: Path, moved: list[str]) -> str:
+    """The line a resume prints when model folders differ from those stored in `path`."""
+    return (f"{path}: model folders given at another place than when it was written ({'; '.join(moved)}); its trained "
+            "weights fit the model loaded from the given folders (another model of the same shapes cannot be told apart)")
 
 
 def refusal(path: Path, fixed: list[str]) -> str:

@@ -61,8 +61,10 @@ def warm_start(model: torch.nn.Module, cfg: Config, resuming: bool = False) -> s
     The parts the checkpoint holds are loaded, the parts it lacks start fresh (the line names both).
     CheckpointError, one line, when the weights of a part do not fit: '[train] init_from runs/a/best.pt:
     weight connector.proj.weight has shape [64, 256] in the checkpoint but [128, 256] in the model
-    built from this run's config', or when the checkpoint holds a part this run does not train.
-    With `resuming` nothing is loaded (the resume's last.pt wins)."""
+    built from this run's config', or when the checkpoint holds a part this run does not train, or a
+    part of another component ("the checkpoint's connector is 'linear', this run's is 'mlp'", said
+    first: the weights of one connector type loaded into another would be meaningless even where
+    names and shapes happen to match). With `resuming` nothing is loaded (the resume's last.pt wins)."""
     source = cfg.train.init_from
     if not source:
         return None
@@ -76,8 +78,19 @@ def warm_start(model: torch.nn.Module, cfg: Config, resuming: bool = False) -> s
     if dropped := [part for part in held if part not in trains]:
         raise CheckpointError(f"{KEY} {source}: holds trained weights of {', '.join(dropped)}, which this run does not "
                               f"train (starting without them would drop them); to keep them, {'; '.join(_enable_hint(p, stored) for p in dropped)}")
+    others = _other_components(stored, cfg)
+    if swapped := [part for part in ("encoder", "connector") if part in others and any(h.split()[0] == part for h in held)]:
+        raise CheckpointError(f"{KEY} {source}: {'; '.join(others[p] for p in swapped)}: weights trained for one "
+                              f"{'component' if len(swapped) > 1 else swapped[0]} do not fit another; to start from "
+                              f"them, {_same_component_hint(stored, swapped)}, or start without init_from")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad and part_of(n) in held}
-    checkpoint.load_trainable(model, state, f"{KEY} {source}", "this run's config", params)
+    try:
+        checkpoint.load_trainable(model, state, f"{KEY} {source}", "this run's config", params)
+    except CheckpointError as e:
+        if not others:
+            raise
+        detail = str(e).removeprefix(f"{KEY} {source}: ")
+        raise CheckpointError(f"{KEY} {source}: {'; '.join(others.values())} ({detail})") from None
     fresh = [part for part in trains if part not in held]
     line = f"warm start: weights from {source} (step {step}): loaded {', '.join(held)}"
     if fresh:
@@ -123,14 +136,32 @@ def _enable_hint(part: str, stored: dict[str, Any]) -> str:
     return f"train the {top} in this run"
 
 
+def _other_components(stored: dict[str, Any], cfg: Config) -> dict[str, str]:
+    """{part: "the checkpoint's connector is 'linear', this run's is 'mlp'"} for each of the encoder
+    and connector whose registered name differs, and the LLM when its path or hub id does (a moved
+    folder too: named only when the weights then do not fit)."""
+    model = stored.get("model", {}) if isinstance(stored, dict) else {}
+    ours = {"encoder": cfg.model.encoder.name, "connector": cfg.model.connector.name, "llm": cfg.model.llm.path}
+    theirs = {part: (model.get(part) or {}).get("path" if part == "llm" else "name") for part in ours}
+    return {part: f"the checkpoint's {'LLM' if part == 'llm' else part} is {theirs[part]!r}, this run's is {ours[part]!r}"
+            for part in ours if isinstance(theirs[part], str) and theirs[part] != ours[part]}
+
+
+def _same_component_hint(stored: dict[str, Any], parts: list[str]) -> str:
+    """'set [model.connector] name = "linear" (and that table's other keys as in the checkpoint's config)'."""
+    model = stored["model"]
+    tables = " and ".join(f'[model.{part}] name = "{model[part]["name"]}"' for part in parts)
+    return f"set {tables} (and {'those tables' if len(parts) > 1 else 'that table'}'s other keys as in the checkpoint's config)"
+
+
 def _model_differences(stored: dict[str, Any], cfg: Config, fresh: list[str]) -> list[str]:
     """The dotted [model]/[prompt] keys whose stored value differs from this run's (e.g. a moved
     LLM folder, or a new prompt), worth a note: the weights fit, but were trained for those. The
     keys that turn on a part starting fresh (model.llm.lora.*, model.llm.train) are the point of
     a two-stage recipe, not a difference worth a note."""
     from macasr.train.engine import config_changes
-    from macasr.train.resume import changed_key, with_defaults
+    from macasr.train.resume import changed_key, stored_with_defaults
 
     expected = tuple(f"model.{p.split()[0]}.{'lora.' if p.endswith('LoRA adapters') else 'train'}" for p in fresh if p != "connector")
-    changes = config_changes(with_defaults(stored, to_dict(Config())), to_dict(cfg))
+    changes = config_changes(stored_with_defaults(stored), to_dict(cfg))
     return [key for key in map(changed_key, changes) if not key.startswith(expected)]
