@@ -238,6 +238,7 @@ def write_bundle(root: Path, restored: Restored, ckpt: Path, report: dict[str, A
         "format": bundle.FORMAT, "version": bundle.VERSION, "macasr_version": __version__, "source_checkpoint": str(ckpt),
         "step": int(data.get("step", 0)), "metrics": _plain_metrics(data.get("metrics", {})),
         "parts": {p: s.manifest() for p, s in sources.items()}, "merged_llm": MERGED if merge_lora else None,
+        "overrides": restored.overrides,  # the `--set` flags config.toml was changed by at export ("KEY=VALUE")
     }
     write_atomic(root / CONFIG, config_text(bundle_config(cfg, sources), sources, ckpt, manifest["step"]))
     write_atomic(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
