@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import noise
-from macasr import config as config_module, plugins
+from macasr import config as config_module, config_overrides, plugins
 from macasr.cli import app
 from macasr.errors import ConfigError
 from macasr.plugins import PluginError
@@ -204,3 +205,29 @@ def test_a_broken_entry_point_is_named(monkeypatch) -> None:
 def test_docs_show_the_tested_example_file() -> None:
     docs = (ROOT / "docs" / "extending.md").read_text()
     assert EXAMPLE.read_text() in docs
+
+
+def _renamed_example(folder: Path, name: str) -> Path:
+    """The example file registering its connector under `name`: a name no earlier test registered."""
+    path = folder / f"{name}_connectors.py"
+    path.write_text(EXAMPLE.read_text().replace('"gated"', f'"{name}"'))
+    return path
+
+
+def test_set_switches_to_a_plugin_connector_named_in_the_same_command(tmp_path) -> None:
+    plugin = _renamed_example(tmp_path, "switched")
+    result = runner.invoke(app, ["config", "init", str(tmp_path / "c.toml"), "--set", f'plugins.modules=["{plugin}"]',
+                                 "--set", "model.connector.name=switched"])
+    assert result.exit_code == 0, result.output
+    connector = tomllib.loads((tmp_path / "c.toml").read_text())["model"]["connector"]
+    assert connector["name"] == "switched" and "hidden_dim" not in connector and "dropout" not in connector  # the mlp's keys
+
+
+def test_set_switches_to_a_connector_of_the_files_plugins(tiny_config, tmp_path) -> None:
+    plugin = _renamed_example(tmp_path, "filed")
+    path = plugin_config(tiny_config, tmp_path, f'["{plugin}"]')
+    path.write_text(path.read_text().replace('name = "gated"', 'name = "mlp"\nhidden_dim = 32').replace("init_gate = 0.25\n", ""))
+    cfg = config_overrides.load(path, ["model.connector.name=filed"])
+    assert cfg.model.connector.name == "filed"
+    result = runner.invoke(app, ["config", "check", str(path), "--set", "model.connector.name=filed"])
+    assert result.exit_code == 0, result.output
