@@ -8,7 +8,12 @@ that caused it: `--set train.lr=abc: ...`. Later flags win over earlier ones.
 
 Setting a component's `name` to another component (`--set model.connector.name=qformer`) drops the
 keys of that table the new component does not have (the old one's `hidden_dim`, say), so a file
-written for one connector can try another.
+written for one connector can try another; a plugin's component too (its modules are imported first).
+
+On a checkpoint (eval, transcribe, export, inspect) the flags change its stored config:
+`checkpoint_overrides` refuses keys the command does not use and warns about those that change
+the model it was trained as; errors a flag causes there (an invalid config, weights that do not
+fit, a model folder that does not load) name the flag, not the stored config.
 """
 
 from __future__ import annotations
@@ -267,7 +272,7 @@ def checkpoint_overrides(sets: Iterable[str] | None, command: str) -> list[str]:
 
 def model_flags(sets: Iterable[str] | None) -> list[Override]:
     """The flags that change the model built from a stored config (its [model] keys, paths included)."""
-    return [o for o in parse_overrides(sets) if _under(o.key, ("model",)) or "model".startswith(o.key)]
+    return [o for o in parse_overrides(sets) if _under(o.key, ("model",))]
 
 
 def built_from(stored: str, sets: Iterable[str] | None, question: str = "") -> str:
