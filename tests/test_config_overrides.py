@@ -348,6 +348,8 @@ def test_the_set_help_of_a_checkpoint_command_shows_checkpoint_examples(command:
     result = runner.invoke(app, [*command, "--help"])
     text = " ".join(result.output.split())
     assert "--set model.llm.path=DIR" in text and "checkpoint's stored config" in text and "train.lr" not in text
+    example = "--set train.precision=fp32" if command == ["inspect"] else "--set eval.num_beams=4"  # inspect decodes nothing
+    assert example in text and ("eval.num_beams" in text) == (command != ["inspect"])
 
 
 @pytest.mark.parametrize("command", [["train"], ["plan"], ["config", "init"], ["config", "check"], ["data", "stats"], ["cache", "build"]],

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from macasr.cli._common import DeviceOpt, CheckpointSetOpt, checkpoint_sets, console, err_console, handle_errors
+from macasr.cli._common import DeviceOpt, InspectSetOpt, checkpoint_sets, console, err_console, handle_errors
 
 NO_MATPLOTLIB = "heatmaps not drawn: they need matplotlib (pip install 'macasr[plots]'); inspect.json is written all the same"
 
@@ -24,7 +24,7 @@ def inspect(
     max_utterances: Annotated[int, typer.Option("--max-utterances", min=1, help="Inspect at most this many utterances: the first ones, in the order the inputs are given.")] = 20,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Nearest vocabulary tokens kept per speech embedding.")] = 5,
     device: DeviceOpt = "auto",
-    sets: CheckpointSetOpt = None,
+    sets: InspectSetOpt = None,
 ) -> None:
     """Per speech embedding: its norm beside the LLM's token embeddings', the nearest vocabulary tokens (cosine), and its similarity to the reference transcript's tokens (heatmap); summary statistics over all the utterances."""
     from macasr.infer.inputs import output_names
