@@ -7,9 +7,8 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from macasr import plugins
 from macasr.config import Config, looks_like_path
-from macasr.config_overrides import apply_overrides, located_problems, parse_overrides
+from macasr.config_overrides import located_problems, parse_overrides, prepared
 from macasr.config_parse import _Errors, _migrate, _parse_table, _parse_toml, _read
 
 
@@ -32,7 +31,7 @@ def check(path: str | Path, sets: list[str] | None = None) -> CheckReport:
     errors, notes = _Errors(), _Errors()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = plugins.prepare(apply_overrides(_parse_toml(text, str(path)), overrides), str(path))
+        data = prepared(_parse_toml(text, str(path)), overrides, str(path))
         cfg = _parse_table(Config, _migrate(data, errors), "", errors, None)
     for warning in caught:
         notes.add("eval.datasets", str(warning.message))

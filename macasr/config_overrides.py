@@ -8,7 +8,12 @@ that caused it: `--set train.lr=abc: ...`. Later flags win over earlier ones.
 
 Setting a component's `name` to another component (`--set model.connector.name=qformer`) drops the
 keys of that table the new component does not have (the old one's `hidden_dim`, say), so a file
-written for one connector can try another.
+written for one connector can try another; a plugin's component too (its modules are imported first).
+
+On a checkpoint (eval, transcribe, export, inspect) the flags change its stored config:
+`checkpoint_overrides` refuses keys the command does not use and warns about those that change
+the model it was trained as; errors a flag causes there (an invalid config, weights that do not
+fit, a model folder that does not load) name the flag, not the stored config.
 """
 
 from __future__ import annotations
@@ -109,12 +114,13 @@ def _switch_component(table: dict[str, Any], registry: Registry[Any], name: Any)
         del table[key]
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict[str, Any]:
-    """A copy of the raw config dict `data` with each override set in turn (tables made as needed).
+def apply_overrides(data: dict[str, Any], overrides: Sequence[Override], switch: bool = True) -> dict[str, Any]:
+    """A copy of the raw config dict `data` with each override set in turn (tables made as needed);
+    `switch`: a new component `name` drops the keys it lacks (its registry must know the name by then).
 
     Raises ConfigError when a key goes through a value that is not a table (`train.lr.x`)."""
     result = copy.deepcopy(data)
-    components = _component_tables(Config)
+    components = _component_tables(Config) if switch else {}
     for o in overrides:
         *heads, last = o.key.split(".")
         table = result
@@ -131,16 +137,29 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict
     return result
 
 
-def _blame(key: str, overrides: Sequence[Override], text: str | None) -> Override | None:
+def _names(o: Override, message: str) -> bool:
+    """True when `message` names the key `o` sets: dotted (`train.max_steps`), as `[train] max_steps`,
+    or, for a rule of the same table (`[train] warmup_steps: ... max_steps (-5)`), by its name alone."""
+    table, _, name = o.key.rpartition(".")
+    if o.key in message or f"[{table}] {name}" in message:
+        return True
+    own = re.match(r"\[([\w.]+)\] ", message)
+    return bool(own and own.group(1) == table and re.search(rf"\b{re.escape(name)}\b", message[own.end():]))
+
+
+def _blame(key: str, overrides: Sequence[Override], text: str | None, message: str = "") -> Override | None:
     """The override that caused a problem at dotted `key`: the last one setting `key` or a table
     above it; else, for a key the file does not hold (an unknown key a flag made), the last one
-    setting a key below it. None: the file's (or stored config's) own problem."""
+    setting a key below it; else the last one whose key the message names (a rule across keys:
+    `warmup_steps` must stay below a `max_steps` a flag set). None: the file's (or stored config's) own problem."""
     for o in reversed(overrides):
         if key == o.key or key.startswith(o.key + "."):
             return o
     if key and not (text and _line_of(text, key)):
-        return next((o for o in reversed(overrides) if o.key.startswith(key + ".")), None)
-    return None
+        below = next((o for o in reversed(overrides) if o.key.startswith(key + ".")), None)
+        if below is not None:
+            return below
+    return next((o for o in reversed(overrides) if _names(o, message)), None)
 
 
 def _hint(o: Override, message: str) -> str:
@@ -150,12 +169,22 @@ def _hint(o: Override, message: str) -> str:
     return message
 
 
+def prepared(data: dict[str, Any], overrides: Sequence[Override], source: str | None) -> dict[str, Any]:
+    """`data` with `overrides` set and its plugins imported (`plugins.prepare`). The plugins the
+    result names (from the file or a `--set plugins.modules=...`) are imported before component
+    names are switched, so switching to a plugin's connector drops the keys it lacks, as for a
+    built-in one. Raises PluginError for a plugin that cannot be imported."""
+    if any(o.key.endswith(".name") for o in overrides):
+        plugins.prepare(apply_overrides(data, overrides, switch=False), source)
+    return plugins.prepare(apply_overrides(data, overrides), source)
+
+
 def located_problems(errors: _Errors, overrides: Sequence[Override], source: str | None, text: str | None) -> list[str]:
     """Each problem as one line: `FILE:LINE: message` (or `FILE: message`) for the file's own,
     in file order, then `--set KEY=VALUE: message` for those a flag caused, in flag order."""
     own, by_flag = _Errors(), []
     for key, message in errors.items:
-        o = _blame(key, overrides, text)
+        o = _blame(key, overrides, text, message)
         if o is None:
             own.add(key, message)
         else:
@@ -169,7 +198,7 @@ def from_dict(data: dict[str, Any], overrides: Sequence[Override], source: str |
     """`config_parse.from_dict` of `data` with `overrides` set: OverrideError when a flag caused any
     problem (every problem listed), ConfigError when only the file's own are left."""
     errors = _Errors()
-    data = plugins.prepare(apply_overrides(data, overrides), source)
+    data = prepared(data, overrides, source)
     cfg = _parse_table(Config, _migrate(data, errors), "", errors, None)
     if errors.items:
         lines = located_problems(errors, overrides, source, text)
@@ -190,14 +219,100 @@ def override(cfg: Config, sets: Iterable[str] | None, source: str = "config") ->
     from macasr.config_render import to_dict
 
     overrides = parse_overrides(sets)
-    return from_dict(to_dict(cfg), overrides, source) if overrides else cfg
+    if not overrides:
+        return cfg
+    try:
+        return from_dict(to_dict(cfg), overrides, source)
+    except (OverrideError, plugins.PluginError):
+        raise
+    except ConfigError as e:  # `cfg` was valid: the flags made it invalid, in a way no key of theirs names
+        raise invalid_by_flags(e, sets, source) from None
 
 
-def moved_model_hint(error: MacasrError, ckpt: str | Path) -> MacasrError:
-    """A model folder a checkpoint's stored config names cannot be loaded: say so, and how to
-    give its new place (the stored path itself cannot be edited). Other errors are returned as they are."""
-    found = _PATH_KEY.match(str(error))
-    if not found:
-        return error
-    return type(error)(f"{ckpt}: its stored config's {error}; if the model moved, give its folder with "
-                       f"{FLAG} {found.group(1)}.path=FOLDER")
+# ----------------------------------------------------------------------------- --set on a checkpoint
+
+# Keys that say where the trained model's parts are (a folder or plugin file that moved): never a change of the model.
+_WHERE = ("model.encoder.path", "model.llm.path", "plugins")
+# Keys the model was trained with: a change is a legitimate experiment, but never a silent one.
+_TRAINED = ("model", "prompt")
+# Keys each checkpoint command uses besides those: how it decodes, scores and computes.
+# export: the bundle's config holds them, as the defaults of every command that loads the bundle.
+_APPLIES = {
+    "eval": ("eval", "datasets", "data.on_bad_clip", "data.allow_commands", "train.precision", "train.prefix_cache",
+             "train.distributed_timeout_s"),
+    "transcribe": ("eval", "data.allow_commands", "train.precision", "train.prefix_cache"),
+    "export": ("eval", "data.allow_commands", "train.precision", "train.prefix_cache"),
+    "inspect": ("data.allow_commands", "train.precision"),
+}
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def moves(o: Override) -> bool:
+    """True for a flag that only says where a part of the model is (a model folder, a plugin)."""
+    return _under(o.key, _WHERE)
+
+
+def checkpoint_overrides(sets: Iterable[str] | None, command: str) -> list[str]:
+    """Check the `--set` flags of a checkpoint command (eval, transcribe, export, inspect); return
+    the warnings to show: one naming the flags that change the model or prompt it was trained with.
+
+    Raises OverrideError, in one line naming them, for flags that have no effect on `command`
+    (`--set train.lr=1e-3: has no effect on eval`): accepted and ignored, they would look applied."""
+    overrides = parse_overrides(sets)
+    idle = [o for o in overrides if not moves(o) and not _under(o.key, _TRAINED) and not _under(o.key, _APPLIES[command])]
+    if idle:
+        raise OverrideError(f"{', '.join(o.label for o in idle)}: {'has' if len(idle) == 1 else 'have'} no effect on {command}"
+                            f" (of a checkpoint's config it reads [model], [prompt], [plugins] and {', '.join(_APPLIES[command])})")
+    trained = [o.key for o in overrides if not moves(o) and _under(o.key, _TRAINED)]
+    return [f"{FLAG} changes how the model was trained: {', '.join(trained)}"] if trained else []
+
+
+def model_flags(sets: Iterable[str] | None) -> list[Override]:
+    """The flags that change the model built from a stored config (its [model] keys, paths included)."""
+    return [o for o in parse_overrides(sets) if _under(o.key, ("model",))]
+
+
+def built_from(stored: str, sets: Iterable[str] | None, question: str = "") -> str:
+    """What a model was built from, for a weight that does not fit: `stored` ("its stored config")
+    and the flags that changed its [model] keys; without any, `stored` and `question` (a likely cause)."""
+    flags = model_flags(sets)
+    if not flags:
+        return f"{stored} {question}".rstrip()
+    labels = " ".join(o.label for o in flags)
+    if all(moves(o) for o in flags):
+        return f"{stored} with {labels} (does that folder hold the model it was trained with?)"
+    return f"{stored} as changed by {labels}"
+
+
+def invalid_by_flags(error: ConfigError, sets: Iterable[str] | None, stored: str) -> OverrideError:
+    """A stored config that is valid alone but not with the flags: the flags are the cause."""
+    overrides = parse_overrides(sets)
+    verb = "makes" if len(overrides) == 1 else "make"
+    return OverrideError(f"{' '.join(o.label for o in overrides)}: {verb} {stored} invalid ({str(error).splitlines()[0]})")
+
+
+def moved_model_hint(errors: Sequence[MacasrError], whose: str, sets: Iterable[str] | None = None) -> MacasrError:
+    """Model folders a checkpoint's stored config names (`whose`: "best.pt: its stored config's")
+    cannot be loaded: one line naming every one, and how to give their new places (a stored path
+    cannot be edited); a folder a `--set` gave is named by its flag, with no advice to give it
+    again. A single error that is not about a model folder is returned as it is."""
+    given = {o.key: o for o in parse_overrides(sets) if moves(o)}
+    stored, flagged = [], []
+    for error in errors:
+        found = _PATH_KEY.match(str(error))
+        if not found:
+            return error
+        o = given.get(f"{found.group(1)}.path")
+        if o is not None:
+            flagged.append(f"{o.label}: {str(error)[found.end():]}")
+        else:
+            stored.append((found.group(1), str(error)))
+    parts = []
+    if stored:
+        flags = " ".join(f"{FLAG} {key}.path=FOLDER" for key, _ in stored)
+        models = "the model moved, give its folder" if len(stored) == 1 else "the models moved, give their folders"
+        parts.append(f"{whose} {'; '.join(e for _, e in stored)}; if {models} with {flags}")
+    return type(errors[0])("; ".join(flagged + parts))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from conftest import noise
 from macasr import config as config_module, config_overrides
 from macasr.cli import app
-from macasr.errors import ConfigError
+from macasr.errors import ConfigError, MacasrError
 from macasr.model.connector_config import QFormerConnectorConfig
 
 runner = CliRunner()
@@ -197,3 +197,164 @@ def test_a_stopped_run_says_to_resume_with_the_same_flags(tiny_config, corpus, t
     again = f"continue with: macasr train {toml} --resume --set train.lr=3e-4 --set 'train.name=my run'"
     assert again in " ".join(result.output.split())
     assert (tmp_path / "my run" / "last.pt").is_file()
+
+
+# ---------------------------------------------------------------- which flag caused a problem
+
+
+def test_a_rule_across_keys_broken_by_a_flag_names_the_flag_not_the_files_line(toml: Path) -> None:
+    toml.write_text(toml.read_text() + "warmup_steps = 100\n")
+    with pytest.raises(config_overrides.OverrideError) as e:
+        config_overrides.load(toml, ["train.max_steps=50"])
+    assert e.value.problems == ["--set train.max_steps=50: [train] warmup_steps: must be between 0 and max_steps (50), got 100"]
+
+
+def test_a_rule_of_another_table_broken_by_a_flag_names_the_flag() -> None:
+    stored = {"model": {"llm": {"train": True}}}
+    with pytest.raises(config_overrides.OverrideError) as e:
+        config_overrides.from_dict(stored, config_overrides.parse_overrides(["model.llm.lora.enabled=true"]), "best.pt (stored config)")
+    assert str(e.value).startswith("--set model.llm.lora.enabled=true: [model.llm] train: LoRA ([model.llm.lora] enabled) and full")
+
+
+# ---------------------------------------------------------------- --set on a checkpoint command
+
+
+@pytest.mark.parametrize(("command", "flags", "refused"), [
+    ("eval", ["train.lr=1e-3", "eval.num_beams=2"], "--set train.lr=1e-3: has no effect on eval"),
+    ("transcribe", ["data.train=[\"x\"]", "augment.speed.p=0.5", "datasets.a.manifest=a.jsonl"],
+     "--set data.train=[\"x\"], --set augment.speed.p=0.5, --set datasets.a.manifest=a.jsonl: have no effect on transcribe"),
+    ("export", ["logging.log_every=3"], "--set logging.log_every=3: has no effect on export"),
+    ("inspect", ["eval.num_beams=2"], "--set eval.num_beams=2: has no effect on inspect"),
+])
+def test_a_checkpoint_command_refuses_keys_it_does_not_use(command: str, flags: list[str], refused: str) -> None:
+    with pytest.raises(config_overrides.OverrideError) as e:
+        config_overrides.checkpoint_overrides(flags, command)
+    assert str(e.value).startswith(refused + " (of a checkpoint's config it reads [model], [prompt], [plugins] and ")
+
+
+def test_a_checkpoint_command_warns_about_keys_the_model_was_trained_with() -> None:
+    flags = ["model.llm.path=/m", "prompt.prefix=Hi", "eval.num_beams=2", "data.on_bad_clip=error", "model.connector.dropout=0.1",
+             "plugins.modules=[\"p.py\"]", "train.precision=fp32"]
+    assert config_overrides.checkpoint_overrides(flags, "eval") == [
+        "--set changes how the model was trained: prompt.prefix, model.connector.dropout"]
+    assert config_overrides.checkpoint_overrides(["model.encoder.path=/e", "eval.vad=false"], "transcribe") == []
+
+
+def test_transcribe_refuses_a_flag_without_effect_before_loading(moved: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, new = moved
+    result = runner.invoke(app, ["transcribe", str(tmp_path / "none.wav"), "--ckpt", str(ckpt), "--set", "train.lr=1e-3"])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error: --set train.lr=1e-3: has no effect on transcribe")
+
+
+@pytest.fixture(scope="module")
+def eval_reports(moved: tuple[Path, Path], corpus, tmp_path_factory) -> tuple[Path, Path, str]:
+    """(report with a changed prompt, report with none, eval's stderr): one checkpoint scored twice."""
+    ckpt, new = moved
+    folder = tmp_path_factory.mktemp("reports")
+    args = ["eval", "--ckpt", str(ckpt), "--manifest", str(corpus["test"]), "--set", f"model.llm.path={new}"]
+    changed = runner.invoke(app, [*args, "--set", "prompt.prefix=Hello", "--report", str(folder / "changed.json")])
+    assert changed.exit_code == 0, changed.output
+    plain = runner.invoke(app, [*args, "--report", str(folder / "plain.json")])
+    assert plain.exit_code == 0, plain.output
+    return folder / "changed.json", folder / "plain.json", changed.stderr
+
+
+def test_eval_warns_about_a_changed_prompt_and_records_the_flags_in_its_report(eval_reports, moved) -> None:
+    import json
+
+    changed, plain, stderr = eval_reports
+    assert "warning: --set changes how the model was trained: prompt.prefix" in stderr.splitlines()
+    assert json.loads(changed.read_text())["overrides"] == [f"model.llm.path={moved[1]}", "prompt.prefix=Hello"]
+    assert json.loads(plain.read_text())["overrides"] == [f"model.llm.path={moved[1]}"]
+    result = runner.invoke(app, ["eval", "--compare", str(changed), str(plain)])  # a reader of reports takes the field
+    assert result.exit_code == 0, result.output
+
+
+def test_export_records_the_flags_in_the_bundle_and_its_card(moved: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    ckpt, new = moved
+    result = runner.invoke(app, ["export", str(ckpt), "--out", str(tmp_path / "b"), "--set", f"model.llm.path={new}",
+                                 "--set", "prompt.prefix=Hi"])
+    assert result.exit_code == 0, result.output
+    assert "warning: --set changes how the model was trained: prompt.prefix" in result.stderr.splitlines()
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["overrides"] == [f"model.llm.path={new}", "prompt.prefix=Hi"]
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert f"Exported with `--set model.llm.path={new}`, `--set prompt.prefix=Hi`: the bundle's config holds these values" in card
+    assert config_module.load(tmp_path / "b" / "config.toml").prompt.prefix == "Hi"
+
+
+# ---------------------------------------------------------------- a stored config the flags break
+
+
+def test_weights_that_do_not_fit_a_model_changed_by_set_name_the_flag(moved: tuple[Path, Path]) -> None:
+    from macasr.errors import CheckpointError
+    from macasr.train.checkpoint import restore_model
+
+    ckpt, new = moved
+    with pytest.raises(CheckpointError) as e:
+        restore_model(ckpt, "cpu", overrides=[f"model.llm.path={new}", "model.connector.hidden_dim=32"])
+    assert str(e.value).endswith("[32, 64] in the model built from its stored config as changed by "
+                                 f"--set model.llm.path={new} --set model.connector.hidden_dim=32")
+    with pytest.raises(CheckpointError) as e:
+        restore_model(ckpt, "cpu", overrides=[f"model.llm.path={new}", "model.llm.lora.enabled=true"])
+    assert "weights were saved for a different set of trained parts" in str(e.value)
+    assert str(e.value).endswith(f"the model was built from its stored config as changed by --set model.llm.path={new} "
+                                 "--set model.llm.lora.enabled=true")
+
+
+def test_a_stored_config_made_invalid_by_set_names_the_flag(tiny_config, tmp_path: Path) -> None:
+    from macasr.model.build import build_model
+    from macasr.train import checkpoint
+
+    cfg = config_module.replace(tiny_config, **{"model.llm.train": True})
+    ckpt = checkpoint.save_checkpoint(tmp_path / "best.pt", checkpoint.model_payload(build_model(tiny_config), cfg))
+    with pytest.raises(config_overrides.OverrideError) as e:
+        checkpoint.restore_model(ckpt, "cpu", overrides=["model.llm.lora.enabled=true"])
+    assert str(e.value).startswith("--set model.llm.lora.enabled=true: [model.llm] train: LoRA")
+
+
+def test_a_folder_given_by_set_that_does_not_load_is_named_by_its_flag(moved: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, _ = moved
+    result = runner.invoke(app, ["transcribe", str(tmp_path / "a.wav"), "--ckpt", str(ckpt), "--set", f"model.llm.path={tmp_path / 'no'}"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"error: --set model.llm.path={tmp_path / 'no'}: cannot load '{tmp_path / 'no'}': "
+                                          "the folder does not exist"]
+
+
+def test_every_moved_model_folder_is_named_in_one_line(tiny_config, tmp_path: Path) -> None:
+    from macasr.model.build import build_model
+    from macasr.train import checkpoint
+
+    for part in ("encoder", "llm"):
+        shutil.copytree(getattr(tiny_config.model, part).path, tmp_path / part)
+    cfg = config_module.replace(tiny_config, **{"model.encoder.path": str(tmp_path / "encoder"), "model.llm.path": str(tmp_path / "llm")})
+    ckpt = checkpoint.save_checkpoint(tmp_path / "best.pt", checkpoint.model_payload(build_model(cfg), cfg))
+    for part in ("encoder", "llm"):
+        (tmp_path / part).rename(tmp_path / f"{part}-moved")
+    with pytest.raises(MacasrError) as e:
+        checkpoint.restore_model(ckpt, "cpu")
+    assert str(e.value) == (
+        f"{ckpt}: its stored config's [model.encoder] path: cannot load '{tmp_path / 'encoder'}': the folder does not exist; "
+        f"[model.llm] path: cannot load '{tmp_path / 'llm'}': the folder does not exist; if the models moved, give their "
+        "folders with --set model.encoder.path=FOLDER --set model.llm.path=FOLDER")
+    moved_to = [f"model.encoder.path={tmp_path / 'encoder-moved'}", f"model.llm.path={tmp_path / 'llm-moved'}"]
+    assert checkpoint.restore_model(ckpt, "cpu", overrides=moved_to).overrides == moved_to
+
+
+@pytest.mark.parametrize("command", [["eval"], ["transcribe"], ["export"], ["inspect"]], ids=" ".join)
+def test_the_set_help_of_a_checkpoint_command_shows_checkpoint_examples(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    text = " ".join(result.output.split())
+    assert "--set model.llm.path=DIR" in text and "checkpoint's stored config" in text and "train.lr" not in text
+    example = "--set train.precision=fp32" if command == ["inspect"] else "--set eval.num_beams=4"  # inspect decodes nothing
+    assert example in text and ("eval.num_beams" in text) == (command != ["inspect"])
+
+
+@pytest.mark.parametrize("command", [["train"], ["plan"], ["config", "init"], ["config", "check"], ["data", "stats"], ["cache", "build"]],
+                         ids=" ".join)
+def test_the_set_help_of_a_config_command_shows_config_examples(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    text = " ".join(result.output.split())
+    assert "--set train.lr=3e-4" in text and "stored config" not in text

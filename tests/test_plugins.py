@@ -7,6 +7,7 @@ import io
 import re
 import shutil
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import noise
-from macasr import config as config_module, plugins
+from macasr import config as config_module, config_overrides, plugins
 from macasr.cli import app
 from macasr.errors import CheckpointError, ConfigError
 from macasr.plugins import PluginError
@@ -280,3 +281,29 @@ def test_an_exported_bundle_holds_its_plugin_file_and_names_a_plugin_module(run,
         checkpoint.restore_model(out, device="cpu")
     assert str(e.value).startswith(f"{out / bundle.CONFIG}:") and str(e.value).count("config.toml") == 1
     assert "not_a_key" in str(e.value) and str(e.value).endswith("(the bundle's config is invalid)")
+
+
+def _renamed_example(folder: Path, name: str) -> Path:
+    """The example file registering its connector under `name`: a name no earlier test registered."""
+    path = folder / f"{name}_connectors.py"
+    path.write_text(EXAMPLE.read_text().replace('"gated"', f'"{name}"'))
+    return path
+
+
+def test_set_switches_to_a_plugin_connector_named_in_the_same_command(tmp_path) -> None:
+    plugin = _renamed_example(tmp_path, "switched")
+    result = runner.invoke(app, ["config", "init", str(tmp_path / "c.toml"), "--set", f'plugins.modules=["{plugin}"]',
+                                 "--set", "model.connector.name=switched"])
+    assert result.exit_code == 0, result.output
+    connector = tomllib.loads((tmp_path / "c.toml").read_text())["model"]["connector"]
+    assert connector["name"] == "switched" and "hidden_dim" not in connector and "dropout" not in connector  # the mlp's keys
+
+
+def test_set_switches_to_a_connector_of_the_files_plugins(tiny_config, tmp_path) -> None:
+    plugin = _renamed_example(tmp_path, "filed")
+    path = plugin_config(tiny_config, tmp_path, f'["{plugin}"]')
+    path.write_text(path.read_text().replace('name = "gated"', 'name = "mlp"\nhidden_dim = 32').replace("init_gate = 0.25\n", ""))
+    cfg = config_overrides.load(path, ["model.connector.name=filed"])
+    assert cfg.model.connector.name == "filed"
+    result = runner.invoke(app, ["config", "check", str(path), "--set", "model.connector.name=filed"])
+    assert result.exit_code == 0, result.output

@@ -84,4 +84,27 @@ VadOpt = Annotated[OnOff | None, typer.Option("--vad", help="Voice activity dete
 NumBeamsOpt = Annotated[int | None, typer.Option("--num-beams", help="Beam width, 1 = greedy (default: [eval] num_beams).", min=1, show_default=False)]
 RepeatNgramOpt = Annotated[int | None, typer.Option("--repeat-ngram-stop", help="Repeat guard's n, 0 = off (default: [eval] repeat_ngram_stop).", min=0, show_default=False)]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Clips decoded together (default: [eval] batch_size).", min=1, show_default=False)]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.lr=3e-4 or --set model.connector.name=qformer (repeatable; VALUE is read as TOML, a bare word as a string). For a checkpoint, the keys of its stored config: --set model.llm.path=DIR for a model folder that moved.", show_default=False)]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a key of the config, e.g. --set train.lr=3e-4 or --set model.connector.name=qformer (repeatable; VALUE is read as TOML, a bare word as a string).", show_default=False)]
+
+
+def _checkpoint_set_opt(uses: str) -> Any:
+    """`--set` of a checkpoint command; `uses`: the keys of how this command runs, with an example that works on it."""
+    return Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=(
+        "Override a key of the checkpoint's stored config (repeatable; VALUE is read as TOML, a bare word as a string): "
+        f"--set model.llm.path=DIR (or model.encoder.path) for a model folder that moved; {uses}. A [model] or [prompt] "
+        "key changes the model it was trained as: allowed, with a warning; keys this command does not use are refused."),
+        show_default=False)]
+
+
+CheckpointSetOpt = _checkpoint_set_opt("[eval] keys, e.g. --set eval.num_beams=4")
+InspectSetOpt = _checkpoint_set_opt("train.precision, e.g. --set train.precision=fp32")
+
+
+def checkpoint_sets(sets: list[str] | None, command: str) -> list[str] | None:
+    """The `--set` flags of a checkpoint command, checked (config_overrides.checkpoint_overrides:
+    flags it does not use are a MacasrError), with a yellow warning for those that change the model."""
+    from macasr.config_overrides import checkpoint_overrides
+
+    for line in checkpoint_overrides(sets, command):
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+    return sets

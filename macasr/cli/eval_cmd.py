@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, DeviceOpt, SetOpt, VadOpt, console, err_console, fail, handle_errors, vad_override
+from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, DeviceOpt, CheckpointSetOpt, checkpoint_sets, VadOpt, console, err_console, fail, handle_errors, vad_override
 from macasr.errors import MacasrError
 
 if TYPE_CHECKING:  # the CLI imports nothing heavy before a command runs
@@ -74,8 +74,9 @@ def _decoding_overrides(num_beams: int | None, repeat_ngram_stop: int | None, ba
     return overrides
 
 
-def _print_and_write(scores: list[DatasetScore], cfg: Config, ckpt: Path, report: Path | None) -> None:
-    """Rank 0's part: the clip lines, both tables, the report; exit status 1 for a dataset without WER."""
+def _print_and_write(scores: list[DatasetScore], cfg: Config, ckpt: Path, report: Path | None, overrides: list[str]) -> None:
+    """Rank 0's part: the clip lines, both tables, the report (with the `--set` flags the
+    checkpoint's config was changed by, "KEY=VALUE"); exit status 1 for a dataset without WER."""
     from macasr.evaluate.report import rates_table, wer_table, write_report
     from macasr.evaluate.run import decoding_options
 
@@ -87,7 +88,7 @@ def _print_and_write(scores: list[DatasetScore], cfg: Config, ckpt: Path, report
     console.print(wer_table(scores, cfg.eval.normalizer, title=f"WER of {ckpt}"))
     console.print(rates_table(scores))
     if report:
-        extra = {"checkpoint": str(ckpt), "decoding": dataclasses.asdict(decoding_options(cfg))}  # how it was decoded
+        extra = {"checkpoint": str(ckpt), "decoding": dataclasses.asdict(decoding_options(cfg)), "overrides": overrides}  # how it was decoded
         json_path, jsonl_path = write_report(report, scores, cfg.eval.normalizer, extra=extra)
         console.print(f"report: {json_path} (per utterance: {jsonl_path})")
     problems = [f"{s.name}: {s.problem}" for s in scores if s.problem]
@@ -111,7 +112,7 @@ def evaluate(
     compare: Annotated[tuple[Path, Path] | None, typer.Option("--compare", metavar="A.json B.json", help="Compare two --report files (A.json B.json): WER change per dataset and the utterances that changed most; decodes nothing. Whole training runs: macasr compare RUN_DIR....", show_default=False)] = None,
     vad: VadOpt = None,
     device: DeviceOpt = "auto",
-    sets: SetOpt = None,
+    sets: CheckpointSetOpt = None,
 ) -> None:
     """Decode test sets and print a WER table per dataset and overall."""
     if compare:
@@ -130,6 +131,7 @@ def evaluate(
     from macasr.train.ddp import RankShare
     from macasr.train.distributed import current_world, init_distributed, rank_device, teardown
 
+    sets = checkpoint_sets(sets, "eval")
     user_cfg = config_overrides.load(config, sets) if config else None
     if ckpt is None:
         if user_cfg is None:
@@ -161,4 +163,4 @@ def evaluate(
     teardown()
     if not world.is_main:  # rank 0 prints and writes the whole datasets' scores
         raise typer.Exit(1 if any(s.problem for s in scores) else 0)
-    _print_and_write(scores, cfg, ckpt, report)
+    _print_and_write(scores, cfg, ckpt, report, restored.overrides)

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from macasr.cli._common import DeviceOpt, SetOpt, console, err_console, handle_errors
+from macasr.cli._common import DeviceOpt, InspectSetOpt, checkpoint_sets, console, err_console, handle_errors
 
 NO_MATPLOTLIB = "heatmaps not drawn: they need matplotlib (pip install 'macasr[plots]'); inspect.json is written all the same"
 
@@ -25,7 +25,7 @@ def inspect(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Nearest vocabulary tokens kept per speech embedding.")] = 5,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier inspect's output in --out (its inspect.json and heatmaps; a folder of other files is never replaced).")] = False,
     device: DeviceOpt = "auto",
-    sets: SetOpt = None,
+    sets: InspectSetOpt = None,
 ) -> None:
     """Per speech embedding: its norm beside the LLM's token embeddings', the nearest vocabulary tokens (cosine), and its similarity to the reference transcript's tokens (heatmap); summary statistics over all the utterances."""
     from macasr.infer.inputs import output_names
@@ -33,6 +33,7 @@ def inspect(
                                       reference_of, summary)
     from macasr.train.checkpoint import restore_model
 
+    sets = checkpoint_sets(sets, "inspect")
     # A missing input, an empty pattern or folder, a bad row: one line before the model loads.
     sources = checked_sources(inputs, allow_commands=True, limit=max_utterances)
     check_out(out, force)

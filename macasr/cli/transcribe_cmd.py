@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, CheckpointOpt, DeviceOpt, SetOpt, VadOpt, err_console, fail, handle_errors, vad_override
+from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, CheckpointOpt, DeviceOpt, CheckpointSetOpt, checkpoint_sets, VadOpt, err_console, fail, handle_errors, vad_override
 
 if TYPE_CHECKING:
     from macasr.infer.inputs import Source
@@ -83,7 +83,7 @@ def transcribe(
     max_segment_seconds: Annotated[float | None, typer.Option("--max-segment-seconds", help="Longer audio is decoded in speech segments of at most this many seconds, split at pauses (default: [eval] max_segment_seconds).", show_default=False)] = None,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
-    sets: SetOpt = None,
+    sets: CheckpointSetOpt = None,
 ) -> None:
     """Transcribe audio; exit status 1 if any input failed."""
     from macasr import config as config_module, config_overrides
@@ -91,6 +91,7 @@ def transcribe(
     from macasr.infer.transcribe import Transcriber
     from macasr.train.checkpoint import restore_model
 
+    sets = checkpoint_sets(sets, "transcribe")
     user_cfg = config_overrides.load(config, sets) if config else None
     restored = restore_model(ckpt, device, overrides=sets)
     base = user_cfg or restored.config

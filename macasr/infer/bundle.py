@@ -168,22 +168,22 @@ def restore_bundle(path: str | Path, device: str = "auto", precision: str | None
                    overrides: list[str] | None = None) -> Restored:
     """The model a bundle holds, in eval mode (the `restore_model` of a bundle folder); `overrides`
     ("KEY=VALUE") change its config first."""
-    from macasr.config_overrides import override
-    from macasr.model.build import build_model, resolve_device, resolve_precision
-    from macasr.train.checkpoint import Restored, load_trainable
+    from macasr.config_overrides import built_from, override, parse_overrides
+    from macasr.model.build import resolve_device, resolve_precision
+    from macasr.train.checkpoint import Restored, build_restored, load_trainable
 
     folder = Path(path)
     manifest = read_manifest(folder)
     cfg = override(bundle_config(folder), overrides, f"{folder / CONFIG}")
     dev = resolve_device(device)
     precision = resolve_precision(precision or cfg.train.precision, dev)
-    model = build_model(cfg, dev, precision)
+    model = build_restored(cfg, dev, precision, f"{folder}: its {CONFIG}'s", overrides)
     state = trained_state(folder, cfg, model)
-    load_trainable(model, state, folder, f"its {CONFIG}")
+    load_trainable(model, state, folder, built_from(f"its {CONFIG}", overrides))
     warn_on_new_revisions(folder, manifest)
     model.eval()
     data = {"config": _plain(cfg), "model": state, "step": manifest.get("step", 0), "metrics": manifest.get("metrics", {}), "bundle": manifest}
-    return Restored(model, cfg, dev, precision, data)
+    return Restored(model, cfg, dev, precision, data, [o.text for o in parse_overrides(overrides)])
 
 
 def _plain(cfg: Config) -> dict[str, Any]:

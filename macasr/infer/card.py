@@ -82,7 +82,20 @@ def report_source(report: dict[str, Any], report_name: str | None) -> str:
     search = f"beam search, {beams} beams" if isinstance(beams, int) and beams > 1 else "greedy search" if beams else None
     facts = [f"checkpoint `{report['checkpoint']}`" if report.get("checkpoint") else "checkpoint not recorded",
              f"normalizer `{report.get('normalizer', 'unknown')}`", *([search] if search else [])]
+    if report.get("overrides"):
+        facts.append(f"scored with {_flags(report['overrides'])}")
     return f"From `{report_name}` ({'; '.join(facts)}), WER and CER in %:"
+
+
+def _flags(overrides: list[str]) -> str:
+    return ", ".join(f"`--set {o}`" for o in overrides)
+
+
+def _changed(overrides: list[str] | None) -> list[str]:
+    """The card's line for a config changed at export (`macasr export --set`), else nothing."""
+    if not overrides:
+        return []
+    return [f"Exported with {_flags(overrides)}: the bundle's config holds these values, not those of the training run.", ""]
 
 
 def scored_elsewhere(report: dict[str, Any], ckpt: Path) -> str | None:
@@ -141,6 +154,7 @@ def model_card(cfg: Config, manifest: dict[str, Any], counts: dict[str, PartCoun
              f"from `{Path(manifest['source_checkpoint']).name}` at step {manifest['step']:,}.", "",
              "## Architecture", "", *architecture(cfg, manifest, counts), "",
              f"Prompt (`{cfg.prompt.style}` style): prefix {json.dumps(cfg.prompt.prefix)}, suffix {json.dumps(cfg.prompt.suffix)}.", "",
+             *_changed(manifest.get("overrides")),
              "## Training", "",
              f"- Steps: {manifest['step']:,}",
              f"- Training data: {_data(cfg, cfg.data.train)}",

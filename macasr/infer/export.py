@@ -289,6 +289,7 @@ def write_bundle(root: Path, restored: Restored, ckpt: Path, report: dict[str, A
         "step": int(data.get("step", 0)), "metrics": _plain_metrics(data.get("metrics", {})),
         "parts": {p: s.manifest() for p, s in sources.items()}, "merged_llm": MERGED if merge_lora else None,
         "plugins": {"files": {name: entry for entry, name in plugin_files.items()}, "modules": plugin_modules(cfg)},
+        "overrides": restored.overrides,  # the `--set` flags config.toml was changed by at export ("KEY=VALUE")
     }
     write_atomic(root / CONFIG, config_text(bundle_config(cfg, sources, plugin_files), sources, ckpt, manifest["step"], plugin_files))
     write_atomic(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")

@@ -248,6 +248,7 @@ class Restored:
     device: torch.device
     precision: str
     checkpoint: dict[str, Any]
+    overrides: list[str] = dataclasses.field(default_factory=list)  # the `--set` flags applied ("KEY=VALUE")
 
 
 def restore_model(path: str | Path, device: str = "auto", precision: str | None = None,
@@ -255,7 +256,8 @@ def restore_model(path: str | Path, device: str = "auto", precision: str | None 
     """Rebuild the model a checkpoint was trained as (frozen parts from their ids or folders,
     trained weights from the file), in eval mode. A folder is read as a bundle of `macasr export`.
     `overrides` ("KEY=VALUE", as `--set` takes them) change the stored config first, e.g.
-    "model.llm.path=NEW" for a model folder that moved."""
+    "model.llm.path=NEW" for a model folder that moved; a config they make invalid, or weights
+    that do not fit the model they make, is an error naming them."""
     from macasr import config_overrides
     from macasr.plugins import PluginError
 
@@ -263,8 +265,8 @@ def restore_model(path: str | Path, device: str = "auto", precision: str | None 
         from macasr.infer.bundle import restore_bundle
 
         return restore_bundle(path, device, precision, overrides)
-    from macasr.errors import ConfigError, MacasrError
-    from macasr.model.build import build_model, resolve_device, resolve_precision
+    from macasr.errors import ConfigError
+    from macasr.model.build import resolve_device, resolve_precision
 
     data, sets = load_checkpoint(path), config_overrides.parse_overrides(overrides)
     try:
@@ -272,13 +274,54 @@ def restore_model(path: str | Path, device: str = "auto", precision: str | None 
     except (config_overrides.OverrideError, PluginError):
         raise  # names the flag, or the plugin the stored config needs
     except (ConfigError, KeyError) as e:
+        if sets and _valid_alone(data["config"]):
+            raise config_overrides.invalid_by_flags(e, overrides, f"{path}'s stored config") from None
         raise CheckpointError(f"{path}: stored config is invalid ({str(e).splitlines()[0]})") from None
     dev = resolve_device(device)
     precision = resolve_precision(precision or cfg.train.precision, dev)
+    model = build_restored(cfg, dev, precision, f"{path}: its stored config's", overrides)
+    origin = config_overrides.built_from("its stored config", overrides, "(has a model folder it names changed?)")
     try:
-        model = build_model(cfg, dev, precision)
-    except MacasrError as e:
-        raise config_overrides.moved_model_hint(e, path) from None
-    load_trainable(model, data["model"], path, "its stored config (has a model folder it names changed?)")
+        load_trainable(model, data["model"], path, origin)
+    except CheckpointError as e:
+        if config_overrides.model_flags(overrides) and origin not in str(e):  # a different set of trained parts
+            raise CheckpointError(f"{e}; the model was built from {origin}") from None
+        raise
     model.eval()
-    return Restored(model, cfg, dev, precision, data)
+    return Restored(model, cfg, dev, precision, data, [o.text for o in sets])
+
+
+def _valid_alone(stored: dict[str, Any]) -> bool:
+    from macasr import config_overrides
+    from macasr.errors import ConfigError
+
+    try:
+        config_overrides.from_dict(stored, [])
+    except (ConfigError, KeyError):
+        return False
+    return True
+
+
+def build_restored(cfg: Any, device: torch.device, precision: str, whose: str, overrides: list[str] | None) -> torch.nn.Module:
+    """`build_model` for a stored config. Every local model folder it names that does not exist is
+    named in one line first (not one per try), with how to give its new place (`whose`: "best.pt:
+    its stored config's"); a folder a `--set` gave is named by that flag."""
+    from macasr import config_overrides
+    from macasr.errors import MacasrError
+    from macasr.model._hf import is_local_path, locate
+    from macasr.model.build import build_model
+
+    missing = []
+    for part in ("encoder", "llm"):
+        part_path = getattr(cfg.model, part).path
+        if is_local_path(part_path):
+            try:
+                locate(f"model.{part}", part_path)
+            except MacasrError as e:
+                missing.append(e)
+    try:
+        if missing:
+            raise missing[0]
+        return build_model(cfg, device, precision)
+    except MacasrError as e:
+        raise config_overrides.moved_model_hint(missing or [e], whose, overrides) from None
