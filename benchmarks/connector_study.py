@@ -43,9 +43,9 @@ CONNECTORS = ("linear", "mlp", "transformer", "qformer")
 WINDOWS = ("own", "full")
 LLM = "smollm2-135m-instruct"
 SETTINGS: dict[str, dict[str, Any]] = {
-    # ~25 min on 2 shared CPU cores: a smoke-level budget, far too small to learn the task.
-    "reduced": {"encoder": "whisper-tiny.en", "n_train": 64, "n_valid": 8, "n_test": 8, "steps": 12,
-                "batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "device": "cpu"},
+    # ~30-40 min on 2 shared CPU cores: a smoke-level budget, far too small to learn the task.
+    "reduced": {"encoder": "whisper-tiny.en", "n_train": 32, "n_valid": 4, "n_test": 4, "steps": 8,
+                "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "device": "cpu"},
     # One GPU: the demo's corpus size and step budget.
     "full": {"encoder": "whisper-base", "n_train": 6000, "n_valid": 100, "n_test": 200, "steps": 2000,
              "batch_size": 32, "lr": 1e-3, "warmup_steps": 100, "device": "auto"},
@@ -171,7 +171,9 @@ def main() -> None:
 
     work.mkdir(parents=True, exist_ok=True)
     data = synth.build_corpus(work / "data", n_train=s["n_train"], n_valid=s["n_valid"], n_test=s["n_test"], n_unseen=0)
-    rows = []
+    out = args.out or RESULTS / f"connector_study{'_reduced' if args.reduced else ''}.json"
+    report: dict[str, Any] = {"benchmark": "connector_study", "setting": setting, **s, "llm": LLM}
+    rows: list[dict[str, Any]] = []
     for window in WINDOWS:
         config = write_config(work / f"study-{window}.toml", models, data, work, window, s)
         start = time.perf_counter()
@@ -180,9 +182,11 @@ def main() -> None:
         for connector in args.connectors:
             rows.append({**run_cell(config, connector, window, work), "cache_build_s": round(cache_s, 1)})
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+            # Each finished cell is kept: a run cut short still leaves its rows (complete: false).
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({**report, "rows": rows, "complete": False}, indent=2) + "\n")
     print(markdown(rows))
-    write_result(args.out or RESULTS / f"connector_study{'_reduced' if args.reduced else ''}.json",
-                 {"benchmark": "connector_study", "setting": setting, **s, "llm": LLM, "rows": rows})
+    write_result(out, {**report, "rows": rows, "complete": True})
 
 
 if __name__ == "__main__":
