@@ -43,7 +43,7 @@ CONNECTORS = ("linear", "mlp", "transformer", "qformer")
 WINDOWS = ("own", "full")
 LLM = "smollm2-135m-instruct"
 SETTINGS: dict[str, dict[str, Any]] = {
-    # ~30-40 min on 2 shared CPU cores: a smoke-level budget, far too small to learn the task.
+    # ~50 min on 2 shared CPU cores (measured): a smoke-level budget, far too small to learn the task.
     "reduced": {"encoder": "whisper-tiny.en", "n_train": 32, "n_valid": 4, "n_test": 4, "steps": 8,
                 "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "device": "cpu"},
     # One GPU: the demo's corpus size and step budget.
