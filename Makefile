@@ -28,7 +28,7 @@ demo: $(VENV)/.installed-demo
 test: $(VENV)/.installed-dev,demo
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Real Whisper + SmolLM2 through the CLI (tests_real/; 29 min measured on 2 busy shared cores). Builds the models
+# Real Whisper + SmolLM2 through the CLI (tests_real/; about 1 min on 2 idle cores once built). Builds the models
 # and fetches a real recording into $(REAL_MODELS) first (tools/realmodels/); when that fails the
 # tests are reported SKIPPED, with the reason, and make still succeeds.
 test-real: $(VENV)/.installed-dev,demo

@@ -134,7 +134,9 @@ def save_encoder(ct2_dir: Path, out: Path, provenance: str = "") -> Path:
     raises MacasrError naming it. `provenance` (where the weights come from, their licence) goes
     to `out/PROVENANCE.md`. Returns `out`.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from macasr.fileio import write_atomic
     from transformers import WhisperConfig, WhisperFeatureExtractor
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -155,7 +157,8 @@ def save_encoder(ct2_dir: Path, out: Path, provenance: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
     WhisperFeatureExtractor(feature_size=mel_bins, sampling_rate=_SAMPLE_RATE, hop_length=_HOP, n_fft=_N_FFT).save_pretrained(out)
-    save_file({f"encoder.{name}": tensor for name, tensor in state.items()}, out / "model.safetensors", metadata={"format": "pt"})
+    weights = save({f"encoder.{name}": tensor for name, tensor in state.items()}, metadata={"format": "pt"})
+    write_atomic(out / "model.safetensors", weights)  # the umask's mode (save_file makes 0600); never half a file
     if provenance:
         (out / "PROVENANCE.md").write_text(provenance + "\n")
     (out / "conversion.json").write_text(json.dumps({"source": str(ct2_dir), "weights": len(state)}, indent=2) + "\n")
