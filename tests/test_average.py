@@ -169,3 +169,11 @@ def test_checkpoints_whose_model_folders_moved_are_averaged_with_a_note(pair, ti
         f"note: {moved}: names other model folders than the first checkpoint (model.llm.path: "
         f"'{tiny_config.model.llm.path}' in the first, '/moved/qwen3' there); the average keeps the first's")
     assert stored(out)["config"] == data["config"]
+
+
+def test_another_connector_is_named_before_the_keys_it_lacks(pair, tiny_config, tmp_path) -> None:
+    """mlp against linear differs in `name`, which explains `hidden_dim` and `dropout`: say `name`."""
+    a, _ = pair
+    linear = save(config_module.replace(tiny_config, **{"model.connector.name": "linear"}), tmp_path / "linear.pt", 5, seed=3)
+    with pytest.raises(CheckpointError, match=rf"^{linear}: cannot be averaged with {a}: its config differs in model\.connector\.name "):
+        average_checkpoints([a, linear], tmp_path / "x.pt")

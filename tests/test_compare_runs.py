@@ -134,6 +134,10 @@ def test_notes_say_what_is_missing_or_not_comparable(tmp_path: Path) -> None:
     assert f"a: no validation WER in {a / 'metrics.jsonl'}" in notes
     assert "test WER test: normalizers differ (basic: a; whisper: b)" in notes
     assert _row(result.stdout, "best valid WER %") == ["n/a", "50.00"]
+    (a / "report.json").unlink()
+    notes = " ".join(runner.invoke(app, ["compare", str(a), str(b)], env=WIDE).stderr.split())
+    # the hint runs as printed: eval needs the checkpoint to score
+    assert f"a: no eval report (*.json) in {a}; `macasr eval --ckpt {a / 'best.pt'} --report {a / 'report.json'}` writes one" in notes
 
 
 def test_runs_with_the_same_folder_name_are_labelled_by_path(tmp_path: Path) -> None:

@@ -139,7 +139,8 @@ def test_a_second_run_in_the_same_folder_needs_resume_or_overwrite(tiny_config, 
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"error: {run_copy} already holds a run (config.toml, metrics.jsonl, curves.png, best.pt, last.pt, old.pt); continue it "
-        "with --resume, or start over with --overwrite (removes config.toml, metrics.jsonl, curves.png, best.pt, last.pt, old.pt)"
+        "with --resume, start a new run beside it with another [train] name (e.g. --set train.name=NEW), or start over with "
+        "--overwrite (removes config.toml, metrics.jsonl, curves.png, best.pt, last.pt, old.pt)"
     ]
     assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
     result = runner.invoke(app, ["train", str(config), "--resume", "--overwrite"])

@@ -96,6 +96,10 @@ def test_a_bundle_works_after_the_model_folders_are_gone(tiny_models, tiny_confi
     assert transcripts(folder, clips) == expected
     if changes:  # a fully trained part is saved through save_pretrained, as safetensors
         assert (folder / "llm" / "model.safetensors").is_file() and (folder / "encoder" / "model.safetensors").is_file()
+        # its weights are the bundle's llm/ folder: pointing the path at the base model would load untrained weights
+        with pytest.raises(CheckpointError, match=r"^--set model\.llm\.path=/base/qwen3: .*'s llm was trained in full and "
+                                                  r"its weights are the bundle's llm/ folder"):
+            checkpoint.restore_model(folder, "cpu", overrides=["model.llm.path=/base/qwen3"])
 
 
 def test_the_bundle_holds_no_pickle(lora_bundle) -> None:

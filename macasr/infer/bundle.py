@@ -174,7 +174,9 @@ def restore_bundle(path: str | Path, device: str = "auto", precision: str | None
 
     folder = Path(path)
     manifest = read_manifest(folder)
-    cfg = override(bundle_config(folder), overrides, f"{folder / CONFIG}")
+    stored = bundle_config(folder)
+    cfg = override(stored, overrides, f"{folder / CONFIG}")
+    _refuse_moved_trained_parts(folder, stored, cfg, overrides or [])
     dev = resolve_device(device)
     precision = resolve_precision(precision or cfg.train.precision, dev)
     model = build_restored(cfg, dev, precision, f"{folder}: its {CONFIG}'s", overrides)
@@ -184,6 +186,18 @@ def restore_bundle(path: str | Path, device: str = "auto", precision: str | None
     model.eval()
     data = {"config": _plain(cfg), "model": state, "step": manifest.get("step", 0), "metrics": manifest.get("metrics", {}), "bundle": manifest}
     return Restored(model, cfg, dev, precision, data, [o.text for o in parse_overrides(overrides)])
+
+
+def _refuse_moved_trained_parts(folder: Path, stored: Config, cfg: Config, overrides: list[str]) -> None:
+    """A part trained in full is the bundle's own folder (`llm/`, `encoder/`): pointing its path
+    elsewhere would load other weights and report them as this model's. CheckpointError names
+    the flag."""
+    for part in PARTS:
+        before, after = getattr(stored.model, part), getattr(cfg.model, part)
+        if before.train and not before.lora.enabled and after.path != before.path:
+            flag = next((o for o in overrides if o.split("=", 1)[0].strip() == f"model.{part}.path"), f"model.{part}.path")
+            raise CheckpointError(f"--set {flag}: {folder}'s {part} was trained in full and its weights are the bundle's "
+                                  f"{Path(before.path).name}/ folder; pointing it elsewhere would replace them (drop the flag)")
 
 
 def _plain(cfg: Config) -> dict[str, Any]:

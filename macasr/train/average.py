@@ -58,6 +58,7 @@ def _first_difference(first: dict[str, Any], other: dict[str, Any], path: Path, 
     from macasr.train.resume import FOLDER_KEYS, changed_key
 
     if changes := [c for c in _config_changes(first, other) if changed_key(c) not in FOLDER_KEYS]:
+        changes.sort(key=lambda c: not changed_key(c).endswith(".name"))  # another component explains its keys
         key, _, values = changes[0].partition(": ")
         return f"its config differs in {key} ({values.replace('in the checkpoint', 'there').replace('given', 'here')})"
     a, b = first["model"], other["model"]

@@ -257,8 +257,8 @@ def notes(runs: list[Run]) -> list[str]:
     out (it scored another run's checkpoint), normalizers that differ for one test column (its
     WERs then measure different things)."""
     out = [f"{run.label}: no validation WER in {run.path / METRICS_FILE}" for run in runs if run.best is None]
-    out += [f"{run.label}: no eval report (*.json) in {run.path}; `macasr eval --report {run.path / DEFAULT_REPORT}` "
-            "writes one" for run in runs if not run.reports and not run.foreign]
+    out += [f"{run.label}: no eval report (*.json) in {run.path}; `macasr eval --ckpt {run.path / 'best.pt'} --report "
+            f"{run.path / DEFAULT_REPORT}` writes one" for run in runs if not run.reports and not run.foreign]
     out += [f"{run.label}: {r.path} left out: it scored {r.checkpoint}, not a checkpoint of {run.path}"
             for run in runs for r in run.foreign]
     by_column: dict[str, dict[str, list[str]]] = {}

@@ -133,8 +133,9 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, source: Path | N
         advice = f" (the folder holds {names}); start over with --overwrite" if found else "; start the run without --resume"
         raise CheckpointError(f"{run_dir / 'last.pt'}: nothing to resume from{advice}")
     if found and not (resume or overwrite):
-        raise MacasrError(f"{run_dir} already holds a run ({names}); continue it with --resume, "
-                          f"or start over with --overwrite (removes {names})")
+        raise MacasrError(f"{run_dir} already holds a run ({names}); continue it with --resume, start a new run "
+                          f"beside it with another [train] name (e.g. --set train.name=NEW), or start over with "
+                          f"--overwrite (removes {names})")
     return found if overwrite else []
 
 
