@@ -247,6 +247,17 @@ def test_transcribe_refuses_a_flag_without_effect_before_loading(moved: tuple[Pa
     assert result.stderr.startswith("error: --set train.lr=1e-3: has no effect on transcribe")
 
 
+@pytest.mark.parametrize("command", ["eval", "transcribe"])
+def test_an_option_and_a_set_of_the_same_key_are_refused_before_loading(command: str, tmp_path: Path) -> None:
+    """--num-beams 3 with --set eval.num_beams=2: which wins is not obvious, so neither is taken."""
+    inputs = ["--manifest", str(tmp_path / "none.jsonl")] if command == "eval" else [str(tmp_path / "none.wav")]
+    result = runner.invoke(app, [command, *inputs, "--ckpt", str(tmp_path / "missing.pt"), "--num-beams", "3",
+                                 "--set", "eval.num_beams=2"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == ("error: --set eval.num_beams=2: eval.num_beams is also given by an option of this "
+                                     "command (3); give one of them")  # before the missing checkpoint is noticed
+
+
 @pytest.fixture(scope="module")
 def eval_reports(moved: tuple[Path, Path], corpus, tmp_path_factory) -> tuple[Path, Path, str]:
     """(report with a changed prompt, report with none, eval's stderr): one checkpoint scored twice."""

@@ -100,6 +100,18 @@ CheckpointSetOpt = _checkpoint_set_opt("[eval] keys, e.g. --set eval.num_beams=4
 InspectSetOpt = _checkpoint_set_opt("train.precision, e.g. --set train.precision=fp32")
 
 
+def refuse_clashes(options: dict[str, Any], sets: list[str] | None) -> None:
+    """A config key set both by one of the command's options (`options`: key → value, e.g.
+    {"eval.num_beams": 3} from --num-beams) and by a --set flag: which should win is not obvious,
+    so it is a one-line error naming both."""
+    from macasr.config_overrides import parse_overrides
+
+    for o in parse_overrides(sets):
+        if o.key in options:
+            value = getattr(options[o.key], "value", options[o.key])  # an enum option as typed
+            raise fail(f"--set {o.text}: {o.key} is also given by an option of this command ({value!r}); give one of them")
+
+
 def checkpoint_sets(sets: list[str] | None, command: str) -> list[str] | None:
     """The `--set` flags of a checkpoint command, checked (config_overrides.checkpoint_overrides:
     flags it does not use are a MacasrError), with a yellow warning for those that change the model."""

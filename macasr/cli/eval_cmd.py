@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, DeviceOpt, CheckpointSetOpt, checkpoint_sets, VadOpt, console, err_console, fail, handle_errors, vad_override
+from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, DeviceOpt, CheckpointSetOpt, checkpoint_sets, VadOpt, console, err_console, fail, handle_errors, refuse_clashes, vad_override
 from macasr.errors import MacasrError
 
 if TYPE_CHECKING:  # the CLI imports nothing heavy before a command runs
@@ -132,6 +132,8 @@ def evaluate(
     from macasr.train.distributed import current_world, init_distributed, rank_device, teardown
 
     sets = checkpoint_sets(sets, "eval")
+    decoding = _decoding_overrides(num_beams, repeat_ngram_stop, batch_size, batch_seconds)
+    refuse_clashes(decoding | ({"eval.normalizer": normalizer} if normalizer else {}), sets)
     user_cfg = config_overrides.load(config, sets) if config else None
     if ckpt is None:
         if user_cfg is None:
@@ -143,7 +145,7 @@ def evaluate(
     overrides = {"eval": base.eval, "datasets": base.datasets, "data.on_bad_clip": on_bad_clip or base.data.on_bad_clip}
     if normalizer:
         overrides["eval.normalizer"] = normalizer
-    overrides |= _decoding_overrides(num_beams, repeat_ngram_stop, batch_size, batch_seconds)
+    overrides |= decoding
     overrides |= vad_override(vad)
     # Re-validate so a bad --normalizer or --on-bad-clip is reported like a bad config key.
     cfg = config_module.from_dict(config_module.to_dict(config_module.replace(restored.config, **overrides)), "command line")

@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, CheckpointOpt, DeviceOpt, CheckpointSetOpt, checkpoint_sets, VadOpt, err_console, fail, handle_errors, vad_override
+from macasr.cli._common import BatchSizeOpt, NumBeamsOpt, RepeatNgramOpt, CheckpointOpt, DeviceOpt, CheckpointSetOpt, checkpoint_sets, VadOpt, err_console, fail, handle_errors, refuse_clashes, vad_override
 
 if TYPE_CHECKING:
     from macasr.infer.inputs import Source
@@ -92,12 +92,14 @@ def transcribe(
     from macasr.train.checkpoint import restore_model
 
     sets = checkpoint_sets(sets, "transcribe")
+    given = {"num_beams": num_beams, "repeat_ngram_stop": repeat_ngram_stop, "max_segment_seconds": max_segment_seconds, "batch_size": batch_size}
+    options = {f"eval.{key}": value for key, value in given.items() if value is not None}
+    refuse_clashes(options, sets)
     user_cfg = config_overrides.load(config, sets) if config else None
     restored = restore_model(ckpt, device, overrides=sets)
     base = user_cfg or restored.config
     overrides = {"eval": base.eval, "data.allow_commands": base.data.allow_commands} | vad_override(vad)
-    given = {"num_beams": num_beams, "repeat_ngram_stop": repeat_ngram_stop, "max_segment_seconds": max_segment_seconds, "batch_size": batch_size}
-    overrides |= {f"eval.{key}": value for key, value in given.items() if value is not None}
+    overrides |= options
     # Re-validate so a bad option is reported like a bad config key.
     cfg = config_module.from_dict(config_module.to_dict(config_module.replace(restored.config, **overrides)), "command line")
     sources = expand(audio, cfg.data.allow_commands)
