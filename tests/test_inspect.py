@@ -128,6 +128,8 @@ def test_inspect_max_utterances_and_missing_input(ckpt: Path, manifest: Path, tm
     result = CliRunner().invoke(app, ["inspect", str(ckpt), str(manifest), "--out", str(tmp_path / "o"), "--max-utterances", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "o" / "inspect.json").read_text())["summary"]["utterances"] == 1
+    rows = len(manifest.read_text().splitlines())
+    assert f"note: the first 1 utterance inspected (--max-utterances); {rows - 1} more in the inputs were not" in " ".join(result.stderr.split())
     result = CliRunner().invoke(app, ["inspect", str(ckpt), str(tmp_path / "nope.wav"), "--out", str(tmp_path / "m"), "--device", "cpu"])
     assert result.exit_code == 1 and "nope.wav" in result.output and len(result.output.strip().splitlines()) == 1
 

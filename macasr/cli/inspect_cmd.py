@@ -40,6 +40,7 @@ def inspect(
     restored = restore_model(ckpt, device, overrides=sets)
     if not restored.config.data.allow_commands:  # then rows whose audio a shell command produces are refused
         sources = checked_sources(inputs, allow_commands=False, limit=max_utterances)
+    left_out, sources = len(sources) - max_utterances, sources[:max_utterances]
     try:
         import matplotlib  # noqa: F401
         plots = True
@@ -69,6 +70,9 @@ def inspect(
         err_console.print(f"[yellow]note:[/] nearest in transcript is over the {with_reference} of {len(records)} utterances "
                           f"with a reference transcript; the {len(records) - with_reference} audio files without one have "
                           "norms and nearest tokens only", soft_wrap=True)
+    if left_out > 0:
+        err_console.print(f"[yellow]note:[/] the first {max_utterances} utterance{'s' * (max_utterances != 1)} inspected (--max-utterances); "
+                          f"{left_out} more in the inputs were not", soft_wrap=True)
     if with_reference and not plots:
         err_console.print(f"[yellow]note:[/] {escape(NO_MATPLOTLIB)}", soft_wrap=True)
     console.print(f"written to {escape(str(out / RESULTS))}", soft_wrap=True)

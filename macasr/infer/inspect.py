@@ -205,7 +205,8 @@ def draw_heatmap(result: Inspection, tokenizer: Any, out: Path) -> Figure:
 
 def checked_sources(inputs: Sequence[str], allow_commands: bool, limit: int | None = None) -> list[Source]:
     """`macasr transcribe`'s inputs (audio files, folders, glob patterns, manifests) → one Source
-    per utterance, in order, the first `limit` of them. MacasrError, one line, naming the first
+    per utterance, in order (all of them: the caller inspects the first `limit`, and can say that
+    there are more). MacasrError, one line, naming the first
     input that cannot be used (a missing file, a pattern or folder without audio, an empty or bad
     manifest; a bad manifest row only among the first `limit`) and how many more there are: an
     analysis over fewer utterances than asked for would pass for one over all."""
@@ -214,7 +215,7 @@ def checked_sources(inputs: Sequence[str], allow_commands: bool, limit: int | No
     if bad:
         more = f" (and {len(bad) - 1} more input{'s' * (len(bad) > 2)} that cannot be used)" if len(bad) > 1 else ""
         raise MacasrError(bad[0] + more)
-    return sources[:limit]
+    return sources
 
 
 def check_out(out: Path, force: bool) -> None:
